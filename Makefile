@@ -1,0 +1,29 @@
+# The two commands a newcomer needs are `make run` and `make test`; both set themselves up.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: run test bench protos setup clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(PY) examples/pipeline.py
+
+test: $(STAMP)
+	bash scripts/test-setup.sh
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=sdk --pyi_out=sdk --grpc_python_out=sdk protos/jobnest/v1/jobnest.proto
+
+clean:
+	rm -rf .venv

@@ -1,0 +1,78 @@
+"""`python -m jobnest_controller` (also `jobnest controller`): serve until stopped or idle.
+
+Each flag also reads the `JOBNEST_*` variable named in its help.
+"""
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from jobnest.errors import JobnestError
+
+from .app import Controller
+from .settings import NodeSettings, ServerSettings, Settings, StoreSettings, default_home
+
+
+@click.command()
+@click.option("--home", envvar="JOBNEST_HOME", default=default_home, show_envvar=True,
+              help="State folder: socket, SQLite store, run work dirs.")
+@click.option("--socket", envvar="JOBNEST_SOCKET", default="", show_envvar=True, help="Unix socket path.")
+@click.option("--listen", envvar="JOBNEST_LISTEN", default="", show_envvar=True,
+              help="Also serve on TCP host:port (every call then needs a token).")
+@click.option("--advertise", envvar="JOBNEST_ADVERTISE", default="", show_envvar=True,
+              help="Controller address handed to jobs.")
+@click.option("--admin-token", envvar="JOBNEST_ADMIN_TOKEN", default="", show_envvar=True,
+              help="Bootstrap admin token for TCP.")
+@click.option("--store", "store_url", envvar="JOBNEST_STORE", default="", show_envvar=True,
+              help="Store URL: sqlite:///path or postgresql://...")
+@click.option("--cpu", type=float, envvar="JOBNEST_NODE_CPU", default=None, show_envvar=True,
+              help="Local node capacity in cores (default: all).")
+@click.option("--memory", type=int, envvar="JOBNEST_NODE_MEMORY", default=None, show_envvar=True,
+              help="Local node memory capacity in bytes (default: all).")
+@click.option("--no-cgroups", is_flag=True, envvar="JOBNEST_NO_CGROUPS", show_envvar=True,
+              help="Do not enforce cpu shares with cgroups.")
+@click.option("--idle-timeout", type=float, envvar="JOBNEST_IDLE_TIMEOUT", default=0.0, show_envvar=True,
+              help="Exit after this many idle seconds (0: never).")
+def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, store_url: str,
+         cpu: float | None, memory: int | None, no_cgroups: bool, idle_timeout: float) -> None:
+    """Serve the jobnest controller."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = NodeSettings(cgroups=not no_cgroups)
+    if cpu is not None:
+        if cpu <= 0:
+            raise click.BadParameter("must be greater than 0", param_hint="--cpu")
+        node.cpu_millis = round(cpu * 1000)
+    if memory is not None:
+        node.memory = memory
+    settings = Settings(home=home, server=ServerSettings(socket, listen, admin_token, advertise),
+                        store=StoreSettings(store_url), node=node, idle_timeout=idle_timeout)
+    Path(home).mkdir(parents=True, exist_ok=True)
+    lock = open(Path(home) / "controller.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"jobnest: a controller already serves {home}")
+    try:
+        controller = Controller(settings)
+        controller.start()
+    except (JobnestError, OSError, RuntimeError) as e:
+        sys.exit(f"jobnest: cannot start the controller: {e}")
+    pid_file = Path(home) / "controller.pid"
+    pid_file.write_text(str(os.getpid()))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: controller.request_stop())
+    where = f"unix://{settings.server.socket}" + (f" and {listen} (port {controller.port})" if listen else "")
+    logging.info("jobnest controller serving on %s, store %s", where, settings.store.url.split("@")[-1])
+    print(f"port {controller.port}" if listen else "ready", flush=True)
+    controller.wait()
+    controller.stop()
+    pid_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Executors run a run's program somewhere; all share the interface in `base.py`."""

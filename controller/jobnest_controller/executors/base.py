@@ -1,0 +1,55 @@
+"""The interface every executor implements, and what it reports back to the reconciler."""
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..scheduler import Node
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything an executor needs to start one run."""
+
+    run_uuid: str
+    node: str
+    argv: list[str]
+    env: dict[str, str]  # the job's env plus the injected JOBNEST_* variables
+    cwd: str
+    cpu_millis: int
+    memory: int
+    image: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pid: int
+    pid_start: str
+    workdir: str
+    cpu_enforced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    exit_code: int | None  # None when it could not be known
+    reason: str
+
+
+class Executor(Protocol):
+    name: str
+
+    def nodes(self) -> list[Node]:
+        """The nodes this executor places runs on, with their capacity."""
+
+    def workdir(self, run_uuid: str) -> str:
+        """Where a run's output and logs live; known before the run starts."""
+
+    def start(self, launch: Launch) -> Started: ...
+
+    def poll(self, run: dict[str, Any]) -> Exited | None:
+        """None while the run goes on. Works for runs started before a controller restart."""
+
+    def stop(self, run: dict[str, Any], now: float) -> None:
+        """Ask a run to stop; called each tick until `poll` reports it gone, so it may escalate."""
+
+    def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
+        """stream name -> file path of a run's logs."""

@@ -1,0 +1,93 @@
+"""The local executor: each run is a process in its own session on this machine.
+
+A small `sh` wrapper writes the program's exit code into the run's work dir, so a run that ends
+while the controller is down still reports its real exit code when the controller comes back.
+"""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..cgroups import CpuLimiter
+from ..scheduler import Node
+from .base import Exited, Launch, Started
+
+# $1: exit code file, $2: cgroup.procs file or "", then the program and its arguments.
+WRAPPER = 'rc="$1"; cg="$2"; shift 2; [ -z "$cg" ] || echo $$ >"$cg"; "$@"; code=$?; echo $code >"$rc"; exit $code'
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, root: str, cpu_millis: int, memory: int, limiter: CpuLimiter | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.capacity = Node("local", cpu_millis, memory)
+        self.limiter = limiter or CpuLimiter()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._stopping: dict[str, float] = {}
+
+    def nodes(self) -> list[Node]:
+        return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory)]
+
+    def workdir(self, run_uuid: str) -> str:
+        return str(self.root / run_uuid)
+
+    def start(self, launch: Launch) -> Started:
+        workdir = Path(self.workdir(launch.run_uuid))
+        (workdir / "out").mkdir(parents=True, exist_ok=True)
+        cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
+        with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir / "exit_code"), cgroup_procs or "",
+                 *launch.argv],
+                cwd=launch.cwd or workdir / "out", env=launch.env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True,
+            )
+        self._children[proc.pid] = proc
+        return Started(proc.pid, _start_time(proc.pid), str(workdir), cgroup_procs is not None)
+
+    def poll(self, run: dict[str, Any]) -> Exited | None:
+        pid, workdir = run["pid"], Path(run["workdir"] or self.workdir(run["uuid"]))
+        child = self._children.get(pid)
+        if child is not None:
+            if child.poll() is None:
+                return None
+            del self._children[pid]
+        elif pid and _start_time(pid) == run["pid_start"]:
+            return None  # adopted after a restart and still running
+        self._stopping.pop(run["uuid"], None)
+        self.limiter.remove(run["uuid"])
+        try:
+            code = int((workdir / "exit_code").read_text())
+        except (OSError, ValueError):
+            if child is not None and child.returncode < 0:
+                return Exited(128 - child.returncode, f"killed by signal {-child.returncode}")
+            return Exited(None, "lost: the process ended without recording an exit code")
+        return Exited(code, f"exit code {code}")
+
+    def stop(self, run: dict[str, Any], now: float) -> None:
+        first = self._stopping.setdefault(run["uuid"], now)
+        sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
+        if run["pid"] and (run["pid"] in self._children or _start_time(run["pid"]) == run["pid_start"]):
+            try:
+                os.killpg(run["pid"], sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
+        workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of a live process, "" if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]

@@ -1,0 +1,67 @@
+"""The store's schema: jobs (what was asked), runs (what executed) and user tokens.
+
+SQLModel declares the tables; the hot paths in `store.py` use their SQLAlchemy Core tables
+(`Job.__table__`) directly.
+"""
+
+from sqlmodel import Field, SQLModel
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    seq: int | None = Field(default=None, primary_key=True)  # submit order
+    uuid: str = Field(unique=True, index=True)
+    name: str
+    owner: str
+    spawned_by_job_uuid: str | None = Field(default=None, index=True)
+    # "/root/.../uuid/": a subtree is a prefix, so scope checks and listings are one indexed query.
+    path: str = Field(index=True)
+    run_uuid: str = Field(index=True)
+    reused: bool = False
+    state: str = Field(index=True)
+    reason: str = ""
+    desired: str = "run"  # "run" or "cancel"
+    spec: str  # JSON of the JobSpec as submitted
+    cpu_millis: int  # what this job asked for; its run may have been started by another job
+    memory: int
+    created_at: float
+    request_key: str | None = Field(default=None, unique=True)  # request id + batch index
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(unique=True, index=True)
+    origin_job_uuid: str
+    signature: str = Field(index=True)
+    sig_parts: str  # JSON {part: sha256}
+    name: str = Field(index=True)
+    state: str = Field(index=True)
+    reason: str = ""
+    desired: str = "run"
+    executor: str
+    cpu_millis: int
+    memory: int
+    priority: int = 0
+    spec: str
+    token_hash: str = Field(index=True)
+    node: str = ""
+    pid: int = 0
+    pid_start: str = ""  # /proc start time, so a recycled pid is never mistaken for ours
+    workdir: str = ""
+    cpu_enforced: bool = False
+    exit_code: int | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class UserToken(SQLModel, table=True):
+    __tablename__ = "user_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    token_hash: str = Field(unique=True, index=True)
+    created_at: float

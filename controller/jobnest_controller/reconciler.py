@@ -1,0 +1,162 @@
+"""The reconciler: moves runs toward what the store says they should be.
+
+Each `tick(now)` observes running runs (exits, cancels, timeouts, dead drivers), then asks the
+scheduler where queued runs go and starts them. The controller calls it in a loop; tests call it
+directly with their own clock.
+"""
+
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+from .executors.base import Executor, Exited, Launch
+from .scheduler import Node, Pending, plan
+from .states import State
+from .store import DRIVER, Kind, Store
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str,
+                 base_env: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.executors = executors
+        self.controller_address = controller_address
+        self.base_env = base_env if base_env is not None else _base_env()
+        self.host = socket.gethostname()
+
+    def nodes(self) -> dict[str, list[Node]]:
+        return {name: ex.nodes() for name, ex in self.executors.items()}
+
+    def tick(self, now: float) -> int:
+        """One pass; returns the number of runs still live (queued or running)."""
+        active = self.store.active_runs()
+        still_running = self._observe(active, now)
+        return still_running + self._schedule(active, now)
+
+    # -- running runs --------------------------------------------------------------------------
+
+    def _observe(self, active: list[dict[str, Any]], now: float) -> int:
+        ended: list[tuple[dict[str, Any], State, Exited]] = []
+        for run in active:
+            if run["executor"] == DRIVER:
+                if run["node"] == self.host and run["pid"] and not _alive(run["pid"]):
+                    ended.append((run, State.FAILED, Exited(None, "driver exited without finishing")))
+                continue
+            executor = self.executors.get(run["executor"])
+            if executor is None:
+                continue
+            timeout = self._timeout(run)
+            if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
+                self.store.set_desired(run["uuid"], "timeout")
+                run["desired"] = "timeout"
+            if run["desired"] != "run":
+                executor.stop(run, now)
+            exited = executor.poll(run)
+            if exited is not None:
+                ended.append((run, *_outcome(run, exited, timeout)))
+        if ended:
+            with self.store.write() as tx:
+                for run, state, exited in ended:
+                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, exited.reason,
+                                          exit_code=exited.exit_code, finished_at=now)
+        return len(active) - len(ended)
+
+    def _timeout(self, run: dict[str, Any]) -> float:
+        return float(json.loads(run["spec"]).get("timeout") or 0)
+
+    # -- queued runs ---------------------------------------------------------------------------
+
+    def _schedule(self, active: list[dict[str, Any]], now: float) -> int:
+        pending = self.store.pending_runs()
+        if not pending:
+            return 0
+        placements: list[tuple[str, str]] = []
+        reasons: dict[str, str] = {}
+        for name, executor in self.executors.items():
+            nodes = executor.nodes()
+            by_name = {n.name: n for n in nodes}
+            for run in active:
+                node = by_name.get(run["node"]) if run["executor"] == name else None
+                if node is not None:
+                    node.cpu_used += run["cpu_millis"]
+                    node.memory_used += run["memory"]
+            mine = [Pending(r["uuid"], r["cpu_millis"], r["memory"], r["priority"], r["seq"])
+                    for r in pending if r["executor"] == name]
+            result = plan(nodes, mine)
+            placements += result.placements
+            reasons.update(result.unplaced)
+        for run in pending:
+            if run["executor"] not in self.executors:
+                reasons[run["uuid"]] = f"waiting: no executor named {run['executor']!r} is configured"
+        changed = {u: r for u, r in reasons.items() if r != next(p["reason"] for p in pending if p["uuid"] == u)}
+        if changed:
+            self.store.set_reasons(changed)
+        self._start(placements, now)
+        return len(pending)
+
+    def _start(self, placements: list[tuple[str, str]], now: float) -> None:
+        """Claim the runs (queued -> running) before starting them, so none can start twice."""
+        if not placements:
+            return
+        launches: list[tuple[Executor, Launch]] = []
+        with self.store.write() as tx:
+            for run_uuid, node in placements:
+                run = self.store.run_for_start(tx, run_uuid)
+                executor = self.executors[run["executor"]]
+                if not self.store.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.RUNNING, "",
+                                             node=node, started_at=now, workdir=executor.workdir(run_uuid)):
+                    continue  # cancelled meanwhile
+                token = self.store.new_run_token(tx, run_uuid)
+                spec = run["spec"]
+                env = {**self.base_env, **spec.get("env", {}), "JOBNEST_CONTROLLER": self.controller_address,
+                       "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"], "JOBNEST_RUN": run_uuid,
+                       "JOBNEST_OUTPUT": os.path.join(executor.workdir(run_uuid), "out")}
+                launches.append((executor, Launch(run_uuid, node, spec["argv"], env, spec.get("cwd", ""),
+                                                  run["cpu_millis"], run["memory"], spec.get("image", ""))))
+        started: list[tuple[str, dict[str, Any]]] = []
+        failed: list[tuple[str, str]] = []
+        for executor, launch in launches:
+            try:
+                s = executor.start(launch)
+            except OSError as e:
+                failed.append((launch.run_uuid, f"could not start: {e}"))
+                continue
+            started.append((launch.run_uuid, {"pid": s.pid, "pid_start": s.pid_start, "workdir": s.workdir,
+                                              "cpu_enforced": s.cpu_enforced}))
+        with self.store.write() as tx:
+            for run_uuid, values in started:
+                self.store.set_run_values(tx, run_uuid, values)
+            for run_uuid, reason in failed:
+                self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED, reason,
+                                      finished_at=now)
+
+
+def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:
+    if run["desired"] == "cancel":
+        return State.CANCELLED, Exited(exited.exit_code, "cancelled")
+    if run["desired"] == "timeout":
+        return State.FAILED, Exited(exited.exit_code, f"timed out after {timeout:g}s")
+    if exited.exit_code == 0:
+        return State.SUCCEEDED, exited
+    return State.FAILED, exited
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _base_env() -> dict[str, str]:
+    """What a job inherits from the controller's environment: enough to find programs."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+

@@ -1,0 +1,317 @@
+"""The gRPC service: authenticates each call, checks its scope, and hands it to the store.
+
+`jobnest.errors` exceptions become gRPC statuses here and nowhere else (`_rpc`).
+"""
+
+import functools
+import hmac
+import inspect
+import json
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from jobnest.errors import InvalidSpec, JobnestError, PermissionDenied, Unauthenticated
+from jobnest.v1 import jobnest_pb2 as pb
+from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
+
+from . import specs
+from .executors.base import Executor
+from .scheduler import Node
+from .states import State
+from .store import Caller, Store
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
+LOG_CHUNK = 64 * 1024
+
+
+class Activity:
+    """When the service was last used, for the idle shutdown of a local controller."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last = clock()
+        self.streams = 0
+        self._lock = threading.Lock()
+
+    def touch(self) -> None:
+        self.last = self.clock()
+
+    def stream(self, delta: int) -> None:
+        with self._lock:
+            self.streams += delta
+            self.last = self.clock()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.streams else self.clock() - self.last
+
+
+def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Map jobnest errors to statuses for unary and streaming methods alike."""
+
+    @functools.wraps(method)
+    def unary(self: "JobService", request: Any, context: grpc.ServicerContext) -> Any:
+        self.activity.touch()
+        try:
+            return method(self, request, context)
+        except JobnestError as e:
+            context.abort(e.code, str(e))
+
+    @functools.wraps(method)
+    def stream(self: "JobService", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self.activity.stream(+1)
+        try:
+            yield from method(self, request, context)
+        except JobnestError as e:
+            context.abort(e.code, str(e))
+        finally:
+            self.activity.stream(-1)
+
+    return stream if inspect.isgeneratorfunction(method) else unary
+
+
+class JobService(pb_grpc.JobServiceServicer):
+    def __init__(self, store: Store, executors: dict[str, Executor], *, admin_token: str,
+                 default_executor: str, wake: Callable[[], None], activity: Activity,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.executors = executors
+        self.admin_token = admin_token
+        self.default_executor = default_executor
+        self.wake = wake
+        self.activity = activity
+        self.clock = clock
+
+    # -- who is calling ------------------------------------------------------------------------
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        metadata = dict(context.invocation_metadata())
+        header = metadata.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip()
+        if header and not TOKEN_RE.match(token):
+            raise Unauthenticated("malformed token: expected 'Bearer <token>'", field="authorization")
+        if token:
+            if self.admin_token and hmac.compare_digest(token, self.admin_token):
+                return Caller("admin", "admin")
+            return self.store.authenticate(token)
+        if context.peer().startswith("unix:"):
+            return Caller("admin", os.environ.get("USER") or str(os.getuid()))
+        raise Unauthenticated("a token is required on a TCP connection", field="authorization")
+
+    def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:
+        """The full uuid and path of the job `ref` names, if the caller may see it."""
+        if not ref:
+            raise InvalidSpec("must name a job", field="uuid")
+        uuid = self.store.resolve(ref)
+        path = self.store.job_path(uuid)
+        caller.check_scope(uuid, path)
+        return uuid, path
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    @_rpc
+    def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitResponse:
+        caller = self.caller(context)
+        if not request.jobs:
+            raise InvalidSpec("must hold at least one job", field="jobs")
+        nodes = [n for ex in self.executors.values() for n in ex.nodes()]
+        max_cpu = max((n.cpu_millis for n in nodes), default=0)
+        max_memory = max((n.memory for n in nodes), default=0)
+        job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
+                                    executors=set(self.executors), default_executor=self.default_executor)
+                     for i, m in enumerate(request.jobs)]
+        if any(s.get("driver") for s in job_specs) and len(job_specs) != 1:
+            raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
+        uuids, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
+        self.wake()
+        return pb.SubmitResponse(jobs=[job_message(r) for r in self.store.get_jobs(uuids)],
+                                 driver_token=driver_token or "")
+
+    @_rpc
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.Job:
+        caller = self.caller(context)
+        uuid, _ = self._scoped(caller, request.uuid)
+        return job_message(self.store.get_job(uuid), with_spec=True)
+
+    @_rpc
+    def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListChunk]:
+        caller = self.caller(context)
+        subtree = self._scoped(caller, request.subtree)[1] if request.subtree else None
+        parent = self._scoped(caller, request.parent)[0] if request.parent else None
+        if subtree is None and caller.kind == "job":
+            subtree = caller.path
+        origins: list[str] = []
+        listed: set[str] = set()
+        query = dict(parent=parent, states=list(request.states) or None,
+                     roots=request.roots, limit=request.limit)
+        for rows in self.store.list_jobs(subtree_path=subtree, **query):
+            yield pb.ListChunk(jobs=[job_message(r) for r in rows])
+            if request.include_reused:
+                listed.update(r["uuid"] for r in rows)
+                origins += [r["origin_job_uuid"] for r in rows if r["reused"]]
+        # A reused job's work was done under the job that started its run: list that too,
+        # since the caller may see what its own jobs reused.
+        while origins:
+            origin = origins.pop()
+            if origin in listed:
+                continue
+            for rows in self.store.list_jobs(subtree_path=self.store.job_path(origin)):
+                rows = [r for r in rows if r["uuid"] not in listed]
+                listed.update(r["uuid"] for r in rows)
+                origins += [r["origin_job_uuid"] for r in rows if r["reused"]]
+                yield pb.ListChunk(jobs=[job_message(r) for r in rows])
+
+    @_rpc
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+        caller = self.caller(context)
+        uuids = [self._scoped(caller, u)[0] for u in request.uuids]
+        subtree = self._scoped(caller, request.subtree)[1] if request.subtree else None
+        if not uuids and subtree is None:
+            raise InvalidSpec("give job uuids or a subtree to watch", field="uuids")
+        events = self.store.bus.subscribe()  # before the snapshot, so no change falls between
+        try:
+            for uuid in uuids:
+                row = self.store.get_job(uuid)
+                yield _event(row["uuid"], row["state"], row["reason"], _job_exit_code(row), initial=True)
+            while context.is_active():
+                try:
+                    e = events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if e.uuid in uuids or (subtree is not None and e.path.startswith(subtree)):
+                    yield _event(e.uuid, e.state, e.reason, e.exit_code)
+        finally:
+            self.store.bus.unsubscribe(events)
+
+    @_rpc
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
+        caller = self.caller(context)
+        uuid, _ = self._scoped(caller, request.uuid)
+        reason = request.reason or f"cancelled by {caller.name if caller.kind != 'job' else 'job ' + str(caller.job_uuid)}"
+        cancelled = self.store.cancel(uuid, reason, self.clock())
+        self.wake()
+        return pb.CancelResponse(cancelled=cancelled)
+
+    @_rpc
+    def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
+        caller = self.caller(context)
+        uuid, _ = self._scoped(caller, request.uuid)
+        offsets = {"stdout": 0, "stderr": 0}
+        events = self.store.bus.subscribe() if request.follow else None
+        try:
+            while context.is_active():
+                run = self.store.run_of(uuid)
+                done = State(run["state"]).terminal
+                executor = self.executors.get(run["executor"])
+                paths = executor.log_paths(run) if executor is not None else {}
+                for stream, path in paths.items():
+                    for data in _read_from(path, offsets, stream):
+                        yield pb.LogChunk(stream=stream, data=data)
+                if done or not request.follow:
+                    return
+                try:
+                    events.get(timeout=0.2)  # type: ignore[union-attr]
+                except queue.Empty:
+                    pass
+        finally:
+            if events is not None:
+                self.store.bus.unsubscribe(events)
+
+    @_rpc
+    def Why(self, request: pb.WhyRequest, context: grpc.ServicerContext) -> pb.WhyResponse:
+        caller = self.caller(context)
+        uuid, _ = self._scoped(caller, request.uuid)
+        why = self.store.why(uuid)
+        compared = why.get("compared") or {"uuid": "", "parts": {}}
+        return pb.WhyResponse(
+            uuid=uuid, reused=why["reused"], run_uuid=why["run_uuid"], explanation=why["explanation"],
+            compared_run_uuid=compared["uuid"], differing=why.get("differing", []),
+            parts=[pb.SignaturePart(name=k, hash=v, compared_hash=compared["parts"].get(k, ""))
+                   for k, v in why["parts"].items()],
+        )
+
+    @_rpc
+    def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
+        self.store.finish_driver(self.caller(context), request.exit_code, self.clock())
+        return pb.FinishResponse()
+
+    @_rpc
+    def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
+        caller = self.caller(context)
+        if caller.kind != "admin":
+            raise PermissionDenied("only an admin creates tokens", field="token")
+        if not re.fullmatch(r"[\w.@-]{1,100}", request.name):
+            raise InvalidSpec(f"{request.name!r} is not a token name (letters, digits, . @ - _)", field="name")
+        return pb.CreateTokenResponse(token=self.store.create_user_token(request.name, self.clock()))
+
+    @_rpc
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        self.caller(context)
+        used: dict[str, Node] = {}
+        for run in self.store.active_runs():
+            node = used.setdefault(run["node"], Node(run["node"], 0, 0))
+            node.cpu_used += run["cpu_millis"]
+            node.memory_used += run["memory"]
+        nodes = []
+        for executor in self.executors.values():
+            for n in executor.nodes():
+                u = used.get(n.name, Node(n.name, 0, 0))
+                nodes.append(pb.Node(name=n.name, cpu_millis=n.cpu_millis, memory=n.memory, cpu_used=u.cpu_used,
+                                     memory_used=u.memory_used,
+                                     cpu_enforced=getattr(getattr(executor, "limiter", None), "available", False)))
+        return pb.StatusResponse(version="0.1.0", pid=os.getpid(), store=_redact(self.store.url),
+                                 runs=self.store.run_counts(), nodes=nodes)
+
+
+def _job_exit_code(row: dict[str, Any]) -> int | None:
+    """A job shares its run's exit code unless the job ended apart from its run."""
+    return row["exit_code"] if row["state"] == row["run_state"] else None
+
+
+def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: bool = False) -> pb.JobEvent:
+    return pb.JobEvent(uuid=uuid, state=state, reason=reason, exit_code=exit_code or 0,
+                       has_exit_code=exit_code is not None, initial=initial)
+
+
+def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
+    exit_code = _job_exit_code(row)
+    reason = row["reason"] or (row["run_reason"] if row["state"] == row["run_state"] else "")
+    msg = pb.Job(
+        uuid=row["uuid"], name=row["name"], owner=row["owner"], spawned_by_job_uuid=row["spawned_by_job_uuid"] or "",
+        state=row["state"], reason=reason, run_uuid=row["run_uuid"], reused=row["reused"],
+        run_origin_job_uuid=row["origin_job_uuid"], exit_code=exit_code or 0, has_exit_code=exit_code is not None,
+        cpu_millis=row["cpu_millis"], memory=row["memory"], created_at=row["created_at"],
+        started_at=row["started_at"] or 0, finished_at=row["finished_at"] or 0, node=row["node"],
+        executor=row["executor"], cpu_enforced=row["cpu_enforced"], signature=row["signature"],
+        output=os.path.join(row["workdir"], "out") if row["workdir"] else "", run_state=row["run_state"],
+    )
+    if with_spec:
+        spec = json.loads(row["spec"])
+        msg.spec.CopyFrom(pb.JobSpec(
+            name=spec["name"], argv=spec["argv"], env=spec["env"], cwd=spec["cwd"], image=spec["image"],
+            cpu=spec["cpu_millis"] / 1000, memory=spec["memory"], priority=spec["priority"],
+            no_reuse=spec["no_reuse"], executor=spec["executor"], timeout=spec["timeout"],
+            cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
+        ))
+    return msg
+
+
+def _read_from(path: str, offsets: dict[str, int], stream: str) -> Iterator[bytes]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offsets[stream])
+            while data := f.read(LOG_CHUNK):
+                offsets[stream] += len(data)
+                yield data
+    except FileNotFoundError:
+        return
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

@@ -1,0 +1,68 @@
+"""The controller's settings, in groups; each field is also a `jobnest controller` flag and a
+`JOBNEST_*` variable (see `__main__.py`), and the Helm values mirror the same groups."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_home() -> str:
+    return os.environ.get("JOBNEST_HOME") or str(Path.home() / ".jobnest")
+
+
+def _memory_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+@dataclass
+class ServerSettings:
+    socket: str = ""
+    """Unix socket path; guarded by its file mode (0600), so calls on it need no token."""
+    listen: str = ""
+    """host:port to also serve on over TCP, where every call needs a token; empty: none."""
+    admin_token: str = ""
+    """Bootstrap token with full rights on TCP; `jobnest token create` makes the rest."""
+    advertise: str = ""
+    """The address given to jobs as JOBNEST_CONTROLLER; defaults to the unix socket."""
+
+
+@dataclass
+class StoreSettings:
+    url: str = ""
+    """SQLAlchemy URL: sqlite:///path (the default, in the home) or postgresql://..."""
+
+
+@dataclass
+class NodeSettings:
+    cpu_millis: int = field(default_factory=lambda: (os.cpu_count() or 1) * 1000)
+    """The local node's capacity in millicores (cores x 1000); never over-committed."""
+    memory: int = field(default_factory=_memory_total)
+    """The local node's memory capacity in bytes."""
+    cgroups: bool = True
+    """Enforce each run's cpu share with cgroups where the machine allows it."""
+
+
+@dataclass
+class Settings:
+    home: str = field(default_factory=default_home)
+    """State folder: the socket, the SQLite store and the runs' work dirs."""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    default_executor: str = "local"
+    """Executor for jobs that name none."""
+    idle_timeout: float = 0.0
+    """Seconds without calls or live runs after which the controller exits; 0: never."""
+    tick: float = 0.02
+    """Seconds between reconciler passes while runs are live."""
+
+    def __post_init__(self) -> None:
+        self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")
+        self.store.url = self.store.url or f"sqlite:///{Path(self.home) / 'jobnest.db'}"

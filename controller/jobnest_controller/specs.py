@@ -1,0 +1,62 @@
+"""Checking a submitted JobSpec and turning it into the dict the store keeps.
+
+Every problem names its field (`jobs[2].cpu`) so the caller knows what to fix; nothing is stored
+unless the whole batch is valid.
+"""
+
+import os
+from typing import Any
+
+from jobnest.errors import InvalidSpec
+from jobnest.v1 import jobnest_pb2 as pb
+
+MAX_NAME = 200
+
+
+def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: int,
+             executors: set[str], default_executor: str) -> dict[str, Any]:
+    def bad(name: str, problem: str) -> InvalidSpec:
+        return InvalidSpec(problem, field=f"jobs[{index}].{name}")
+
+    argv = list(msg.argv)
+    if not argv:
+        raise bad("argv", "must not be empty: give the command to run")
+    if not argv[0]:
+        raise bad("argv[0]", "must not be empty")
+    name = msg.name or os.path.basename(argv[0])
+    if len(name) > MAX_NAME:
+        raise bad("name", f"longer than {MAX_NAME} characters")
+    for key in msg.env:
+        if not key or "=" in key:
+            raise bad("env", f"{key!r} is not a variable name")
+    if msg.driver:
+        cpu_millis, executor = 0, "driver"
+    else:
+        cpu = msg.cpu if msg.HasField("cpu") else min(1.0, max_cpu_millis / 1000)
+        if not cpu > 0:
+            raise bad("cpu", f"must be greater than 0, got {cpu:g}")
+        cpu_millis = round(cpu * 1000)
+        if cpu_millis < 1:
+            raise bad("cpu", f"{cpu:g} is less than the smallest share, 0.001")
+        if cpu_millis > max_cpu_millis:
+            raise bad("cpu", f"{cpu:g} cores is more than the largest node has ({max_cpu_millis / 1000:g})")
+        executor = msg.executor or default_executor
+        if executor not in executors:
+            raise bad("executor", f"unknown executor {executor!r} (known: {', '.join(sorted(executors))})")
+    if msg.memory < 0:
+        raise bad("memory", f"must not be negative, got {msg.memory}")
+    if msg.memory > max_memory:
+        raise bad("memory", f"{msg.memory} bytes is more than the largest node has ({max_memory})")
+    if msg.timeout < 0:
+        raise bad("timeout", f"must not be negative, got {msg.timeout:g}")
+    if msg.cwd and not os.path.isabs(msg.cwd):
+        raise bad("cwd", f"must be an absolute path, got {msg.cwd!r}")
+    spec: dict[str, Any] = {
+        "name": name, "argv": argv, "env": dict(msg.env), "cwd": msg.cwd, "image": msg.image,
+        "cpu_millis": cpu_millis, "memory": msg.memory, "priority": msg.priority, "executor": executor,
+        "timeout": msg.timeout, "cache_version": msg.cache_version, "labels": dict(msg.labels),
+        "no_reuse": msg.no_reuse,
+    }
+    if msg.driver:
+        spec.update(driver=True, driver_pid=msg.driver_pid, driver_host=msg.driver_host)
+    return spec

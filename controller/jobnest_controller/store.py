@@ -1,0 +1,473 @@
+"""The store: the single source of truth for jobs, runs and tokens.
+
+The gRPC server calls it for every request and the reconciler for every state change. Hot paths
+(submit, reuse lookup, listing) are SQLAlchemy Core over the SQLModel tables. Every state change
+goes through `transition()`, a compare-and-set against the table in `states.py`. No SQLAlchemy
+error leaves this module: they become `jobnest.errors` types.
+"""
+
+import contextlib
+import hashlib
+import json
+import secrets
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
+
+from .events import Bus, JobEvent
+from .models import Job, Run, UserToken
+from .signature import signature, signature_parts
+from .states import ALLOWED, LIVE, REUSABLE, State
+
+jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
+runs: sa.Table = Run.__table__  # type: ignore[attr-defined]
+user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
+
+LIVE_VALUES = [s.value for s in LIVE]
+DRIVER = "driver"  # executor name of a driver program's run: it runs outside the controller
+
+
+class Kind(str, Enum):
+    JOB = "job"
+    RUN = "run"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a call: an admin, a person or driver with a user token, or a job with its token."""
+
+    kind: str  # "admin", "user" or "job"
+    name: str
+    job_uuid: str | None = None
+    path: str = ""  # a job caller's scope: its own subtree
+
+    def check_scope(self, job_uuid: str, path: str) -> None:
+        if self.kind == "job" and not path.startswith(self.path):
+            raise PermissionDenied(f"job {job_uuid} is outside the subtree of job {self.job_uuid}", field="uuid")
+
+
+@dataclass(slots=True)
+class Tx:
+    conn: Connection
+    events: list[JobEvent] = field(default_factory=list)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_uuid() -> str:
+    return uuidlib.uuid4().hex
+
+
+# The columns a Job message is built from: the job's own, plus its run's.
+JOB_VIEW = [
+    jobs.c.uuid, jobs.c.name, jobs.c.owner, jobs.c.spawned_by_job_uuid, jobs.c.path, jobs.c.state,
+    jobs.c.reason, jobs.c.run_uuid, jobs.c.reused, jobs.c.created_at, jobs.c.seq, jobs.c.cpu_millis,
+    jobs.c.memory, runs.c.state.label("run_state"), runs.c.exit_code, runs.c.started_at,
+    runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced, runs.c.signature,
+    runs.c.origin_job_uuid, runs.c.workdir, runs.c.reason.label("run_reason"),
+]
+JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+
+
+class Store:
+    def __init__(self, url: str, bus: Bus | None = None) -> None:
+        self.url = url
+        self.bus = bus or Bus()
+        self.is_sqlite = url.startswith("sqlite")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        if self.is_sqlite:
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_size=10, max_overflow=20)
+        # SQLite has one writer at a time; queueing writers here beats retrying on "locked".
+        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as e:
+            raise JobnestError(f"cannot open the store at {self.url}: {e}") from e
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        """One write transaction; its state changes are published once it commits."""
+        with self._write_lock, _db_errors(), self.engine.begin() as conn:
+            tx = Tx(conn)
+            yield tx
+        self.bus.publish(tx.events)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with _db_errors(), self.engine.connect() as conn:
+            yield conn
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def transition(self, tx: Tx, kind: Kind, uuid: str, expected: State, new: State, reason: str,
+                   **values: Any) -> bool:
+        """Move one job or run from `expected` to `new`; False if it was no longer `expected`.
+
+        A run's jobs that were in step with it move with it.
+        """
+        if new not in ALLOWED[expected]:
+            raise ValueError(f"{kind.value} {uuid}: {expected.value} -> {new.value} is not a transition")
+        table = runs if kind is Kind.RUN else jobs
+        done = tx.conn.execute(
+            sa.update(table).where(table.c.uuid == uuid, table.c.state == expected.value)
+            .values(state=new.value, reason=reason, **values)
+        ).rowcount == 1
+        if not done:
+            return False
+        if kind is Kind.RUN:
+            moved = tx.conn.execute(
+                sa.update(jobs).where(jobs.c.run_uuid == uuid, jobs.c.state == expected.value)
+                .values(state=new.value, reason=reason).returning(jobs.c.uuid, jobs.c.path)
+            ).all()
+            exit_code = values.get("exit_code")
+            tx.events.extend(JobEvent(u, p, new.value, reason, exit_code) for u, p in moved)
+        else:
+            path = tx.conn.execute(sa.select(jobs.c.path).where(jobs.c.uuid == uuid)).scalar_one()
+            tx.events.append(JobEvent(uuid, path, new.value, reason, None))
+        return True
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def submit(self, caller: Caller, request_id: str, specs: list[dict[str, Any]], now: float
+               ) -> tuple[list[str], str | None]:
+        """Store a batch of validated specs; returns the job uuids and, for a driver, its token.
+
+        Each job reuses a succeeded run with its signature, else a queued or running one, unless
+        it asks not to. A request id seen before returns the first request's jobs.
+        """
+        keys = [f"{request_id}:{i}" for i in range(len(specs))] if request_id else [None] * len(specs)
+        with self.write() as tx:
+            if request_id:
+                known = tx.conn.execute(
+                    sa.select(jobs.c.request_key, jobs.c.uuid).where(jobs.c.request_key.in_(keys))
+                ).all()
+                if known:
+                    by_key = dict(known)
+                    return [by_key[k] for k in keys if k in by_key], None
+            parts = [signature_parts(s) for s in specs]
+            sigs = [signature(p) for p in parts]
+            reusable = self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)})
+            parent_path = caller.path if caller.kind == "job" else "/"
+            job_rows, run_rows, driver_token = [], [], None
+            for spec, part, sig, key in zip(specs, parts, sigs, keys):
+                job_uuid = new_uuid()
+                found = reusable.get(sig) if _may_reuse(spec) else None
+                if found is None:
+                    token = secrets.token_urlsafe(24)
+                    run = _new_run(spec, part, sig, job_uuid, token, now)
+                    run_rows.append(run)
+                    found = {"uuid": run["uuid"], "state": run["state"], "origin_job_uuid": job_uuid}
+                    if _may_reuse(spec):
+                        reusable[sig] = found  # identical specs in one batch share the run
+                    if spec.get("driver"):
+                        driver_token = token
+                job_rows.append({
+                    "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
+                    "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{job_uuid}/",
+                    "run_uuid": found["uuid"], "reused": found["origin_job_uuid"] != job_uuid,
+                    "state": found["state"], "reason": "", "desired": "run", "spec": json.dumps(spec),
+                    "created_at": now, "request_key": key, "cpu_millis": spec["cpu_millis"],
+                    "memory": spec["memory"],
+                })
+            if run_rows:
+                tx.conn.execute(sa.insert(runs), run_rows)
+            tx.conn.execute(sa.insert(jobs), job_rows)
+            tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
+        return [j["uuid"] for j in job_rows], driver_token
+
+    def _reusable(self, conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
+        """The best run to reuse for each signature: succeeded first, then in flight, newest."""
+        if not sigs:
+            return {}
+        rank = {s.value: i for i, s in enumerate(REUSABLE)}
+        best: dict[str, dict[str, Any]] = {}
+        sig_list = list(sigs)
+        for i in range(0, len(sig_list), 5000):
+            rows = conn.execute(
+                sa.select(runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq)
+                .where(runs.c.signature.in_(sig_list[i:i + 5000]),
+                       runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
+            ).mappings().all()
+            for row in rows:
+                old = best.get(row["signature"])
+                if old is None or (rank[row["state"]], -row["seq"]) < (rank[old["state"]], -old["seq"]):
+                    best[row["signature"]] = dict(row)
+        return best
+
+    def find_reusable(self, sigs: list[str]) -> dict[str, str]:
+        """Signature -> run uuid for the runs a new job with that signature would reuse."""
+        with self.read() as conn:
+            return {sig: row["uuid"] for sig, row in self._reusable(conn, set(sigs)).items()}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get_job(self, uuid: str) -> dict[str, Any]:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(*JOB_VIEW, jobs.c.spec).select_from(JOB_FROM).where(jobs.c.uuid == uuid)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"no job {uuid}", field="uuid")
+        return dict(row)
+
+    def get_jobs(self, uuids: list[str]) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(sa.select(*JOB_VIEW).select_from(JOB_FROM).where(jobs.c.uuid.in_(uuids))).mappings()
+            by_uuid = {r["uuid"]: dict(r) for r in rows}
+        return [by_uuid[u] for u in uuids]
+
+    def list_jobs(self, *, subtree_path: str | None = None, parent: str | None = None,
+                  states: list[str] | None = None, roots: bool = False, limit: int = 0,
+                  chunk: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """Jobs in submit order, in chunks, filtered by subtree, parent and state."""
+        query = sa.select(*JOB_VIEW).select_from(JOB_FROM).order_by(jobs.c.seq)
+        if subtree_path:
+            query = query.where(jobs.c.path.like(subtree_path + "%"))
+        if parent:
+            query = query.where(jobs.c.spawned_by_job_uuid == parent)
+        if roots:
+            query = query.where(jobs.c.spawned_by_job_uuid.is_(None))
+        if states:
+            query = query.where(jobs.c.state.in_(states))
+        if limit:
+            query = query.limit(limit)
+        with self.read() as conn:
+            result = conn.execution_options(yield_per=chunk).execute(query).mappings()
+            for part in result.partitions(chunk):
+                yield [dict(r) for r in part]
+
+    def resolve(self, ref: str) -> str:
+        """The full uuid of the job that `ref` (a uuid or a unique prefix of 4+ characters) names."""
+        if len(ref) == 32:
+            return ref
+        if len(ref) < 4 or not all(c in "0123456789abcdef" for c in ref):
+            raise InvalidSpec(f"{ref!r} is not a job uuid or a prefix of one (4+ hex digits)", field="uuid")
+        with self.read() as conn:
+            found = conn.execute(sa.select(jobs.c.uuid).where(jobs.c.uuid.like(ref + "%")).limit(2)).scalars().all()
+        if not found:
+            raise NotFound(f"no job {ref}", field="uuid")
+        if len(found) > 1:
+            raise InvalidSpec(f"{ref!r} names more than one job; give more of the uuid", field="uuid")
+        return found[0]
+
+    def job_path(self, uuid: str) -> str:
+        with self.read() as conn:
+            path = conn.execute(sa.select(jobs.c.path).where(jobs.c.uuid == uuid)).scalar()
+        if path is None:
+            raise NotFound(f"no job {uuid}", field="uuid")
+        return path
+
+    def run_of(self, job_uuid: str) -> dict[str, Any]:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == job_uuid)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"no job {job_uuid}", field="uuid")
+        return dict(row)
+
+    def run_counts(self) -> dict[str, int]:
+        with self.read() as conn:
+            return dict(conn.execute(sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state)).all())
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Caller:
+        digest = hash_token(token)
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(runs.c.state, runs.c.desired, jobs.c.uuid, jobs.c.path, jobs.c.owner)
+                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                .where(runs.c.token_hash == digest)
+            ).first()
+            if row is not None:
+                state, desired, job_uuid, path, owner = row
+                if state != State.RUNNING.value or desired != "run":
+                    raise Unauthenticated("token expired: its job's run has ended", field="token")
+                return Caller("job", owner, job_uuid, path)
+            name = conn.execute(sa.select(user_tokens.c.name).where(user_tokens.c.token_hash == digest)).scalar()
+        if name is None:
+            raise Unauthenticated("token not recognised", field="token")
+        return Caller("user", name)
+
+    def create_user_token(self, name: str, now: float) -> str:
+        token = "jn_" + secrets.token_urlsafe(24)
+        with self.write() as tx:
+            tx.conn.execute(sa.insert(user_tokens).values(name=name, token_hash=hash_token(token), created_at=now))
+        return token
+
+    # -- cancel and finish ---------------------------------------------------------------------
+
+    def cancel(self, root_uuid: str, reason: str, now: float) -> list[str]:
+        """Cancel a job and its whole live subtree; a run stops only when no live job wants it."""
+        with self.write() as tx:
+            path = tx.conn.execute(sa.select(jobs.c.path).where(jobs.c.uuid == root_uuid)).scalar()
+            if path is None:
+                raise NotFound(f"no job {root_uuid}", field="uuid")
+            doomed = tx.conn.execute(
+                sa.select(jobs.c.uuid, jobs.c.run_uuid, jobs.c.state)
+                .where(jobs.c.path.like(path + "%"), jobs.c.state.in_(LIVE_VALUES))
+            ).all()
+            if not doomed:
+                return []
+            doomed_uuids = [u for u, _, _ in doomed]
+            tx.conn.execute(sa.update(jobs).where(jobs.c.uuid.in_(doomed_uuids)).values(desired="cancel"))
+            run_uuids = {r for _, r, _ in doomed}
+            wanted = set(tx.conn.execute(
+                sa.select(jobs.c.run_uuid).where(jobs.c.run_uuid.in_(run_uuids), jobs.c.desired == "run",
+                                                 jobs.c.state.in_(LIVE_VALUES))
+            ).scalars())
+            for job_uuid, run_uuid, state in doomed:
+                why = reason if job_uuid == root_uuid else f"{reason} (with job {root_uuid})"
+                if run_uuid in wanted:  # another job still wants the run: only this job ends
+                    self.transition(tx, Kind.JOB, job_uuid, State(state), State.CANCELLED, why)
+            for run_uuid in run_uuids - wanted:
+                run = tx.conn.execute(sa.select(runs.c.state, runs.c.executor).where(runs.c.uuid == run_uuid)).one()
+                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired="cancel"))
+                if run.state == State.QUEUED.value or run.executor == DRIVER:
+                    self.transition(tx, Kind.RUN, run_uuid, State(run.state), State.CANCELLED, reason,
+                                    finished_at=now)
+                # A running process is stopped by the reconciler, which then ends the run.
+        return doomed_uuids
+
+    def finish_driver(self, caller: Caller, exit_code: int, now: float) -> None:
+        if caller.kind != "job":
+            raise Conflict("only a driver's own token can finish it", field="token")
+        run = self.run_of(caller.job_uuid or "")
+        if run["executor"] != DRIVER:
+            raise Conflict(f"job {caller.job_uuid} is not a driver", field="token")
+        new = State.SUCCEEDED if exit_code == 0 else State.FAILED
+        with self.write() as tx:
+            self.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, new, f"exit code {exit_code}",
+                            exit_code=exit_code, finished_at=now)
+
+    # -- for the reconciler --------------------------------------------------------------------
+
+    def pending_runs(self) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(runs.c.uuid, runs.c.cpu_millis, runs.c.memory, runs.c.priority, runs.c.seq,
+                          runs.c.executor, runs.c.reason)
+                .where(runs.c.state == State.QUEUED.value).order_by(runs.c.priority.desc(), runs.c.seq)
+            ).mappings()]
+
+    def active_runs(self) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(runs).where(runs.c.state == State.RUNNING.value)
+            ).mappings()]
+
+    def run_for_start(self, tx: Tx, run_uuid: str) -> dict[str, Any]:
+        row = tx.conn.execute(
+            sa.select(runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis, runs.c.memory)
+            .where(runs.c.uuid == run_uuid)
+        ).mappings().one()
+        return {**row, "spec": json.loads(row["spec"])}
+
+    def set_run_values(self, tx: Tx, run_uuid: str, values: dict[str, Any]) -> None:
+        """Facts about a run that are not its state (pid, work dir, ...)."""
+        tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(**values))
+
+    def set_desired(self, run_uuid: str, desired: str) -> None:
+        with self.write() as tx:
+            tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired=desired))
+
+    def new_run_token(self, tx: Tx, run_uuid: str) -> str:
+        """A fresh token for a run about to start; only its hash is kept."""
+        token = secrets.token_urlsafe(24)
+        tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(token_hash=hash_token(token)))
+        return token
+
+    def set_reasons(self, reasons: dict[str, str]) -> None:
+        with self.write() as tx:
+            for run_uuid, reason in reasons.items():
+                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid, runs.c.state == State.QUEUED.value)
+                                .values(reason=reason))
+                tx.conn.execute(sa.update(jobs).where(jobs.c.run_uuid == run_uuid, jobs.c.state == State.QUEUED.value)
+                                .values(reason=reason))
+
+    # -- explain -------------------------------------------------------------------------------
+
+    def why(self, job_uuid: str) -> dict[str, Any]:
+        """Whether a job ran or reused, and what differed from the nearest earlier run of its name."""
+        job = self.get_job(job_uuid)
+        with self.read() as conn:
+            run = conn.execute(sa.select(runs).where(runs.c.uuid == job["run_uuid"])).mappings().one()
+            parts = json.loads(run["sig_parts"])
+            if job["reused"]:
+                return {"reused": True, "run_uuid": run["uuid"], "parts": parts, "compared": None,
+                        "explanation": f"reused run {run['uuid']} (started by job {run['origin_job_uuid']}, "
+                                       f"{run['state']})"}
+            earlier = conn.execute(
+                sa.select(runs).where(runs.c.name == run["name"], runs.c.seq < run["seq"])
+                .order_by(runs.c.seq.desc()).limit(1)
+            ).mappings().first()
+        spec = json.loads(job["spec"])
+        if earlier is None:
+            text = f"ran: no earlier run is named {run['name']!r}"
+            return {"reused": False, "run_uuid": run["uuid"], "parts": parts, "compared": None, "explanation": text}
+        old_parts = json.loads(earlier["sig_parts"])
+        differing = [p for p in parts if parts[p] != old_parts.get(p)]
+        if differing:
+            text = f"ran: differs from run {earlier['uuid']} in {', '.join(differing)}"
+        elif spec.get("no_reuse") or spec.get("driver"):
+            text = f"ran: reuse was turned off, though run {earlier['uuid']} has the same signature"
+        else:
+            text = (f"ran: run {earlier['uuid']} has the same signature but ended {earlier['state']}, "
+                    "and only succeeded, queued or running runs are reused")
+        return {"reused": False, "run_uuid": run["uuid"], "parts": parts, "explanation": text,
+                "compared": {"uuid": earlier["uuid"], "parts": old_parts}, "differing": differing}
+
+
+def _may_reuse(spec: dict[str, Any]) -> bool:
+    return not (spec.get("no_reuse") or spec.get("driver"))
+
+
+def _new_run(spec: dict[str, Any], parts: dict[str, str], sig: str, job_uuid: str, token: str,
+             now: float) -> dict[str, Any]:
+    driver = bool(spec.get("driver"))
+    return {
+        "uuid": new_uuid(), "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
+        "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
+        "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
+        "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": json.dumps(spec),
+        "token_hash": hash_token(token), "node": spec.get("driver_host", "") if driver else "",
+        "pid": spec.get("driver_pid", 0) if driver else 0, "pid_start": "", "workdir": "",
+        "cpu_enforced": False, "exit_code": None, "created_at": now,
+        "started_at": now if driver else None, "finished_at": None,
+    }
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA case_sensitive_like=ON")  # lets `path LIKE 'prefix%'` use its index
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+@contextlib.contextmanager
+def _db_errors() -> Iterator[None]:
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as e:
+        raise JobnestError(f"store error: {e.__class__.__name__}: {e}") from e

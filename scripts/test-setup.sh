@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the venv: PostgreSQL server binaries (the tests start a
+# throwaway cluster themselves) and a user to run them as when we are root.
+set -euo pipefail
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "installing PostgreSQL server binaries"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home postgres
+fi

@@ -1,0 +1,16 @@
+"""jobnest: everything is a job.
+
+    import jobnest
+    client = jobnest.connect()
+    job = client.submit(["echo", "hi"], cpu=0.25)
+    job.wait(); print(job.state, job.logs())
+"""
+
+from ._client import Client, Job, JobInfo, connect, current_job
+from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Timeout, Unauthenticated,
+                     Unavailable)
+
+__all__ = [
+    "Client", "Conflict", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound", "PermissionDenied",
+    "Timeout", "Unauthenticated", "Unavailable", "connect", "current_job",
+]

@@ -1,0 +1,246 @@
+"""The `jobnest` command: parse, call one SDK function, render. No logic of its own."""
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import _render as render
+from ._client import Client, JobInfo, connect, ensure_local_controller, local_controller_healthy
+from .errors import JobnestError
+
+
+def _home(ctx: click.Context) -> Path:
+    return Path(ctx.obj["home"] or os.environ.get("JOBNEST_HOME") or Path.home() / ".jobnest")
+
+
+def _client(ctx: click.Context) -> Client:
+    return connect(ctx.obj["controller"] or None, ctx.obj["token"], home=ctx.obj["home"], driver=False)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Turns jobnest errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobnestError as e:
+            click.echo(f"jobnest: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--controller", envvar="JOBNEST_CONTROLLER", default="", help="Controller address (default: local).")
+@click.option("--token", envvar="JOBNEST_TOKEN", default="", help="Token for a TCP controller.")
+@click.option("--home", envvar="JOBNEST_HOME", default="", help="Local controller home (default ~/.jobnest).")
+@click.pass_context
+def main(ctx: click.Context, controller: str, token: str, home: str) -> None:
+    """jobnest: everything is a job."""
+    ctx.obj = {"controller": controller, "token": token, "home": home}
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def controller(args: tuple[str, ...]) -> NoReturn:
+    """Serve a controller (see `jobnest controller --help`)."""
+    os.execv(sys.executable, [sys.executable, "-m", "jobnest_controller", *args])
+
+
+@main.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Start the local controller (it stays up until `jobnest down`)."""
+    home = _home(ctx)
+    ensure_local_controller(home, idle_timeout=0)
+    click.echo(f"local controller up: unix://{home / 'controller.sock'}")
+
+
+@main.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop the local controller; running jobs go on and are re-adopted at the next start."""
+    home = _home(ctx)
+    pid_file = home / "controller.pid"
+    if not pid_file.exists():
+        click.echo("local controller is not running")
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        click.echo("local controller is not running")
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and local_controller_healthy(home / "controller.sock", timeout=0.5):
+        time.sleep(0.1)
+    click.echo("local controller stopped")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the controller's address, store, nodes and run counts."""
+    if not ctx.obj["controller"] and not local_controller_healthy(_home(ctx) / "controller.sock"):
+        if as_json:
+            _emit({"running": False})
+        else:
+            click.echo("local controller is not running (it starts on demand, or with `jobnest up`)")
+        return
+    s = _client(ctx).status()
+    if as_json:
+        _emit({"running": True, **s})
+        return
+    click.echo(f"controller {s['address']} (pid {s['pid']}, version {s['version']})\nstore {s['store']}")
+    for n in s["nodes"]:
+        enforced = "enforced" if n["cpu_enforced"] else "not enforced"
+        click.echo(f"node {n['name']}: cpu {n['cpu_used']:g}/{n['cpu']:g} ({enforced}), "
+                   f"memory {n['memory_used'] / 2**30:.2f}/{n['memory'] / 2**30:.2f} GiB")
+    click.echo("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(s["runs"].items())) or "none"))
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--name", default=None)
+@click.option("--cpu", type=float, default=None, help="Share of a core, e.g. 0.25.")
+@click.option("--memory", default=None, help="e.g. 256Mi.")
+@click.option("--image", default=None)
+@click.option("--executor", default=None)
+@click.option("--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--no-reuse", is_flag=True, help="Always start a new run.")
+@click.option("--detach", "-d", is_flag=True, help="Print the job uuid and return.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
+        executor: str | None, env: tuple[str, ...], no_reuse: bool, detach: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND as a job, stream its output, and exit with its exit code."""
+    variables = dict(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in env)
+    client = _client(ctx)
+    job = client.submit(list(command), name=name, cpu=cpu, memory=memory, image=image, executor=executor,
+                        env=variables, reuse=not no_reuse, cwd=os.getcwd())
+    if detach:
+        click.echo(job.uuid)
+        return
+    for stream, data in client.logs(job.uuid, follow=True):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.buffer.write(data)
+        out.flush()
+    info = job.wait().info
+    if info.state != "succeeded":
+        click.echo(f"jobnest: job {job.uuid[:8]} {info.state}: {info.reason}", err=True)
+    sys.exit(0 if info.state == "succeeded" else (info.exit_code or 1))
+
+
+@main.command(name="ls")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--parent", default="", help="Only the children of this job.")
+@click.option("--roots", is_flag=True, help="Only jobs nobody spawned.")
+@click.option("--limit", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ls(ctx: click.Context, states: tuple[str, ...], parent: str, roots: bool, limit: int, as_json: bool) -> None:
+    """List jobs in submit order."""
+    jobs = _client(ctx).list(parent=parent, states=list(states), roots=roots, limit=limit)
+    _listing(jobs, as_json, render.table)
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--last", type=int, default=3, help="Without JOB: the trees of the last N root jobs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tree(ctx: click.Context, job: str | None, last: int, as_json: bool) -> None:
+    """Show a job tree: state, name, id, cpu, duration, and what was reused."""
+    client = _client(ctx)
+    if job:
+        uuid = client.get(job).uuid
+        jobs = list(client.list(subtree=uuid, include_reused=True))
+        _listing(jobs, as_json, lambda js: render.tree(js, uuid) + "\n" + render.summary(js, uuid))
+        return
+    tops = list(client.list(roots=True))[-last:]
+    jobs = [j for t in tops for j in client.list(subtree=t.uuid, include_reused=True)]
+    _listing(jobs, as_json, lambda js: "\n\n".join(render.tree(js, t.uuid) for t in tops) or "no jobs")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Show one job: its state and why, its run, resources and command."""
+    info = _client(ctx).get(job)
+    if as_json:
+        _emit(info.to_dict())
+        return
+    for key, value in info.to_dict().items():
+        if key in ("created_at", "started_at", "finished_at") and value:
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        click.echo(f"{key + ':':<22}{' '.join(value) if isinstance(value, tuple) else value}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
+@click.pass_context
+def logs(ctx: click.Context, job: str, follow: bool) -> None:
+    """Print a job's stdout and stderr."""
+    for stream, data in _client(ctx).logs(job, follow=follow):
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.buffer.write(data)
+        out.flush()
+
+
+@main.command()
+@click.argument("job")
+@click.pass_context
+def cancel(ctx: click.Context, job: str) -> None:
+    """Cancel a job and its whole subtree."""
+    cancelled = _client(ctx).cancel(job)
+    click.echo(f"cancelled {len(cancelled)} job(s)")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def why(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Say whether a job ran or reused a run, and what differed from the nearest earlier run."""
+    w = _client(ctx).why(job)
+    if as_json:
+        _emit(w)
+        return
+    click.echo(w["explanation"])
+    for part, h in w["parts"].items():
+        mark = "≠" if part in w["differing"] else " "
+        click.echo(f"  {mark} {part:<14} {h['hash'][:12]}" + (f"  (was {h['compared'][:12]})" if mark == "≠" else ""))
+
+
+@main.group()
+def token() -> None:
+    """Tokens for people and drivers on a TCP controller."""
+
+
+@token.command(name="create")
+@click.argument("name")
+@click.pass_context
+def token_create(ctx: click.Context, name: str) -> None:
+    """Create a user token named NAME and print it (it is shown only once)."""
+    click.echo(_client(ctx).create_token(name))
+
+
+def _listing(jobs: Iterator[JobInfo] | list[JobInfo], as_json: bool, text: Callable[[list[JobInfo]], str]) -> None:
+    jobs = list(jobs)
+    if as_json:
+        _emit([j.to_dict() for j in jobs])
+    else:
+        click.echo(text(jobs))

@@ -1,0 +1,396 @@
+"""The SDK: connect to a controller, submit jobs, and follow them through handles.
+
+`connect()` finds the controller the same way everywhere: inside a job from `JOBNEST_CONTROLLER`
+and `JOBNEST_TOKEN`; elsewhere from those variables if set, else the local controller on a unix
+socket under `JOBNEST_HOME`, started on demand. A program that submits from outside any job is
+recorded as a driver job, so its children group under it. gRPC errors never escape this module:
+they become `jobnest.errors` types.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .errors import InvalidSpec, JobnestError, Unavailable, from_rpc_error
+from .v1 import jobnest_pb2 as pb
+from .v1 import jobnest_pb2_grpc as pb_grpc
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+LOCAL_IDLE_TIMEOUT = float(os.environ.get("JOBNEST_LOCAL_IDLE_TIMEOUT", "300"))
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+         "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What the controller knows of a job at one moment."""
+
+    uuid: str
+    name: str
+    state: str
+    reason: str
+    owner: str
+    spawned_by_job_uuid: str
+    run_uuid: str
+    reused: bool
+    run_origin_job_uuid: str
+    exit_code: int | None
+    cpu: float
+    memory: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    node: str
+    executor: str
+    cpu_enforced: bool
+    output: str
+    argv: tuple[str, ...] = ()
+
+    @classmethod
+    def from_message(cls, m: pb.Job) -> "JobInfo":
+        return cls(m.uuid, m.name, m.state, m.reason, m.owner, m.spawned_by_job_uuid, m.run_uuid, m.reused,
+                   m.run_origin_job_uuid, m.exit_code if m.has_exit_code else None, m.cpu_millis / 1000,
+                   m.memory, m.created_at, m.started_at or None, m.finished_at or None, m.node, m.executor,
+                   m.cpu_enforced, m.output, tuple(m.spec.argv))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def parse_memory(value: int | str) -> int:
+    """Bytes from 268435456, "256Mi" or "1G"."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower().removesuffix("b")
+    number = text.rstrip("kmgti")
+    unit = text[len(number):]
+    if unit not in UNITS or not number:
+        raise InvalidSpec(f"{value!r} is not a size such as 256Mi or 2G", field="memory")
+    try:
+        return int(float(number) * UNITS[unit])
+    except ValueError:
+        raise InvalidSpec(f"{value!r} is not a size such as 256Mi or 2G", field="memory") from None
+
+
+class Client:
+    """A connection to one controller, as one identity (a person, a driver or a job)."""
+
+    def __init__(self, address: str, token: str = "", *, driver: bool = True) -> None:
+        self.address = address
+        self._token = token
+        self._channel = grpc.insecure_channel(_target(address))
+        self._stub = pb_grpc.JobServiceStub(self._channel)
+        self._record_driver = driver and not os.environ.get("JOBNEST_JOB")
+        self._driver: Job | None = None
+        self._driver_lock = threading.Lock()
+        self._defaults: list[dict[str, Any]] = []
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._token}")] if self._token else []
+
+    def _unary(self, name: str, request: Any, timeout: float | None = 60) -> Any:
+        with _errors():
+            return getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+
+    def _stream(self, name: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
+        with _errors():
+            yield from getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def defaults(self, **options: Any) -> Iterator["Client"]:
+        """Options (image, cpu, executor, ...) for every `submit` inside the block."""
+        self._defaults.append(options)
+        try:
+            yield self
+        finally:
+            self._defaults.pop()
+
+    def spec(self, argv: list[str] | str, **options: Any) -> pb.JobSpec:
+        """The JobSpec `submit` would send, with the `defaults()` blocks applied."""
+        merged: dict[str, Any] = {}
+        for block in self._defaults:
+            merged.update(block)
+        merged.update({k: v for k, v in options.items() if v is not None})
+        if isinstance(argv, str):
+            argv = [argv]
+        unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
+                                 "executor", "timeout", "cache_version", "labels"}
+        if unknown:
+            raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+        spec = pb.JobSpec(
+            name=merged.get("name", ""), argv=[str(a) for a in argv], env=merged.get("env", {}),
+            cwd=str(merged.get("cwd", "")), image=merged.get("image", ""),
+            memory=parse_memory(merged.get("memory", 0)), priority=merged.get("priority", 0),
+            no_reuse=not merged.get("reuse", True), executor=merged.get("executor", ""),
+            timeout=merged.get("timeout", 0), cache_version=str(merged.get("cache_version", "")),
+            labels=merged.get("labels", {}),
+        )
+        if "cpu" in merged:
+            spec.cpu = float(merged["cpu"])
+        return spec
+
+    def submit(self, argv: list[str] | str, **options: Any) -> "Job":
+        """Submit one job; see DESIGN for the options. Returns at once with a handle."""
+        return self.submit_many([self.spec(argv, **options)])[0]
+
+    def submit_many(self, specs: list[pb.JobSpec], request_id: str | None = None) -> list["Job"]:
+        """Submit a batch in one call; a retry with the same request id creates nothing twice."""
+        self._ensure_driver()
+        request = pb.SubmitRequest(request_id=request_id or uuidlib.uuid4().hex, jobs=specs)
+        response = self._unary("Submit", request)
+        return [Job(self, m.uuid, m) for m in response.jobs]
+
+    def _ensure_driver(self) -> None:
+        """Record this program as a driver job the first time it submits from outside any job."""
+        if not self._record_driver:
+            return
+        with self._driver_lock:
+            if self._driver is not None:
+                return
+            argv = [sys.executable, *sys.argv]
+            spec = pb.JobSpec(name=os.path.basename(sys.argv[0] or "python"), argv=argv, driver=True,
+                              driver_pid=os.getpid(), driver_host=socket.gethostname(), cwd=os.getcwd())
+            response = self._unary("Submit", pb.SubmitRequest(request_id=uuidlib.uuid4().hex, jobs=[spec]))
+            self._driver = Job(self, response.jobs[0].uuid, response.jobs[0])
+            self._token = response.driver_token
+            _finish_at_exit(self)
+
+    @property
+    def driver(self) -> "Job | None":
+        """The job that records this program, once it has submitted something."""
+        return self._driver
+
+    def finish(self, exit_code: int = 0) -> None:
+        """End this program's driver job now (it otherwise ends when the program exits)."""
+        if self._driver is not None and self._driver.info.state not in TERMINAL:
+            self._unary("Finish", pb.FinishRequest(exit_code=exit_code))
+            self._driver = Job(self, self._driver.uuid)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def job(self, uuid: str) -> "Job":
+        return Job(self, uuid)
+
+    def get(self, uuid: str) -> JobInfo:
+        return JobInfo.from_message(self._unary("Get", pb.GetRequest(uuid=uuid)))
+
+    def list(self, *, subtree: str = "", parent: str = "", states: list[str] | None = None, roots: bool = False,
+             include_reused: bool = False, limit: int = 0) -> Iterator[JobInfo]:
+        request = pb.ListRequest(subtree=subtree, parent=parent, states=states or [], roots=roots,
+                                 include_reused=include_reused, limit=limit)
+        for chunk in self._stream("List", request):
+            for m in chunk.jobs:
+                yield JobInfo.from_message(m)
+
+    def watch(self, *, uuids: list[str] | None = None, subtree: str = "",
+              timeout: float | None = None) -> Iterator[pb.JobEvent]:
+        return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree), timeout)
+
+    def wait(self, uuids: list[str], timeout: float | None = None) -> None:
+        """Block until every job in `uuids` has ended."""
+        left = set(uuids)
+        if not left:
+            return
+        for event in self.watch(uuids=list(left), timeout=timeout):
+            if event.state in TERMINAL:
+                left.discard(event.uuid)
+                if not left:
+                    return
+
+    def logs(self, uuid: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
+        for chunk in self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow)):
+            yield chunk.stream, chunk.data
+
+    def cancel(self, uuid: str, reason: str = "") -> list[str]:
+        return list(self._unary("Cancel", pb.CancelRequest(uuid=uuid, reason=reason)).cancelled)
+
+    def why(self, uuid: str) -> dict[str, Any]:
+        r = self._unary("Why", pb.WhyRequest(uuid=uuid))
+        return {"uuid": r.uuid, "reused": r.reused, "run": r.run_uuid, "explanation": r.explanation,
+                "compared_run": r.compared_run_uuid or None, "differing": list(r.differing),
+                "parts": {p.name: {"hash": p.hash, "compared": p.compared_hash or None} for p in r.parts}}
+
+    def status(self) -> dict[str, Any]:
+        r = self._unary("Status", pb.StatusRequest(), timeout=10)
+        return {"address": self.address, "version": r.version, "pid": r.pid, "store": r.store,
+                "runs": dict(r.runs),
+                "nodes": [{"name": n.name, "cpu": n.cpu_millis / 1000, "cpu_used": n.cpu_used / 1000,
+                           "memory": n.memory, "memory_used": n.memory_used, "cpu_enforced": n.cpu_enforced}
+                          for n in r.nodes]}
+
+    def create_token(self, name: str) -> str:
+        return self._unary("CreateToken", pb.CreateTokenRequest(name=name)).token
+
+
+class Job:
+    """A handle on one job; its properties ask the controller each time."""
+
+    def __init__(self, client: Client, uuid: str, message: pb.Job | None = None) -> None:
+        self.client = client
+        self.uuid = uuid
+        self._info = JobInfo.from_message(message) if message is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.uuid[:8]} {self._info.name if self._info else ''}>"
+
+    @property
+    def info(self) -> JobInfo:
+        self._info = self.client.get(self.uuid)
+        return self._info
+
+    @property
+    def name(self) -> str:
+        return (self._info or self.info).name
+
+    @property
+    def state(self) -> str:
+        return self.info.state
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.info.exit_code
+
+    @property
+    def reused(self) -> bool:
+        return (self._info or self.info).reused
+
+    @property
+    def output(self) -> str:
+        """The run's output directory."""
+        return self.info.output
+
+    def wait(self, timeout: float | None = None) -> "Job":
+        self.client.wait([self.uuid], timeout)
+        return self
+
+    def logs(self, follow: bool = False, stream: str | None = "stdout") -> str:
+        """The job's output as text: stdout by default, stderr with stream="stderr", both with None."""
+        return b"".join(d for s, d in self.client.logs(self.uuid, follow) if stream in (None, s)).decode(
+            errors="replace")
+
+    def cancel(self) -> list[str]:
+        return self.client.cancel(self.uuid)
+
+    def children(self) -> list["Job"]:
+        return [Job(self.client, i.uuid) for i in self.client.list(parent=self.uuid)]
+
+
+def connect(address: str | None = None, token: str | None = None, *, home: str | None = None,
+            driver: bool = True) -> Client:
+    """A client for the controller in charge here (see the module docstring).
+
+    `driver=False` keeps this program from being recorded as a job (the CLI does that).
+    """
+    address = address or os.environ.get("JOBNEST_CONTROLLER", "")
+    token = token if token is not None else os.environ.get("JOBNEST_TOKEN", "")
+    if not address:
+        home_dir = Path(home or os.environ.get("JOBNEST_HOME") or Path.home() / ".jobnest")
+        address = f"unix://{home_dir / 'controller.sock'}"
+        ensure_local_controller(home_dir)
+    return Client(address, token, driver=driver)
+
+
+def current_job() -> Job | None:
+    """The job this program runs as, or None outside any job."""
+    uuid = os.environ.get("JOBNEST_JOB")
+    return Job(connect(), uuid) if uuid else None
+
+
+def ensure_local_controller(home: Path, idle_timeout: float = LOCAL_IDLE_TIMEOUT, wait: float = 30) -> None:
+    """Start the local controller for `home` unless one answers already."""
+    sock = home / "controller.sock"
+    if local_controller_healthy(sock):
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if local_controller_healthy(sock):
+            return
+        log = open(home / "controller.log", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "jobnest_controller", "--home", str(home), "--idle-timeout", str(idle_timeout)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k not in ("JOBNEST_CONTROLLER", "JOBNEST_TOKEN")},
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if local_controller_healthy(sock):
+                return
+            time.sleep(0.05)
+    tail = (home / "controller.log").read_text(errors="replace")[-2000:]
+    raise Unavailable(f"the local controller in {home} did not start; its log ends:\n{tail}")
+
+
+def local_controller_healthy(sock: Path, timeout: float = 2.0) -> bool:
+    if not sock.exists():
+        return False
+    with grpc.insecure_channel(f"unix://{sock}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _target(address: str) -> str:
+    for prefix in ("grpc://", "http://", "tcp://"):
+        address = address.removeprefix(prefix)
+    return address
+
+
+_failed = False
+
+
+def _finish_at_exit(client: Client) -> None:
+    """End the driver job when the program ends: exit code 1 after an uncaught exception."""
+    previous = sys.excepthook
+
+    def hook(*args: Any) -> None:
+        global _failed
+        _failed = True
+        previous(*args)
+
+    sys.excepthook = hook
+
+    def finish() -> None:
+        with contextlib.suppress(JobnestError):
+            client.finish(1 if _failed else 0)
+
+    atexit.register(finish)

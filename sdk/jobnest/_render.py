@@ -1,0 +1,100 @@
+"""Pure renderers for the CLI: job trees (in the manner of `argo get`), tables and durations."""
+
+import time
+from collections.abc import Iterable
+
+from ._client import JobInfo
+
+ICONS = {"queued": "◷", "running": "●", "succeeded": "✔", "failed": "✖", "cancelled": "⊘"}
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def job_duration(job: JobInfo, now: float) -> str:
+    if not job.started_at:
+        return "-"
+    return duration((job.finished_at or now) - job.started_at)
+
+
+def cpu_text(job: JobInfo) -> str:
+    return f"{job.cpu:g}" if job.cpu else "-"
+
+
+def build_tree(jobs: Iterable[JobInfo], root: str | None = None) -> list[tuple[str, JobInfo, bool]]:
+    """Rows (prefix, job, inherited) in tree order.
+
+    A reused job shows, beneath it, the children of the job whose run it reused: that is the work
+    it stands for. Those rows are `inherited`.
+    """
+    by_uuid: dict[str, JobInfo] = {}
+    children: dict[str, list[JobInfo]] = {}
+    for job in jobs:
+        by_uuid[job.uuid] = job
+        children.setdefault(job.spawned_by_job_uuid, []).append(job)
+    if root is not None:
+        tops = [by_uuid[root]] if root in by_uuid else []
+    else:
+        tops = [j for j in by_uuid.values() if j.spawned_by_job_uuid not in by_uuid]
+    rows: list[tuple[str, JobInfo, bool]] = []
+
+    def walk(job: JobInfo, prefix: str, last: bool, top: bool, inherited: bool, seen: frozenset[str]) -> None:
+        rows.append(("" if top else prefix + ("└─" if last else "├─"), job, inherited))
+        source = job.run_origin_job_uuid if job.reused else job.uuid
+        kids = children.get(source, []) if source not in seen else []
+        inherit = inherited or job.reused
+        below = "" if top else prefix + ("  " if last else "│ ")
+        for i, kid in enumerate(kids):
+            walk(kid, below, i == len(kids) - 1, False, inherit, seen | {source})
+
+    for top in tops:
+        walk(top, "", True, True, False, frozenset())
+    return rows
+
+
+def tree(jobs: Iterable[JobInfo], root: str | None = None, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    rows = build_tree(jobs, root)
+    if not rows:
+        return "no jobs"
+    labels = [f"{prefix}{ICONS.get(job.state, '?')} {job.name}" for prefix, job, _ in rows]
+    width = max(len("STEP"), *(len(label) for label in labels))
+    lines = [f"{'STEP':<{width}}  {'ID':<8}  {'CPU':>5}  {'DURATION':>8}  MESSAGE"]
+    for label, (_, job, inherited) in zip(labels, rows):
+        note = _note(job, inherited)
+        lines.append(f"{label:<{width}}  {job.uuid[:8]}  {cpu_text(job):>5}  {job_duration(job, now):>8}  {note}".rstrip())
+    return "\n".join(lines)
+
+
+def _note(job: JobInfo, inherited: bool) -> str:
+    parts = []
+    if job.reused:
+        parts.append(f"♻ reused run {job.run_uuid[:8]} of job {job.run_origin_job_uuid[:8]}")
+    elif inherited:
+        parts.append("♻ (reused)")
+    if job.state in ("failed", "cancelled") or (job.state == "queued" and job.reason):
+        parts.append(job.reason)
+    return "; ".join(p for p in parts if p)
+
+
+def summary(jobs: Iterable[JobInfo], root: str | None = None) -> str:
+    """For example "7 jobs: 1 ran, 6 reused": what the tree under `root` shows."""
+    rows = build_tree(jobs, root)
+    reused = sum(1 for _, job, inherited in rows if job.reused or inherited)
+    return f"{len(rows)} jobs: {len(rows) - reused} ran, {reused} reused"
+
+
+def table(jobs: Iterable[JobInfo], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [f"{'ID':<8}  {'STATE':<9}  {'NAME':<24}  {'CPU':>5}  {'DURATION':>8}  PARENT"]
+    for j in jobs:
+        lines.append(f"{j.uuid[:8]}  {j.state:<9}  {j.name[:24]:<24}  {cpu_text(j):>5}  "
+                     f"{job_duration(j, now):>8}  {j.spawned_by_job_uuid[:8] or '-'}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Typed errors of jobnest and their gRPC status codes.
+
+The one table below maps each error family to a status code. The controller raises these and
+turns them into statuses (`jobnest_controller.server`); the SDK turns statuses back into them
+(`jobnest.client`). SDK users catch these, never `grpc.RpcError`.
+"""
+
+import grpc
+
+
+class JobnestError(Exception):
+    """Base of every jobnest error; `field` names the offending input when there is one."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class InvalidSpec(JobnestError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(JobnestError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Conflict(JobnestError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(JobnestError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(JobnestError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(JobnestError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Timeout(JobnestError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+BY_CODE: dict[grpc.StatusCode, type[JobnestError]] = {
+    cls.code: cls
+    for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied, Unavailable, Timeout)
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> JobnestError:
+    """The typed error for a failed call; the message keeps the controller's wording."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    cls = BY_CODE.get(code, JobnestError)
+    return cls(details or code.name)

@@ -137,7 +137,7 @@ class Reconciler:
 
 def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:
     if run["desired"] == "cancel":
-        return State.CANCELLED, Exited(exited.exit_code, "cancelled")
+        return State.CANCELLED, Exited(exited.exit_code, run["reason"] or "cancelled")
     if run["desired"] == "timeout":
         return State.FAILED, Exited(exited.exit_code, f"timed out after {timeout:g}s")
     if exited.exit_code == 0:

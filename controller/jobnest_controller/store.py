@@ -335,15 +335,17 @@ class Store:
                 sa.select(jobs.c.run_uuid).where(jobs.c.run_uuid.in_(run_uuids), jobs.c.desired == "run",
                                                  jobs.c.state.in_(LIVE_VALUES))
             ).scalars())
+            root_run = next(r for u, r, _ in doomed if u == root_uuid) if root_uuid in doomed_uuids else None
+            why = lambda run_uuid: reason if run_uuid == root_run else f"{reason} (with job {root_uuid})"  # noqa: E731
             for job_uuid, run_uuid, state in doomed:
-                why = reason if job_uuid == root_uuid else f"{reason} (with job {root_uuid})"
                 if run_uuid in wanted:  # another job still wants the run: only this job ends
-                    self.transition(tx, Kind.JOB, job_uuid, State(state), State.CANCELLED, why)
+                    self.transition(tx, Kind.JOB, job_uuid, State(state), State.CANCELLED, why(run_uuid))
             for run_uuid in run_uuids - wanted:
                 run = tx.conn.execute(sa.select(runs.c.state, runs.c.executor).where(runs.c.uuid == run_uuid)).one()
-                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired="cancel"))
+                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid)
+                                .values(desired="cancel", reason=why(run_uuid)))
                 if run.state == State.QUEUED.value or run.executor == DRIVER:
-                    self.transition(tx, Kind.RUN, run_uuid, State(run.state), State.CANCELLED, reason,
+                    self.transition(tx, Kind.RUN, run_uuid, State(run.state), State.CANCELLED, why(run_uuid),
                                     finished_at=now)
                 # A running process is stopped by the reconciler, which then ends the run.
         return doomed_uuids

@@ -1,0 +1,100 @@
+"""Shared fixtures: a real controller on a real port, and a throwaway PostgreSQL."""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import jobnest
+from jobnest_controller.app import Controller
+from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, StoreSettings
+
+ADMIN = "test-admin-token-0123456789"
+IN_CI = os.environ.get("CI") == "true"
+
+
+class Running:
+    """A controller serving on a temp home and a free TCP port, and ways to talk to it."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.store = controller.store
+        self.address = f"127.0.0.1:{controller.port}"
+
+    def client(self, token: str = ADMIN, driver: bool = False) -> jobnest.Client:
+        return jobnest.Client(self.address, token, driver=driver)
+
+
+def make_settings(home: Path, store_url: str = "", cpu: float = 2.0) -> Settings:
+    return Settings(home=str(home), server=ServerSettings(listen="127.0.0.1:0", admin_token=ADMIN),
+                    store=StoreSettings(store_url), node=NodeSettings(cpu_millis=round(cpu * 1000)))
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    controller = Controller(make_settings(tmp_path / "home"))
+    controller.start()
+    try:
+        yield Running(controller)
+    finally:
+        controller.stop(grace=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster in a temp dir on a free port, for this test session."""
+    bindir = _pg_bin()
+    if bindir is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL binaries are missing; scripts/test-setup.sh should have installed them")
+        pytest.skip("PostgreSQL server binaries not installed (run scripts/test-setup.sh)")
+    # Not under pytest's temp dir: PostgreSQL may run as another user, who must reach it.
+    base = Path(tempfile.mkdtemp(prefix="jobnest-pg-"))
+    base.chmod(0o755)
+    data = base / "data"
+    port = _free_port()
+    as_user: list[str] = []
+    if os.getuid() == 0:  # PostgreSQL refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "jobnest", "--auth=trust", "--locale=C", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
+        f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql://jobnest@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")

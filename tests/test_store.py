@@ -1,0 +1,155 @@
+"""One store suite, run against SQLite and against a throwaway PostgreSQL."""
+
+from pathlib import Path
+
+import pytest
+
+from jobnest.errors import NotFound, Unauthenticated
+from jobnest_controller.states import State
+from jobnest_controller.store import Caller, Kind, Store, hash_token
+from jobnest_controller import store as store_module
+
+ADMIN = Caller("admin", "alice")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobnest.db'}"
+    else:
+        base = request.getfixturevalue("postgres_url")
+        # a fresh database per test keeps the tests apart
+        import sqlalchemy as sa
+        name = f"t{tmp_path.name.replace('-', '_').lower()[-40:]}"
+        engine = sa.create_engine(base.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        url = base.rsplit("/", 1)[0] + f"/{name}"
+    s = Store(url)
+    yield s
+    s.close()
+
+
+def spec(*argv: str, **extra):  # type: ignore[no-untyped-def]
+    return {"name": argv[0], "argv": list(argv), "env": {}, "cwd": "", "image": "", "cpu_millis": 250,
+            "memory": 0, "priority": 0, "executor": "local", "timeout": 0, "cache_version": "",
+            "labels": {}, "no_reuse": False, **extra}
+
+
+def finish_run(store: Store, run_uuid: str, state: State, exit_code: int | None = 0) -> None:
+    with store.write() as tx:
+        assert store.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.RUNNING, "")
+        assert store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, state, "done", exit_code=exit_code)
+
+
+def test_submit_stores_jobs_with_provenance(store: Store) -> None:
+    [parent], _ = store.submit(ADMIN, "", [spec("runner")], 1.0)
+    path = store.job_path(parent)
+    child_caller = Caller("job", "alice", parent, path)
+    [child], _ = store.submit(child_caller, "", [spec("echo", "hi")], 2.0)
+    row = store.get_job(child)
+    assert row["spawned_by_job_uuid"] == parent
+    assert row["path"] == f"{path}{child}/"
+    assert row["state"] == "queued" and row["owner"] == "alice"
+
+
+def test_reuse_prefers_succeeded_then_in_flight_never_failed(store: Store) -> None:
+    [a], _ = store.submit(ADMIN, "", [spec("echo", "x")], 1.0)
+    [b], _ = store.submit(ADMIN, "", [spec("echo", "x")], 2.0)
+    ja, jb = store.get_job(a), store.get_job(b)
+    assert jb["reused"] and jb["run_uuid"] == ja["run_uuid"]  # attaches to the queued run
+
+    finish_run(store, ja["run_uuid"], State.FAILED, 1)
+    [c], _ = store.submit(ADMIN, "", [spec("echo", "x")], 3.0)
+    jc = store.get_job(c)
+    assert not jc["reused"] and jc["run_uuid"] != ja["run_uuid"]  # a failed run is never reused
+
+    finish_run(store, jc["run_uuid"], State.SUCCEEDED)
+    [d], _ = store.submit(ADMIN, "", [spec("echo", "x")], 4.0)
+    jd = store.get_job(d)
+    assert jd["reused"] and jd["run_uuid"] == jc["run_uuid"] and jd["state"] == "succeeded"
+    assert jd["exit_code"] == 0
+
+    [e], _ = store.submit(ADMIN, "", [spec("echo", "x", no_reuse=True)], 5.0)
+    assert store.get_job(e)["run_uuid"] not in (ja["run_uuid"], jc["run_uuid"])
+
+
+def test_resources_are_not_in_the_signature(store: Store) -> None:
+    [a], _ = store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=100)], 1.0)
+    [b], _ = store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900, memory=2**20)], 1.0)
+    [c], _ = store.submit(ADMIN, "", [spec("echo", "y", env={"A": "1"})], 1.0)
+    runs = [store.get_job(u)["run_uuid"] for u in (a, b, c)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_request_id_makes_retries_create_nothing(store: Store) -> None:
+    first, _ = store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 1.0)
+    again, _ = store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 2.0)
+    assert first == again
+    assert sum(len(c) for c in store.list_jobs()) == 2
+
+
+def test_transition_is_compare_and_set(store: Store) -> None:
+    [a], _ = store.submit(ADMIN, "", [spec("x")], 1.0)
+    run = store.get_job(a)["run_uuid"]
+    with store.write() as tx:
+        assert store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
+        assert not store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")  # no longer queued
+        with pytest.raises(ValueError):
+            store.transition(tx, Kind.RUN, run, State.RUNNING, State.QUEUED, "")  # not in the table
+    assert store.get_job(a)["state"] == "running"  # the job moved with its run
+
+
+def test_cancel_subtree_keeps_runs_other_jobs_want(store: Store) -> None:
+    [root], _ = store.submit(ADMIN, "", [spec("runner")], 1.0)
+    caller = Caller("job", "alice", root, store.job_path(root))
+    [shared, own], _ = store.submit(caller, "", [spec("shared"), spec("own")], 2.0)
+    [outsider], _ = store.submit(ADMIN, "", [spec("shared")], 3.0)  # reuses the same run
+    cancelled = store.cancel(root, "stop", 4.0)
+    assert set(cancelled) == {root, shared, own}
+    assert {store.get_job(u)["state"] for u in (root, shared, own)} == {"cancelled"}
+    kept = store.get_job(outsider)
+    assert kept["state"] == "queued" and kept["run_state"] == "queued"
+    assert "with job" in store.get_job(own)["reason"]
+
+
+def test_list_by_subtree_parent_and_state(store: Store) -> None:
+    [root, other], _ = store.submit(ADMIN, "", [spec("r1"), spec("r2")], 1.0)
+    caller = Caller("job", "alice", root, store.job_path(root))
+    [c1, c2], _ = store.submit(caller, "", [spec("c1"), spec("c2")], 2.0)
+    [g], _ = store.submit(Caller("job", "alice", c1, store.job_path(c1)), "", [spec("g")], 3.0)
+    flat = lambda **kw: [r["uuid"] for chunk in store.list_jobs(chunk=2, **kw) for r in chunk]  # noqa: E731
+    assert flat(subtree_path=store.job_path(root)) == [root, c1, c2, g]
+    assert flat(parent=root) == [c1, c2]
+    assert flat(roots=True) == [root, other]
+    finish_run(store, store.get_job(c2)["run_uuid"], State.SUCCEEDED)
+    assert flat(states=["succeeded"]) == [c2]
+
+
+def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module.secrets, "token_urlsafe", lambda n: "fixed-token-for-test")
+    [a], _ = store.submit(ADMIN, "", [spec("x")], 1.0)
+    run = store.get_job(a)["run_uuid"]
+    with store.write() as tx:
+        store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
+        token = store.new_run_token(tx, run)
+    caller = store.authenticate(token)
+    assert caller.kind == "job" and caller.job_uuid == a
+    with store.write() as tx:
+        store.transition(tx, Kind.RUN, run, State.RUNNING, State.SUCCEEDED, "", exit_code=0)
+    with pytest.raises(Unauthenticated, match="expired"):
+        store.authenticate(token)
+    user = store.create_user_token("bob", 1.0)
+    assert store.authenticate(user) == Caller("user", "bob")
+    with pytest.raises(Unauthenticated, match="not recognised"):
+        store.authenticate("nope-" + user)
+    assert hash_token(user) != user
+
+
+def test_unknown_job(store: Store) -> None:
+    with pytest.raises(NotFound, match="uuid"):
+        store.get_job("0" * 32)
+    with pytest.raises(NotFound):
+        store.cancel("0" * 32, "x", 1.0)

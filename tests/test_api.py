@@ -1,0 +1,221 @@
+"""The gRPC API end to end: a real server on a real port, real job processes, real tokens."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import jobnest
+from jobnest.v1 import jobnest_pb2 as pb
+from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
+from jobnest_controller.store import jobs as jobs_table
+from jobnest_controller.store import runs as runs_table
+
+from .conftest import ADMIN, Running, wait_for
+
+
+def counts(running: Running) -> tuple[int, int]:
+    with running.store.read() as conn:
+        return (conn.execute(sa.select(sa.func.count()).select_from(jobs_table)).scalar_one(),
+                conn.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar_one())
+
+
+def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc.RpcError:
+    with grpc.insecure_channel(running.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.JobServiceStub(channel).Submit(pb.SubmitRequest(jobs=list(specs)),
+                                                   metadata=[("authorization", f"Bearer {token}")])
+    return caught.value
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    (pb.JobSpec(argv=[]), "jobs[0].argv", "must not be empty"),
+    (pb.JobSpec(argv=["true"], cpu=0), "jobs[0].cpu", "greater than 0"),
+    (pb.JobSpec(argv=["true"], cpu=-1), "jobs[0].cpu", "greater than 0"),
+    (pb.JobSpec(argv=["true"], cpu=64), "jobs[0].cpu", "more than the largest node"),
+    (pb.JobSpec(argv=["true"], memory=-5), "jobs[0].memory", "must not be negative"),
+    (pb.JobSpec(argv=["true"], executor="nomad"), "jobs[0].executor", "unknown executor"),
+    (pb.JobSpec(argv=["true"], cwd="relative/dir"), "jobs[0].cwd", "absolute"),
+])
+def test_bad_specs_are_refused_and_store_nothing(running: Running, spec: pb.JobSpec, field: str, words: str) -> None:
+    running.client().submit(["true"], name="already-there").wait(timeout=20)
+    before = counts(running)
+    error = raw_submit(running, spec)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in error.details() and words in error.details()
+    assert counts(running) == before
+
+
+def test_one_bad_job_in_a_batch_stores_none_of_it(running: Running) -> None:
+    error = raw_submit(running, pb.JobSpec(argv=["true"]), pb.JobSpec(argv=["true"], cpu=-0.5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "jobs[1].cpu" in error.details()
+    assert counts(running) == (0, 0)
+
+
+def test_sdk_raises_typed_errors_naming_the_field(running: Running) -> None:
+    client = running.client()
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.argv"):
+        client.submit([])
+    with pytest.raises(jobnest.InvalidSpec, match="memory"):
+        client.submit(["true"], memory="lots")
+    with pytest.raises(jobnest.NotFound, match="uuid"):
+        client.get("f" * 32)
+    with pytest.raises(jobnest.NotFound):
+        client.cancel("f" * 32)
+    with pytest.raises(jobnest.NotFound):
+        client.why("f" * 32)
+    with pytest.raises(jobnest.NotFound):
+        list(client.logs("f" * 32))
+    with pytest.raises(jobnest.InvalidSpec, match="uuid"):
+        client.get("not-a-uuid")
+    assert counts(running) == (0, 0)
+
+
+def test_tcp_needs_a_valid_token(running: Running) -> None:
+    for token, words in [("", "token is required"), ("bad token!", "malformed"), ("wrong-but-wellformed", "not recognised")]:
+        with pytest.raises(jobnest.Unauthenticated, match=words):
+            running.client(token).get("f" * 32)
+    error = raw_submit(running, pb.JobSpec(argv=["true"]), token="x" * 20)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert counts(running) == (0, 0)
+
+
+def test_user_tokens_are_created_by_admins_only(running: Running) -> None:
+    token = running.client().create_token("carol")
+    carol = running.client(token)
+    job = carol.submit(["true"])
+    assert job.info.owner == "carol"
+    with pytest.raises(jobnest.PermissionDenied):
+        carol.create_token("mallory")
+    with pytest.raises(jobnest.InvalidSpec, match="name"):
+        running.client().create_token("has space")
+
+
+PROBE = textwrap.dedent("""
+    import os, sys, jobnest
+    client = jobnest.connect()
+    me = jobnest.current_job()
+    print("token", os.environ["JOBNEST_TOKEN"])
+    child = client.submit(["true"], name="child", cpu=0.1)
+    print("child-parent", child.info.spawned_by_job_uuid == me.uuid)
+    for what, call in [("get", lambda: client.get(sys.argv[1])), ("cancel", lambda: client.cancel(sys.argv[1])),
+                       ("list", lambda: list(client.list(subtree=sys.argv[1]))),
+                       ("logs", lambda: list(client.logs(sys.argv[1])))]:
+        try:
+            call()
+            print(what, "allowed")
+        except jobnest.PermissionDenied as e:
+            print(what, "denied", e)
+    print("visible", sorted(j.name for j in client.list()))
+    child.wait()
+""")
+
+
+def test_job_token_is_confined_to_its_subtree_and_dies_with_its_run(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    outsider = client.submit(["sleep", "30"], name="outsider", cpu=0.1)
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    job = client.submit([sys.executable, str(probe), outsider.uuid], name="probe", cpu=0.1).wait(timeout=30)
+    out = job.logs()
+    assert job.state == "succeeded", job.logs(stream="stderr")
+    assert "child-parent True" in out
+    for what in ("get", "cancel", "list", "logs"):
+        assert f"{what} denied" in out
+    assert "visible ['child', 'probe']" in out
+    assert outsider.state == "running"  # the cancel was refused
+    [child] = job.children()
+    assert child.info.spawned_by_job_uuid == job.uuid
+    token = next(line.split()[1] for line in out.splitlines() if line.startswith("token "))
+    with pytest.raises(jobnest.Unauthenticated, match="expired"):
+        running.client(token).get(job.uuid)
+    outsider.cancel()
+
+
+def test_spawned_by_comes_from_the_token_not_the_request(running: Running) -> None:
+    # The request has no field for a parent at all; an admin's submission is a root.
+    job = running.client().submit(["true"])
+    assert job.info.spawned_by_job_uuid == ""
+
+
+def test_health_service(running: Running) -> None:
+    with grpc.insecure_channel(running.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "jobnest.v1.JobService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_watch_reports_each_change(running: Running) -> None:
+    client = running.client()
+    job = client.submit(["sh", "-c", "sleep 0.3; exit 4"], cpu=0.5)
+    seen = []
+    for event in client.watch(uuids=[job.uuid], timeout=20):
+        seen.append(event.state)
+        if event.state in ("succeeded", "failed", "cancelled"):
+            assert event.has_exit_code and event.exit_code == 4
+            break
+    assert seen[-1] == "failed" and "running" in seen
+
+
+def test_logs_follow_streams_until_the_end(running: Running) -> None:
+    client = running.client()
+    job = client.submit(["sh", "-c", "echo one; sleep 0.5; echo two; echo err >&2"], cpu=0.5)
+    streamed = list(client.logs(job.uuid, follow=True))
+    stdout = b"".join(d for s, d in streamed if s == "stdout")
+    assert stdout == b"one\ntwo\n"
+    assert b"".join(d for s, d in streamed if s == "stderr") == b"err\n"
+    assert job.state == "succeeded"
+
+
+def test_list_streams_in_chunks_with_filters(running: Running) -> None:
+    client = running.client()
+    jobs = client.submit_many([client.spec(["sleep", str(30 + i)], cpu=2) for i in range(5)])
+    listed = list(client.list())
+    assert [j.uuid for j in listed] == [j.uuid for j in jobs]
+    assert len(list(client.list(states=["queued"]))) == 4  # only one fits the 2-core node
+    assert len(list(client.list(limit=2))) == 2
+    client.cancel(jobs[0].uuid)
+    for j in jobs[1:]:
+        j.cancel()
+
+
+def test_cancel_kills_the_subtree(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    runner = tmp_path / "runner.py"
+    runner.write_text("import jobnest\nc = jobnest.connect()\nc.submit(['sleep', '60'], cpu=0.1)\n"
+                      "c.submit(['sleep', '61'], cpu=0.1).wait()\n")
+    top = client.submit([sys.executable, str(runner)], cpu=0.1)
+    wait_for(lambda: len(top.children()) == 2 and all(c.state == "running" for c in top.children()))
+    cancelled = top.cancel()
+    assert len(cancelled) == 3
+    top.wait(timeout=20)
+    for job in [top, *top.children()]:
+        job.wait(timeout=20)
+        assert job.state == "cancelled"
+
+
+def test_why_names_the_differing_part(running: Running) -> None:
+    client = running.client()
+    first = client.submit(["echo", "a"], name="step").wait(timeout=20)
+    again = client.submit(["echo", "a"], name="step")
+    assert client.why(again.uuid)["reused"] is True
+    changed = client.submit(["echo", "b"], name="step").wait(timeout=20)
+    why = client.why(changed.uuid)
+    assert why["reused"] is False and why["differing"] == ["argv"]
+    assert why["compared_run"] == first.info.run_uuid
+
+
+def test_scheduler_reason_is_shown(running: Running) -> None:
+    client = running.client()
+    big = client.submit(["sleep", "30"], cpu=2)
+    waiting = client.submit(["sleep", "31"], cpu=1)
+    wait_for(lambda: waiting.info.reason.startswith("waiting for cpu"))
+    assert "needs 1 cores" in waiting.info.reason
+    big.cancel()
+    wait_for(lambda: waiting.state == "running")
+    waiting.cancel()

@@ -1,0 +1,51 @@
+"""The tree and table renderers are pure: fixed jobs in, exact text out."""
+
+from jobnest import JobInfo
+from jobnest._render import summary, table, tree
+
+
+def info(uuid: str, name: str, parent: str = "", state: str = "succeeded", reused: bool = False,
+         origin: str = "", cpu: float = 0.25, started: float | None = 100.0, finished: float | None = 102.5,
+         reason: str = "") -> JobInfo:
+    return JobInfo(uuid=uuid * 8, name=name, state=state, reason=reason, owner="me",
+                   spawned_by_job_uuid=parent * 8 if parent else "", run_uuid=(origin or uuid) * 8 + "r",
+                   reused=reused, run_origin_job_uuid=(origin or uuid) * 8, exit_code=0, cpu=cpu, memory=0,
+                   created_at=90.0, started_at=started, finished_at=finished, node="local", executor="local",
+                   cpu_enforced=True, output="")
+
+
+FIRST = [
+    info("a", "driver", cpu=0, state="running", finished=None),
+    info("b", "runner", "a", cpu=0.1),
+    info("c", "align", "b"),
+    info("d", "sub", "b", state="failed", reason="exit code 2"),
+    info("e", "leaf", "d", state="queued", started=None, finished=None, reason="waiting for cpu"),
+]
+
+
+def test_tree_draws_levels_icons_and_columns() -> None:
+    assert tree(FIRST, "a" * 8, now=110.0) == "\n".join([
+        "STEP          ID          CPU  DURATION  MESSAGE",
+        "● driver      aaaaaaaa      -       10s",
+        "└─✔ runner    bbbbbbbb    0.1      2.5s",
+        "  ├─✔ align   cccccccc   0.25      2.5s",
+        "  └─✖ sub     dddddddd   0.25      2.5s  exit code 2",
+        "    └─◷ leaf  eeeeeeee   0.25         -  waiting for cpu",
+    ])
+    assert summary(FIRST, "a" * 8) == "5 jobs: 5 ran, 0 reused"
+
+
+def test_a_reused_job_shows_the_work_it_stands_for() -> None:
+    second = [info("f", "driver", cpu=0, state="running", finished=None), info("g", "runner", "f", reused=True, origin="b", cpu=0.1)]
+    text = tree(FIRST[1:] + second, "f" * 8, now=110.0)
+    assert "└─✔ runner    gggggggg    0.1      2.5s  ♻ reused run bbbbbbbb of job bbbbbbbb" in text
+    assert "  ├─✔ align   cccccccc   0.25      2.5s  ♻ (reused)" in text
+    assert summary(FIRST[1:] + second, "f" * 8) == "5 jobs: 1 ran, 4 reused"
+
+
+def test_table() -> None:
+    assert table(FIRST[:2], now=110.0).splitlines() == [
+        "ID        STATE      NAME                        CPU  DURATION  PARENT",
+        "aaaaaaaa  running    driver                        -       10s  -",
+        "bbbbbbbb  succeeded  runner                      0.1      2.5s  aaaaaaaa",
+    ]

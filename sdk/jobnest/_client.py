@@ -106,6 +106,7 @@ class Client:
         self._stub = pb_grpc.JobServiceStub(self._channel)
         self._record_driver = driver and not os.environ.get("JOBNEST_JOB")
         self._driver: Job | None = None
+        self._finished = False
         self._driver_lock = threading.Lock()
         self._defaults: list[dict[str, Any]] = []
 
@@ -119,10 +120,15 @@ class Client:
             return getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
 
     def _stream(self, name: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
-        with _errors():
-            yield from getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+        call = getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+        try:
+            with _errors():
+                yield from call
+        finally:
+            call.cancel()  # a caller that stops reading must not hold the stream open
 
     def close(self) -> None:
+        self.finish()
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -198,10 +204,10 @@ class Client:
         return self._driver
 
     def finish(self, exit_code: int = 0) -> None:
-        """End this program's driver job now (it otherwise ends when the program exits)."""
-        if self._driver is not None and self._driver.info.state not in TERMINAL:
+        """End this program's driver job now (else it ends when the client closes or the program exits)."""
+        if self._driver is not None and not self._finished:
+            self._finished = True
             self._unary("Finish", pb.FinishRequest(exit_code=exit_code))
-            self._driver = Job(self, self._driver.uuid)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -333,8 +339,12 @@ def current_job() -> Job | None:
     return Job(connect(), uuid) if uuid else None
 
 
-def ensure_local_controller(home: Path, idle_timeout: float = LOCAL_IDLE_TIMEOUT, wait: float = 30) -> None:
-    """Start the local controller for `home` unless one answers already."""
+def ensure_local_controller(home: Path, idle_timeout: float | None = None, wait: float = 30) -> None:
+    """Start the local controller for `home` unless one answers already.
+
+    It exits by itself after `idle_timeout` seconds with no calls and no live runs (0: never).
+    """
+    idle_timeout = LOCAL_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
     sock = home / "controller.sock"
     if local_controller_healthy(sock):
         return

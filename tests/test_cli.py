@@ -1,0 +1,63 @@
+"""The `jobnest` command against a real controller, as a user would type it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ADMIN, Running
+
+
+
+def cli(running: Running, *args: str, token: str = ADMIN) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": token}
+    return subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_run_streams_output_and_exits_with_the_jobs_code(running: Running, tmp_path: Path) -> None:
+    result = cli(running, "run", "--cpu", "0.5", "--", "sh", "-c", "echo hello; echo oops >&2; pwd; exit 7")
+    assert result.returncode == 7
+    assert result.stdout.splitlines() == ["hello", os.getcwd()]
+    assert "oops" in result.stderr
+
+
+def test_run_a_missing_program_fails_cleanly(running: Running) -> None:
+    result = cli(running, "run", "--", "no-such-program-anywhere")
+    assert result.returncode == 127
+    assert "not found" in result.stderr
+
+
+def test_listing_verbs_and_json(running: Running) -> None:
+    uuid = cli(running, "run", "-d", "--name", "greet", "--", "echo", "hi").stdout.strip()
+    running.client().job(uuid).wait(timeout=20)
+    listed = json.loads(cli(running, "ls", "--json").stdout)
+    assert [j["name"] for j in listed] == ["greet"] and listed[0]["state"] == "succeeded"
+    assert "greet" in cli(running, "ls").stdout
+    tree = cli(running, "tree", uuid[:8])
+    assert tree.returncode == 0 and "✔ greet" in tree.stdout and "1 jobs: 1 ran, 0 reused" in tree.stdout
+    assert json.loads(cli(running, "tree", uuid, "--json").stdout)[0]["uuid"] == uuid
+    show = json.loads(cli(running, "show", uuid[:8], "--json").stdout)
+    assert show["exit_code"] == 0 and show["argv"] == ["echo", "hi"]
+    assert cli(running, "logs", uuid).stdout == "hi\n"
+    why = json.loads(cli(running, "why", uuid, "--json").stdout)
+    assert why["reused"] is False and "no earlier run" in why["explanation"]
+    status = json.loads(cli(running, "status", "--json").stdout)
+    assert status["running"] and status["runs"] == {"succeeded": 1}
+
+
+def test_cancel_and_errors(running: Running) -> None:
+    uuid = cli(running, "run", "-d", "--", "sleep", "60").stdout.strip()
+    result = cli(running, "cancel", uuid)
+    assert result.stdout.strip() == "cancelled 1 job(s)"
+    running.client().job(uuid).wait(timeout=20)
+    missing = cli(running, "show", "f" * 32)
+    assert missing.returncode == 1 and missing.stderr.startswith("jobnest: uuid: no job")
+    bad = cli(running, "ls", token="wrong-token-value")
+    assert bad.returncode == 1 and "token not recognised" in bad.stderr
+
+
+def test_token_create(running: Running) -> None:
+    token = cli(running, "token", "create", "dana").stdout.strip()
+    assert cli(running, "ls", "--json", token=token).returncode == 0

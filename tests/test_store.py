@@ -98,7 +98,7 @@ def test_transition_is_compare_and_set(store: Store) -> None:
         assert store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
         assert not store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")  # no longer queued
         with pytest.raises(ValueError):
-            store.transition(tx, Kind.RUN, run, State.RUNNING, State.QUEUED, "")  # not in the table
+            store.transition(tx, Kind.RUN, run, State.RUNNING, State.RUNNING, "")  # not in the table
     assert store.get_job(a)["state"] == "running"  # the job moved with its run
 
 

@@ -44,7 +44,7 @@ class Controller:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.service = JobService(self.store, self.executors, admin_token=settings.server.admin_token,
-                                  default_executor=settings.default_executor, wake=self._wake.set,
+                                  default_executor=settings.default_executor, wake=self.wake,
                                   activity=self.activity)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
                                   options=[("grpc.so_reuseport", 0)])
@@ -86,6 +86,10 @@ class Controller:
                 break
             self._wake.wait(self.settings.tick if live else 0.5)
             self._wake.clear()
+
+    def wake(self) -> None:
+        self.reconciler.poke()
+        self._wake.set()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -49,7 +49,6 @@ class Run(SQLModel, table=True):
     token_hash: str = Field(index=True)
     node: str = ""
     pid: int = 0
-    pid_start: str = ""  # /proc start time, so a recycled pid is never mistaken for ours
     workdir: str = ""
     cpu_enforced: bool = False
     exit_code: int | None = None

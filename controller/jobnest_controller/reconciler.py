@@ -27,19 +27,34 @@ class Reconciler:
         self.controller_address = controller_address
         self.base_env = base_env if base_env is not None else _base_env()
         self.host = socket.gethostname()
+        self._dirty = True
+        self._queued = 0
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
 
+    def poke(self) -> None:
+        """Something was submitted or cancelled: plan again at the next tick."""
+        self._dirty = True
+
     def tick(self, now: float) -> int:
-        """One pass; returns the number of runs still live (queued or running)."""
+        """One pass; returns the number of runs still live (queued or running).
+
+        Placement is planned again only when it could change: after a submission, a cancel, or
+        a run ending. Otherwise a backlog that does not fit would be re-planned every tick.
+        """
         active = self.store.active_runs()
-        still_running = self._observe(active, now)
-        return still_running + self._schedule(active, now)
+        ended = self._observe(active, now)
+        running = [r for r in active if r["uuid"] not in ended]
+        if self._dirty or ended:
+            self._dirty = False
+            self._queued = self._schedule(running, now)
+        return len(running) + self._queued
 
     # -- running runs --------------------------------------------------------------------------
 
-    def _observe(self, active: list[dict[str, Any]], now: float) -> int:
+    def _observe(self, active: list[dict[str, Any]], now: float) -> set[str]:
+        """Record the runs that ended; returns their uuids."""
         ended: list[tuple[dict[str, Any], State, Exited]] = []
         for run in active:
             if run["executor"] == DRIVER:
@@ -61,9 +76,10 @@ class Reconciler:
         if ended:
             with self.store.write() as tx:
                 for run, state, exited in ended:
-                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, exited.reason,
-                                          exit_code=exited.exit_code, finished_at=now)
-        return len(active) - len(ended)
+                    values = ({"exit_code": exited.exit_code, "finished_at": now} if state.terminal
+                              else {"started_at": None, "node": "", "pid": 0})
+                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, exited.reason, **values)
+        return {run["uuid"] for run, _, _ in ended}
 
     def _timeout(self, run: dict[str, Any]) -> float:
         return float(json.loads(run["spec"]).get("timeout") or 0)
@@ -92,7 +108,8 @@ class Reconciler:
         for run in pending:
             if run["executor"] not in self.executors:
                 reasons[run["uuid"]] = f"waiting: no executor named {run['executor']!r} is configured"
-        changed = {u: r for u, r in reasons.items() if r != next(p["reason"] for p in pending if p["uuid"] == u)}
+        old = {p["uuid"]: p["reason"] for p in pending}
+        changed = {u: r for u, r in reasons.items() if r != old[u]}
         if changed:
             self.store.set_reasons(changed)
         self._start(placements, now)
@@ -125,7 +142,7 @@ class Reconciler:
             except OSError as e:
                 failed.append((launch.run_uuid, f"could not start: {e}"))
                 continue
-            started.append((launch.run_uuid, {"pid": s.pid, "pid_start": s.pid_start, "workdir": s.workdir,
+            started.append((launch.run_uuid, {"pid": s.pid, "workdir": s.workdir,
                                               "cpu_enforced": s.cpu_enforced}))
         with self.store.write() as tx:
             for run_uuid, values in started:
@@ -136,6 +153,8 @@ class Reconciler:
 
 
 def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:
+    if not exited.started:
+        return (State.QUEUED if run["desired"] == "run" else State.CANCELLED), exited
     if run["desired"] == "cancel":
         return State.CANCELLED, Exited(exited.exit_code, run["reason"] or "cancelled")
     if run["desired"] == "timeout":

@@ -23,7 +23,8 @@ LIVE = frozenset(State) - TERMINAL
 
 ALLOWED: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.RUNNING, State.FAILED, State.CANCELLED}),
-    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED}),
+    # running -> queued: the controller died after claiming a run but before starting it
+    State.RUNNING: frozenset({State.QUEUED, State.SUCCEEDED, State.FAILED, State.CANCELLED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELLED: frozenset(),

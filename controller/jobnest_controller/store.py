@@ -452,7 +452,7 @@ def _new_run(spec: dict[str, Any], parts: dict[str, str], sig: str, job_uuid: st
         "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
         "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": json.dumps(spec),
         "token_hash": hash_token(token), "node": spec.get("driver_host", "") if driver else "",
-        "pid": spec.get("driver_pid", 0) if driver else 0, "pid_start": "", "workdir": "",
+        "pid": spec.get("driver_pid", 0) if driver else 0, "workdir": "",
         "cpu_enforced": False, "exit_code": None, "created_at": now,
         "started_at": now if driver else None, "finished_at": None,
     }

@@ -23,7 +23,6 @@ class Launch:
 @dataclass(frozen=True, slots=True)
 class Started:
     pid: int
-    pid_start: str
     workdir: str
     cpu_enforced: bool
 
@@ -32,6 +31,7 @@ class Started:
 class Exited:
     exit_code: int | None  # None when it could not be known
     reason: str
+    started: bool = True  # False: it never started, and may be queued again
 
 
 class Executor(Protocol):

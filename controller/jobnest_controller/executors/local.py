@@ -14,8 +14,10 @@ from ..cgroups import CpuLimiter
 from ..scheduler import Node
 from .base import Exited, Launch, Started
 
-# $1: exit code file, $2: cgroup.procs file or "", then the program and its arguments.
-WRAPPER = 'rc="$1"; cg="$2"; shift 2; [ -z "$cg" ] || echo $$ >"$cg"; "$@"; code=$?; echo $code >"$rc"; exit $code'
+# $1: the run's work dir, $2: cgroup.procs file or "", then the program and its arguments. The
+# pid file tells a restarted controller the run did start; the exit_code file how it ended.
+WRAPPER = ('w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
+           '"$@"; code=$?; echo $code >"$w/exit_code"; exit $code')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -42,39 +44,43 @@ class LocalExecutor:
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir / "exit_code"), cgroup_procs or "",
+                ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "",
                  *launch.argv],
                 cwd=launch.cwd or workdir / "out", env=launch.env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, start_new_session=True,
             )
         self._children[proc.pid] = proc
-        return Started(proc.pid, _start_time(proc.pid), str(workdir), cgroup_procs is not None)
+        return Started(proc.pid, str(workdir), cgroup_procs is not None)
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
-        pid, workdir = run["pid"], Path(run["workdir"] or self.workdir(run["uuid"]))
+        workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        pid = run["pid"] or _read_int(workdir / "pid")  # no pid stored: the controller died starting it
         child = self._children.get(pid)
         if child is not None:
             if child.poll() is None:
                 return None
             del self._children[pid]
-        elif pid and _start_time(pid) == run["pid_start"]:
+        elif pid and _is_ours(pid, workdir):
             return None  # adopted after a restart and still running
         self._stopping.pop(run["uuid"], None)
         self.limiter.remove(run["uuid"])
-        try:
-            code = int((workdir / "exit_code").read_text())
-        except (OSError, ValueError):
-            if child is not None and child.returncode < 0:
-                return Exited(128 - child.returncode, f"killed by signal {-child.returncode}")
-            return Exited(None, "lost: the process ended without recording an exit code")
-        return Exited(code, f"exit code {code}")
+        code = _read_int(workdir / "exit_code")
+        if code is not None:
+            return Exited(code, f"exit code {code}")
+        if not pid:
+            return Exited(None, "the controller stopped before the run started", started=False)
+        if child is not None and child.returncode < 0:
+            return Exited(128 - child.returncode, f"killed by signal {-child.returncode}")
+        return Exited(None, "lost: the process ended without recording an exit code")
 
     def stop(self, run: dict[str, Any], now: float) -> None:
         first = self._stopping.setdefault(run["uuid"], now)
         sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
-        if run["pid"] and (run["pid"] in self._children or _start_time(run["pid"]) == run["pid_start"]):
+        workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        pid = run["pid"] or _read_int(workdir / "pid")
+        if pid and (pid in self._children or _is_ours(pid, workdir)):
             try:
-                os.killpg(run["pid"], sig)
+                os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -83,11 +89,19 @@ class LocalExecutor:
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}
 
 
-def _start_time(pid: int) -> str:
-    """The kernel's start time of a live process, "" if it is gone or a zombie."""
+def _is_ours(pid: int, workdir: Path) -> bool:
+    """Whether `pid` is still the live wrapper of the run in `workdir` (pids get recycled)."""
     try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    fields = stat[stat.rindex(")") + 2:].split()
-    return "" if fields[0] in ("Z", "X") else fields[19]
+        return False
+    state = stat[stat.rindex(")") + 2]
+    return state not in "ZX" and str(workdir).encode() in cmdline.split(b"\0")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None

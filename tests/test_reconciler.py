@@ -1,0 +1,63 @@
+"""The reconciler stepped by hand with its own clock: no server, a real store, real processes."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from jobnest_controller.cgroups import CpuLimiter
+from jobnest_controller.executors.local import LocalExecutor
+from jobnest_controller.reconciler import Reconciler
+from jobnest_controller.states import State
+from jobnest_controller.store import Caller, Kind, Store
+
+from .test_store import spec
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Store, LocalExecutor, Reconciler]:
+    store = Store(f"sqlite:///{tmp_path / 'db'}")
+    executor = LocalExecutor(str(tmp_path / "runs"), 2000, 2**30, CpuLimiter(root="/nonexistent"))
+    return store, executor, Reconciler(store, {"local": executor}, "unix:///nowhere")
+
+
+def run_until_done(store: Store, reconciler: Reconciler, job: str, limit: float = 20) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        reconciler.tick(time.time())
+        row = store.get_job(job)
+        if State(row["state"]).terminal:
+            return row
+        time.sleep(0.02)
+    raise AssertionError(f"job {job} did not finish")
+
+
+def test_a_run_claimed_but_never_started_is_queued_again(parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, executor, reconciler = parts
+    mark = tmp_path / "ran"
+    [job], _ = store.submit(Caller("admin", "me"), "", [spec("sh", "-c", f"echo x >> {mark}")], 1.0)
+    run = store.get_job(job)["run_uuid"]
+    with store.write() as tx:  # what a controller killed between claim and start leaves behind
+        store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "", workdir=executor.workdir(run))
+    reconciler.poke()
+    row = run_until_done(store, reconciler, job)
+    assert row["state"] == "succeeded" and mark.read_text() == "x\n"
+
+
+def test_timeout_fails_the_run(parts) -> None:  # type: ignore[no-untyped-def]
+    store, _, reconciler = parts
+    [job], _ = store.submit(Caller("admin", "me"), "", [spec("sleep", "30", timeout=0.3)], 1.0)
+    row = run_until_done(store, reconciler, job)
+    assert row["state"] == "failed" and row["run_reason"] == "timed out after 0.3s"
+
+
+def test_a_driver_that_died_is_failed(parts) -> None:  # type: ignore[no-untyped-def]
+    store, _, reconciler = parts
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    driver = spec("driver.py", driver=True, driver_pid=gone.pid, driver_host=reconciler.host, executor="driver")
+    [job], token = store.submit(Caller("admin", "me"), "", [driver], 1.0)
+    assert token and store.get_job(job)["state"] == "running"
+    row = run_until_done(store, reconciler, job)
+    assert row["state"] == "failed" and row["run_reason"] == "driver exited without finishing"

@@ -28,13 +28,13 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 
 import jobnest
-from jobnest_controller.executors.local import _start_time
 from jobnest_controller.store import Store, runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,21 @@ class ControllerProc:
         status = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
         return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
+    def _children(self) -> dict[int, str]:
+        """pid -> start time of the controller's child processes (the runs it started)."""
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid:
+                found[int(stat.parent.name)] = fields[19]
+        return found
+
     def stop(self) -> None:
+        # Runs outlive their controller by design; end the ones this benchmark made it start.
+        children = self._children() if self.proc.poll() is None else {}
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -77,16 +91,12 @@ class ControllerProc:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        # Runs outlive their controller by design; end the ones this benchmark started.
-        if (self.home / "jobnest.db").exists():
-            store = Store(self.url)
-            with store.read() as conn:
-                left = conn.execute(sa.select(runs.c.pid, runs.c.pid_start)
-                                    .where(runs.c.state == "running", runs.c.executor == "local")).all()
-            store.close()
-            for pid, start in left:
-                if pid and start and _start_time(pid) == start:
-                    os.killpg(pid, signal.SIGKILL)
+        for pid, start in children.items():
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start:
+                    os.killpg(pid, signal.SIGKILL)  # each run leads its own session
+            except (OSError, IndexError):
+                pass
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -220,9 +230,16 @@ def main() -> None:
     rows: list = []
     notes: list = []
     started = time.monotonic()
-    bench_submit(2000 // k, 20000 // k, 10000 // k, rows, notes)
-    bench_local(500 // k, rows, notes)
-    bench_tree(100000 // k, rows, notes)
+    failed = False
+    for section, fn in [("submit", lambda: bench_submit(2000 // k, 20000 // k, 10000 // k, rows, notes)),
+                        ("local", lambda: bench_local(500 // k, rows, notes)),
+                        ("tree", lambda: bench_tree(100000 // k, rows, notes))]:
+        try:
+            fn()
+        except Exception as e:  # report the other sections still
+            traceback.print_exc()
+            notes.append(f"The {section} section FAILED: {e.__class__.__name__}: {str(e)[:300]}")
+            failed = True
     print(render(rows, markdown=False))
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine = f"{platform.node()}, {os.cpu_count()} cores (nproc), {platform.python_implementation()} " \
@@ -232,7 +249,9 @@ def main() -> None:
     out.write_text(f"# jobnest benchmark{' (--quick)' if args.quick else ''}\n\n"
                    f"{when} on {machine}; `make bench` (bench/run.py), {time.monotonic() - started:.0f} s.\n\n"
                    f"{render(rows, markdown=True)}\n\n" + "".join(f"- {n}\n" for n in notes))
+    print("".join(f"\n- {n}" for n in notes))
     print(f"\nwritten to {out}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -131,10 +131,7 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
     if detach:
         click.echo(job.uuid)
         return
-    for stream, data in client.logs(job.uuid, follow=True):
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.buffer.write(data)
-        out.flush()
+    _copy_logs(client.logs(job.uuid, follow=True))
     info = job.wait().info
     if info.state != "succeeded":
         click.echo(f"jobnest: job {job.uuid[:8]} {info.state}: {info.reason}", err=True)
@@ -194,10 +191,7 @@ def show(ctx: click.Context, job: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, job: str, follow: bool) -> None:
     """Print a job's stdout and stderr."""
-    for stream, data in _client(ctx).logs(job, follow=follow):
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.buffer.write(data)
-        out.flush()
+    _copy_logs(_client(ctx).logs(job, follow=follow))
 
 
 @main.command()
@@ -244,3 +238,10 @@ def _listing(jobs: Iterator[JobInfo] | list[JobInfo], as_json: bool, text: Calla
         _emit([j.to_dict() for j in jobs])
     else:
         click.echo(text(jobs))
+
+
+def _copy_logs(chunks: Iterator[tuple[str, bytes]]) -> None:
+    for stream, data in chunks:
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.buffer.write(data)
+        out.flush()

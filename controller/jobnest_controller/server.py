@@ -148,9 +148,8 @@ class JobService(pb_grpc.JobServiceServicer):
             subtree = caller.path
         origins: list[str] = []
         listed: set[str] = set()
-        query = dict(parent=parent, states=list(request.states) or None,
-                     roots=request.roots, limit=request.limit)
-        for rows in self.store.list_jobs(subtree_path=subtree, **query):
+        for rows in self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
+                                         roots=request.roots, limit=request.limit):
             yield pb.ListChunk(jobs=[job_message(r) for r in rows])
             if request.include_reused:
                 listed.update(r["uuid"] for r in rows)

@@ -124,7 +124,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
         executor: str | None, env: tuple[str, ...], no_reuse: bool, detach: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as a job, stream its output, and exit with its exit code."""
-    variables = dict(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in env)
+    variables = {}
+    for item in env:  # KEY=VALUE, or KEY alone to pass this shell's value on
+        key, _, value = item.partition("=")
+        variables[key] = value if "=" in item else os.environ.get(key, "")
     client = _client(ctx)
     job = client.submit(list(command), name=name, cpu=cpu, memory=memory, image=image, executor=executor,
                         env=variables, reuse=not no_reuse, cwd=os.getcwd())

@@ -10,6 +10,7 @@ they become `jobnest.errors` types.
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import fcntl
 import os
@@ -225,13 +226,13 @@ class Client:
             for m in chunk.jobs:
                 yield JobInfo.from_message(m)
 
-    def watch(self, *, uuids: list[str] | None = None, subtree: str = "",
+    def watch(self, *, uuids: builtins.list[str] | None = None, subtree: str = "",
               timeout: float | None = None) -> Iterator[pb.JobEvent]:
         return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree), timeout)
 
-    def wait(self, uuids: list[str], timeout: float | None = None) -> None:
+    def wait(self, uuids: builtins.list[str], timeout: float | None = None) -> None:
         """Block until every job in `uuids` has ended."""
-        left = set(uuids)
+        left: set[str] = set(uuids)
         if not left:
             return
         for event in self.watch(uuids=list(left), timeout=timeout):
@@ -244,8 +245,8 @@ class Client:
         for chunk in self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow)):
             yield chunk.stream, chunk.data
 
-    def cancel(self, uuid: str, reason: str = "") -> list[str]:
-        return list(self._unary("Cancel", pb.CancelRequest(uuid=uuid, reason=reason)).cancelled)
+    def cancel(self, uuid: str, reason: str = "") -> builtins.list[str]:
+        return builtins.list(self._unary("Cancel", pb.CancelRequest(uuid=uuid, reason=reason)).cancelled)
 
     def why(self, uuid: str) -> dict[str, Any]:
         r = self._unary("Why", pb.WhyRequest(uuid=uuid))

@@ -54,7 +54,7 @@ class LocalExecutor:
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / "pid")  # no pid stored: the controller died starting it
+        pid = run["pid"] or _read_int(workdir / "pid") or 0  # none stored: the controller died starting it
         child = self._children.get(pid)
         if child is not None:
             if child.poll() is None:
@@ -77,7 +77,7 @@ class LocalExecutor:
         first = self._stopping.setdefault(run["uuid"], now)
         sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / "pid")
+        pid = run["pid"] or _read_int(workdir / "pid") or 0
         if pid and (pid in self._children or _is_ours(pid, workdir)):
             try:
                 os.killpg(pid, sig)

@@ -12,7 +12,7 @@ from jobnest_controller.reconciler import Reconciler
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store
 
-from .test_store import spec
+from .test_store import ids, spec
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def run_until_done(store: Store, reconciler: Reconciler, job: str, limit: float 
 def test_a_run_claimed_but_never_started_is_queued_again(parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, executor, reconciler = parts
     mark = tmp_path / "ran"
-    [job], _ = store.submit(Caller("admin", "me"), "", [spec("sh", "-c", f"echo x >> {mark}")], 1.0)
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("sh", "-c", f"echo x >> {mark}")], 1.0))
     run = store.get_job(job)["run_uuid"]
     with store.write() as tx:  # what a controller killed between claim and start leaves behind
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "", workdir=executor.workdir(run))
@@ -47,9 +47,9 @@ def test_a_run_claimed_but_never_started_is_queued_again(parts, tmp_path: Path) 
 
 def test_timeout_fails_the_run(parts) -> None:  # type: ignore[no-untyped-def]
     store, _, reconciler = parts
-    [job], _ = store.submit(Caller("admin", "me"), "", [spec("sleep", "30", timeout=0.3)], 1.0)
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("sleep", "30", timeout=0.3)], 1.0))
     row = run_until_done(store, reconciler, job)
-    assert row["state"] == "failed" and row["run_reason"] == "timed out after 0.3s"
+    assert row["state"] == "failed" and row["reason"] == "timed out after 0.3s"
 
 
 def test_a_driver_that_died_is_failed(parts) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +57,8 @@ def test_a_driver_that_died_is_failed(parts) -> None:  # type: ignore[no-untyped
     gone = subprocess.Popen(["true"])
     gone.wait()
     driver = spec("driver.py", driver=True, driver_pid=gone.pid, driver_host=reconciler.host, executor="driver")
-    [job], token = store.submit(Caller("admin", "me"), "", [driver], 1.0)
+    views, token = store.submit(Caller("admin", "me"), "", [driver], 1.0)
+    [job] = ids((views, token))
     assert token and store.get_job(job)["state"] == "running"
     row = run_until_done(store, reconciler, job)
-    assert row["state"] == "failed" and row["run_reason"] == "driver exited without finishing"
+    assert row["state"] == "failed" and row["reason"] == "driver exited without finishing"

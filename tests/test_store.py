@@ -38,6 +38,10 @@ def spec(*argv: str, **extra):  # type: ignore[no-untyped-def]
             "labels": {}, "no_reuse": False, **extra}
 
 
+def ids(submitted: tuple[list[dict], str | None]) -> list[str]:  # type: ignore[type-arg]
+    return [job["uuid"] for job in submitted[0]]
+
+
 def finish_run(store: Store, run_uuid: str, state: State, exit_code: int | None = 0) -> None:
     with store.write() as tx:
         assert store.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.RUNNING, "")
@@ -45,10 +49,10 @@ def finish_run(store: Store, run_uuid: str, state: State, exit_code: int | None 
 
 
 def test_submit_stores_jobs_with_provenance(store: Store) -> None:
-    [parent], _ = store.submit(ADMIN, "", [spec("runner")], 1.0)
+    [parent] = ids(store.submit(ADMIN, "", [spec("runner")], 1.0))
     path = store.job_path(parent)
     child_caller = Caller("job", "alice", parent, path)
-    [child], _ = store.submit(child_caller, "", [spec("echo", "hi")], 2.0)
+    [child] = ids(store.submit(child_caller, "", [spec("echo", "hi")], 2.0))
     row = store.get_job(child)
     assert row["spawned_by_job_uuid"] == parent
     assert row["path"] == f"{path}{child}/"
@@ -56,43 +60,43 @@ def test_submit_stores_jobs_with_provenance(store: Store) -> None:
 
 
 def test_reuse_prefers_succeeded_then_in_flight_never_failed(store: Store) -> None:
-    [a], _ = store.submit(ADMIN, "", [spec("echo", "x")], 1.0)
-    [b], _ = store.submit(ADMIN, "", [spec("echo", "x")], 2.0)
+    [a] = ids(store.submit(ADMIN, "", [spec("echo", "x")], 1.0))
+    [b] = ids(store.submit(ADMIN, "", [spec("echo", "x")], 2.0))
     ja, jb = store.get_job(a), store.get_job(b)
     assert jb["reused"] and jb["run_uuid"] == ja["run_uuid"]  # attaches to the queued run
 
     finish_run(store, ja["run_uuid"], State.FAILED, 1)
-    [c], _ = store.submit(ADMIN, "", [spec("echo", "x")], 3.0)
+    [c] = ids(store.submit(ADMIN, "", [spec("echo", "x")], 3.0))
     jc = store.get_job(c)
     assert not jc["reused"] and jc["run_uuid"] != ja["run_uuid"]  # a failed run is never reused
 
     finish_run(store, jc["run_uuid"], State.SUCCEEDED)
-    [d], _ = store.submit(ADMIN, "", [spec("echo", "x")], 4.0)
+    [d] = ids(store.submit(ADMIN, "", [spec("echo", "x")], 4.0))
     jd = store.get_job(d)
     assert jd["reused"] and jd["run_uuid"] == jc["run_uuid"] and jd["state"] == "succeeded"
     assert jd["exit_code"] == 0
 
-    [e], _ = store.submit(ADMIN, "", [spec("echo", "x", no_reuse=True)], 5.0)
+    [e] = ids(store.submit(ADMIN, "", [spec("echo", "x", no_reuse=True)], 5.0))
     assert store.get_job(e)["run_uuid"] not in (ja["run_uuid"], jc["run_uuid"])
 
 
 def test_resources_are_not_in_the_signature(store: Store) -> None:
-    [a], _ = store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=100)], 1.0)
-    [b], _ = store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900, memory=2**20)], 1.0)
-    [c], _ = store.submit(ADMIN, "", [spec("echo", "y", env={"A": "1"})], 1.0)
+    [a] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=100)], 1.0))
+    [b] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900, memory=2**20)], 1.0))
+    [c] = ids(store.submit(ADMIN, "", [spec("echo", "y", env={"A": "1"})], 1.0))
     runs = [store.get_job(u)["run_uuid"] for u in (a, b, c)]
     assert runs[0] == runs[1] != runs[2]
 
 
 def test_request_id_makes_retries_create_nothing(store: Store) -> None:
-    first, _ = store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 1.0)
-    again, _ = store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 2.0)
+    first = ids(store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 1.0))
+    again = ids(store.submit(ADMIN, "req-1", [spec("a"), spec("b")], 2.0))
     assert first == again
     assert sum(len(c) for c in store.list_jobs()) == 2
 
 
 def test_transition_is_compare_and_set(store: Store) -> None:
-    [a], _ = store.submit(ADMIN, "", [spec("x")], 1.0)
+    [a] = ids(store.submit(ADMIN, "", [spec("x")], 1.0))
     run = store.get_job(a)["run_uuid"]
     with store.write() as tx:
         assert store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
@@ -103,10 +107,10 @@ def test_transition_is_compare_and_set(store: Store) -> None:
 
 
 def test_cancel_subtree_keeps_runs_other_jobs_want(store: Store) -> None:
-    [root], _ = store.submit(ADMIN, "", [spec("runner")], 1.0)
+    [root] = ids(store.submit(ADMIN, "", [spec("runner")], 1.0))
     caller = Caller("job", "alice", root, store.job_path(root))
-    [shared, own], _ = store.submit(caller, "", [spec("shared"), spec("own")], 2.0)
-    [outsider], _ = store.submit(ADMIN, "", [spec("shared")], 3.0)  # reuses the same run
+    [shared, own] = ids(store.submit(caller, "", [spec("shared"), spec("own")], 2.0))
+    [outsider] = ids(store.submit(ADMIN, "", [spec("shared")], 3.0))  # reuses the same run
     cancelled = store.cancel(root, "stop", 4.0)
     assert set(cancelled) == {root, shared, own}
     assert {store.get_job(u)["state"] for u in (root, shared, own)} == {"cancelled"}
@@ -116,11 +120,11 @@ def test_cancel_subtree_keeps_runs_other_jobs_want(store: Store) -> None:
 
 
 def test_list_by_subtree_parent_and_state(store: Store) -> None:
-    [root, other], _ = store.submit(ADMIN, "", [spec("r1"), spec("r2")], 1.0)
+    [root, other] = ids(store.submit(ADMIN, "", [spec("r1"), spec("r2")], 1.0))
     caller = Caller("job", "alice", root, store.job_path(root))
-    [c1, c2], _ = store.submit(caller, "", [spec("c1"), spec("c2")], 2.0)
-    [g], _ = store.submit(Caller("job", "alice", c1, store.job_path(c1)), "", [spec("g")], 3.0)
-    flat = lambda **kw: [r["uuid"] for chunk in store.list_jobs(chunk=2, **kw) for r in chunk]  # noqa: E731
+    [c1, c2] = ids(store.submit(caller, "", [spec("c1"), spec("c2")], 2.0))
+    [g] = ids(store.submit(Caller("job", "alice", c1, store.job_path(c1)), "", [spec("g")], 3.0))
+    flat = lambda **kw: [r.uuid for chunk in store.list_jobs(chunk=2, **kw) for r in chunk]  # noqa: E731
     assert flat(subtree_path=store.job_path(root)) == [root, c1, c2, g]
     assert flat(parent=root) == [c1, c2]
     assert flat(roots=True) == [root, other]
@@ -130,7 +134,7 @@ def test_list_by_subtree_parent_and_state(store: Store) -> None:
 
 def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module.secrets, "token_urlsafe", lambda n: "fixed-token-for-test")
-    [a], _ = store.submit(ADMIN, "", [spec("x")], 1.0)
+    [a] = ids(store.submit(ADMIN, "", [spec("x")], 1.0))
     run = store.get_job(a)["run_uuid"]
     with store.write() as tx:
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")

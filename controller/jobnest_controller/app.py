@@ -46,8 +46,8 @@ class Controller:
         self.service = JobService(self.store, self.executors, admin_token=settings.server.admin_token,
                                   default_executor=settings.default_executor, wake=self.wake,
                                   activity=self.activity)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                                  options=[("grpc.so_reuseport", 0)])
+        # Watch and Logs streams hold a worker thread each, hence the many workers.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=128), options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_JobServiceServicer_to_server(self.service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -84,7 +84,10 @@ class Controller:
                 log.info("idle for %ss, shutting down", timeout)
                 self._stop.set()
                 break
-            self._wake.wait(self.settings.tick if live else 0.5)
+            if live:  # pace the passes, so a burst of submissions is planned once, not per call
+                self._stop.wait(self.settings.tick)
+            else:
+                self._wake.wait(0.5)
             self._wake.clear()
 
     def wake(self) -> None:

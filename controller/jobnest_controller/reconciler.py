@@ -17,6 +17,9 @@ from .states import State
 from .store import DRIVER, Kind, Store
 
 log = logging.getLogger(__name__)
+# Runs planned per pass, from the head of the queue: the rest cannot start before these anyway
+# on nodes of this size, and planning a huge backlog every pass would starve the server.
+PLAN_WINDOW = 2000
 
 
 class Reconciler:
@@ -87,7 +90,7 @@ class Reconciler:
     # -- queued runs ---------------------------------------------------------------------------
 
     def _schedule(self, active: list[dict[str, Any]], now: float) -> int:
-        pending = self.store.pending_runs()
+        pending = self.store.pending_runs(PLAN_WINDOW)
         if not pending:
             return 0
         placements: list[tuple[str, str]] = []

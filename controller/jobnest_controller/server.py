@@ -12,7 +12,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -25,7 +25,7 @@ from . import specs
 from .executors.base import Executor
 from .scheduler import Node
 from .states import State
-from .store import Caller, Store
+from .store import VIEW, Caller, Store
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
@@ -128,9 +128,9 @@ class JobService(pb_grpc.JobServiceServicer):
                      for i, m in enumerate(request.jobs)]
         if any(s.get("driver") for s in job_specs) and len(job_specs) != 1:
             raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
-        uuids, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
+        jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
         self.wake()
-        return pb.SubmitResponse(jobs=[job_message(r) for r in self.store.get_jobs(uuids)],
+        return pb.SubmitResponse(jobs=[job_message(r) for r in jobs],
                                  driver_token=driver_token or "")
 
     @_rpc
@@ -146,25 +146,25 @@ class JobService(pb_grpc.JobServiceServicer):
         parent = self._scoped(caller, request.parent)[0] if request.parent else None
         if subtree is None and caller.kind == "job":
             subtree = caller.path
-        origins: list[str] = []
-        listed: set[str] = set()
-        for rows in self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
-                                         roots=request.roots, limit=request.limit):
-            yield pb.ListChunk(jobs=[job_message(r) for r in rows])
-            if request.include_reused:
-                listed.update(r["uuid"] for r in rows)
-                origins += [r["origin_job_uuid"] for r in rows if r["reused"]]
-        # A reused job's work was done under the job that started its run: list that too,
+        chunks = self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
+                                      roots=request.roots, limit=request.limit)
+        if not request.include_reused:
+            yield from map(list_chunk, chunks)
+            return
+        # A reused job's work was done under the job that started its run: list that subtree too,
         # since the caller may see what its own jobs reused.
-        while origins:
-            origin = origins.pop()
-            if origin in listed:
-                continue
-            for rows in self.store.list_jobs(subtree_path=self.store.job_path(origin)):
-                rows = [r for r in rows if r["uuid"] not in listed]
-                listed.update(r["uuid"] for r in rows)
-                origins += [r["origin_job_uuid"] for r in rows if r["reused"]]
-                yield pb.ListChunk(jobs=[job_message(r) for r in rows])
+        listed: set[str] = set()
+        origins: list[str] = []
+        while True:
+            for rows in chunks:
+                rows = [r for r in rows if r.uuid not in listed]
+                listed.update(r.uuid for r in rows)
+                origins += [r.run_origin_job_uuid for r in rows if r.reused]
+                yield list_chunk(rows)
+            origins = [o for o in origins if o not in listed]
+            if not origins:
+                return
+            chunks = self.store.list_jobs(subtree_path=self.store.job_path(origins.pop()))
 
     @_rpc
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
@@ -177,7 +177,8 @@ class JobService(pb_grpc.JobServiceServicer):
         try:
             for uuid in uuids:
                 row = self.store.get_job(uuid)
-                yield _event(row["uuid"], row["state"], row["reason"], _job_exit_code(row), initial=True)
+                yield _event(uuid, row["state"], row["reason"], row["exit_code"] if row["has_exit_code"] else None,
+                             initial=True)
             while context.is_active():
                 try:
                     e = events.get(timeout=0.5)
@@ -268,28 +269,13 @@ class JobService(pb_grpc.JobServiceServicer):
                                  runs=self.store.run_counts(), nodes=nodes)
 
 
-def _job_exit_code(row: dict[str, Any]) -> int | None:
-    """A job shares its run's exit code unless the job ended apart from its run."""
-    return row["exit_code"] if row["state"] == row["run_state"] else None
-
-
 def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: bool = False) -> pb.JobEvent:
     return pb.JobEvent(uuid=uuid, state=state, reason=reason, exit_code=exit_code or 0,
                        has_exit_code=exit_code is not None, initial=initial)
 
 
 def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
-    exit_code = _job_exit_code(row)
-    reason = row["reason"] or (row["run_reason"] if row["state"] == row["run_state"] else "")
-    msg = pb.Job(
-        uuid=row["uuid"], name=row["name"], owner=row["owner"], spawned_by_job_uuid=row["spawned_by_job_uuid"] or "",
-        state=row["state"], reason=reason, run_uuid=row["run_uuid"], reused=row["reused"],
-        run_origin_job_uuid=row["origin_job_uuid"], exit_code=exit_code or 0, has_exit_code=exit_code is not None,
-        cpu_millis=row["cpu_millis"], memory=row["memory"], created_at=row["created_at"],
-        started_at=row["started_at"] or 0, finished_at=row["finished_at"] or 0, node=row["node"],
-        executor=row["executor"], cpu_enforced=row["cpu_enforced"], signature=row["signature"],
-        output=os.path.join(row["workdir"], "out") if row["workdir"] else "", run_state=row["run_state"],
-    )
+    msg = pb.Job(**{name: row[name] for name in VIEW})
     if with_spec:
         spec = json.loads(row["spec"])
         msg.spec.CopyFrom(pb.JobSpec(
@@ -299,6 +285,13 @@ def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
             cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
         ))
     return msg
+
+
+def list_chunk(rows: Sequence[Any]) -> pb.ListChunk:
+    chunk = pb.ListChunk()
+    for name, column in zip(VIEW, zip(*rows)):
+        getattr(chunk, name).extend(column)
+    return chunk
 
 
 def _read_from(path: str, offsets: dict[str, int], stream: str) -> Iterator[bytes]:

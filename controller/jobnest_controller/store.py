@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -69,15 +69,29 @@ def new_uuid() -> str:
     return uuidlib.uuid4().hex
 
 
-# The columns a Job message is built from: the job's own, plus its run's.
-JOB_VIEW = [
-    jobs.c.uuid, jobs.c.name, jobs.c.owner, jobs.c.spawned_by_job_uuid, jobs.c.path, jobs.c.state,
-    jobs.c.reason, jobs.c.run_uuid, jobs.c.reused, jobs.c.created_at, jobs.c.seq, jobs.c.cpu_millis,
-    jobs.c.memory, runs.c.state.label("run_state"), runs.c.exit_code, runs.c.started_at,
-    runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced, runs.c.signature,
-    runs.c.origin_job_uuid, runs.c.workdir, runs.c.reason.label("run_reason"),
-]
+# A job as clients see it: its own columns and its run's, named as the fields of the Job message
+# (and of the columns of a ListChunk). A job shares its run's exit code and reason unless it ended
+# apart from its run.
+_in_step = jobs.c.state == runs.c.state
+VIEW: dict[str, sa.ColumnElement[Any]] = {
+    "uuid": jobs.c.uuid, "name": jobs.c.name, "owner": jobs.c.owner,
+    "spawned_by_job_uuid": sa.func.coalesce(jobs.c.spawned_by_job_uuid, ""), "state": jobs.c.state,
+    "reason": sa.case((jobs.c.reason != "", jobs.c.reason), (_in_step, runs.c.reason), else_=""),
+    "run_uuid": jobs.c.run_uuid, "reused": jobs.c.reused, "run_origin_job_uuid": runs.c.origin_job_uuid,
+    "exit_code": sa.case((_in_step, sa.func.coalesce(runs.c.exit_code, 0)), else_=0),
+    "has_exit_code": sa.type_coerce(sa.and_(_in_step, runs.c.exit_code.is_not(None)), sa.Boolean),
+    "cpu_millis": jobs.c.cpu_millis, "memory": jobs.c.memory, "created_at": jobs.c.created_at,
+    "started_at": sa.func.coalesce(runs.c.started_at, 0.0), "finished_at": sa.func.coalesce(runs.c.finished_at, 0.0),
+    "node": runs.c.node, "executor": runs.c.executor, "cpu_enforced": runs.c.cpu_enforced,
+    "signature": runs.c.signature,
+    "output": sa.case((runs.c.workdir != "", runs.c.workdir + "/out"), else_=""), "run_state": runs.c.state,
+}
+VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+# What a job attached to an existing run takes from it when it is submitted.
+RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
+             runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
+             runs.c.workdir, runs.c.reason]
 
 
 class Store:
@@ -147,8 +161,8 @@ class Store:
     # -- submit --------------------------------------------------------------------------------
 
     def submit(self, caller: Caller, request_id: str, specs: list[dict[str, Any]], now: float
-               ) -> tuple[list[str], str | None]:
-        """Store a batch of validated specs; returns the job uuids and, for a driver, its token.
+               ) -> tuple[list[dict[str, Any]], str | None]:
+        """Store a batch of validated specs; returns the jobs (as `VIEW`) and, for a driver, its token.
 
         Each job reuses a succeeded run with its signature, else a queued or running one, unless
         it asks not to. A request id seen before returns the first request's jobs.
@@ -161,50 +175,48 @@ class Store:
                 ).all()
                 if known:
                     by_key = dict(known)
-                    return [by_key[k] for k in keys if k in by_key], None
+                    return self.get_jobs([by_key[k] for k in keys if k in by_key]), None
             parts = [signature_parts(s) for s in specs]
             sigs = [signature(p) for p in parts]
             reusable = self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)})
             parent_path = caller.path if caller.kind == "job" else "/"
-            job_rows, run_rows, driver_token = [], [], None
+            job_rows, run_rows, views, driver_token = [], [], [], None
             for spec, part, sig, key in zip(specs, parts, sigs, keys):
                 job_uuid = new_uuid()
-                found = reusable.get(sig) if _may_reuse(spec) else None
-                if found is None:
+                spec_json = json.dumps(spec)
+                run = reusable.get(sig) if _may_reuse(spec) else None
+                if run is None:
                     token = secrets.token_urlsafe(24)
-                    run = _new_run(spec, part, sig, job_uuid, token, now)
+                    run = _new_run(spec, spec_json, part, sig, job_uuid, token, now)
                     run_rows.append(run)
-                    found = {"uuid": run["uuid"], "state": run["state"], "origin_job_uuid": job_uuid}
                     if _may_reuse(spec):
-                        reusable[sig] = found  # identical specs in one batch share the run
+                        reusable[sig] = run  # identical specs in one batch share the run
                     if spec.get("driver"):
                         driver_token = token
-                job_rows.append({
+                job = {
                     "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
                     "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{job_uuid}/",
-                    "run_uuid": found["uuid"], "reused": found["origin_job_uuid"] != job_uuid,
-                    "state": found["state"], "reason": "", "desired": "run", "spec": json.dumps(spec),
-                    "created_at": now, "request_key": key, "cpu_millis": spec["cpu_millis"],
-                    "memory": spec["memory"],
-                })
+                    "run_uuid": run["uuid"], "reused": run["origin_job_uuid"] != job_uuid, "state": run["state"],
+                    "reason": "", "desired": "run", "spec": spec_json, "created_at": now, "request_key": key,
+                    "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
+                }
+                job_rows.append(job)
+                views.append(_view(job, run))
             if run_rows:
                 tx.conn.execute(sa.insert(runs), run_rows)
             tx.conn.execute(sa.insert(jobs), job_rows)
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
-        return [j["uuid"] for j in job_rows], driver_token
+        return views, driver_token
 
     def _reusable(self, conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
         """The best run to reuse for each signature: succeeded first, then in flight, newest."""
-        if not sigs:
-            return {}
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
         best: dict[str, dict[str, Any]] = {}
         sig_list = list(sigs)
         for i in range(0, len(sig_list), 5000):
             rows = conn.execute(
-                sa.select(runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq)
-                .where(runs.c.signature.in_(sig_list[i:i + 5000]),
-                       runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
+                sa.select(*RUN_FACTS).where(runs.c.signature.in_(sig_list[i:i + 5000]),
+                                            runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
             ).mappings().all()
             for row in rows:
                 old = best.get(row["signature"])
@@ -220,9 +232,10 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def get_job(self, uuid: str) -> dict[str, Any]:
+        """A job as `VIEW`, with its spec and path."""
         with self.read() as conn:
             row = conn.execute(
-                sa.select(*JOB_VIEW, jobs.c.spec).select_from(JOB_FROM).where(jobs.c.uuid == uuid)
+                sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JOB_FROM).where(jobs.c.uuid == uuid)
             ).mappings().first()
         if row is None:
             raise NotFound(f"no job {uuid}", field="uuid")
@@ -230,15 +243,15 @@ class Store:
 
     def get_jobs(self, uuids: list[str]) -> list[dict[str, Any]]:
         with self.read() as conn:
-            rows = conn.execute(sa.select(*JOB_VIEW).select_from(JOB_FROM).where(jobs.c.uuid.in_(uuids))).mappings()
-            by_uuid = {r["uuid"]: dict(r) for r in rows}
+            rows = conn.execute(sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where(jobs.c.uuid.in_(uuids)))
+            by_uuid = {r["uuid"]: dict(r) for r in rows.mappings()}
         return [by_uuid[u] for u in uuids]
 
     def list_jobs(self, *, subtree_path: str | None = None, parent: str | None = None,
                   states: list[str] | None = None, roots: bool = False, limit: int = 0,
-                  chunk: int = 2000) -> Iterator[list[dict[str, Any]]]:
-        """Jobs in submit order, in chunks, filtered by subtree, parent and state."""
-        query = sa.select(*JOB_VIEW).select_from(JOB_FROM).order_by(jobs.c.seq)
+                  chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
+        """Jobs as `VIEW` rows (tuples) in submit order, in chunks, by subtree, parent and state."""
+        query = sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).order_by(jobs.c.seq)
         if subtree_path:
             query = query.where(jobs.c.path.like(subtree_path + "%"))
         if parent:
@@ -250,9 +263,7 @@ class Store:
         if limit:
             query = query.limit(limit)
         with self.read() as conn:
-            result = conn.execution_options(yield_per=chunk).execute(query).mappings()
-            for part in result.partitions(chunk):
-                yield [dict(r) for r in part]
+            yield from conn.execution_options(yield_per=chunk).execute(query).partitions(chunk)
 
     def resolve(self, ref: str) -> str:
         """The full uuid of the job that `ref` (a uuid or a unique prefix of 4+ characters) names."""
@@ -363,12 +374,14 @@ class Store:
 
     # -- for the reconciler --------------------------------------------------------------------
 
-    def pending_runs(self) -> list[dict[str, Any]]:
+    def pending_runs(self, limit: int) -> list[dict[str, Any]]:
+        """The head of the queue: the first `limit` queued runs by priority, then submit order."""
         with self.read() as conn:
             return [dict(r) for r in conn.execute(
                 sa.select(runs.c.uuid, runs.c.cpu_millis, runs.c.memory, runs.c.priority, runs.c.seq,
                           runs.c.executor, runs.c.reason)
                 .where(runs.c.state == State.QUEUED.value).order_by(runs.c.priority.desc(), runs.c.seq)
+                .limit(limit)
             ).mappings()]
 
     def active_runs(self) -> list[dict[str, Any]]:
@@ -399,12 +412,13 @@ class Store:
         return token
 
     def set_reasons(self, reasons: dict[str, str]) -> None:
+        """Why each queued run waits; its queued jobs show the run's reason."""
         with self.write() as tx:
-            for run_uuid, reason in reasons.items():
-                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid, runs.c.state == State.QUEUED.value)
-                                .values(reason=reason))
-                tx.conn.execute(sa.update(jobs).where(jobs.c.run_uuid == run_uuid, jobs.c.state == State.QUEUED.value)
-                                .values(reason=reason))
+            tx.conn.execute(
+                sa.update(runs).where(runs.c.uuid == sa.bindparam("run"), runs.c.state == State.QUEUED.value)
+                .values(reason=sa.bindparam("why")),
+                [{"run": run, "why": why} for run, why in reasons.items()],
+            )
 
     # -- explain -------------------------------------------------------------------------------
 
@@ -443,18 +457,35 @@ def _may_reuse(spec: dict[str, Any]) -> bool:
     return not (spec.get("no_reuse") or spec.get("driver"))
 
 
-def _new_run(spec: dict[str, Any], parts: dict[str, str], sig: str, job_uuid: str, token: str,
+def _new_run(spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str, token: str,
              now: float) -> dict[str, Any]:
     driver = bool(spec.get("driver"))
     return {
         "uuid": new_uuid(), "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
-        "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": json.dumps(spec),
+        "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": spec_json,
         "token_hash": hash_token(token), "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "workdir": "",
         "cpu_enforced": False, "exit_code": None, "created_at": now,
         "started_at": now if driver else None, "finished_at": None,
+    }
+
+
+def _view(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """`VIEW` of a job just stored, from its row and its run's, without reading them back."""
+    in_step = job["state"] == run["state"]
+    exit_code = run["exit_code"] if in_step else None
+    return {
+        "uuid": job["uuid"], "name": job["name"], "owner": job["owner"],
+        "spawned_by_job_uuid": job["spawned_by_job_uuid"] or "", "state": job["state"],
+        "reason": run["reason"] if in_step else "", "run_uuid": run["uuid"], "reused": job["reused"],
+        "run_origin_job_uuid": run["origin_job_uuid"], "exit_code": exit_code or 0,
+        "has_exit_code": exit_code is not None, "cpu_millis": job["cpu_millis"], "memory": job["memory"],
+        "created_at": job["created_at"], "started_at": run["started_at"] or 0.0,
+        "finished_at": run["finished_at"] or 0.0, "node": run["node"], "executor": run["executor"],
+        "cpu_enforced": run["cpu_enforced"], "signature": run["signature"],
+        "output": run["workdir"] + "/out" if run["workdir"] else "", "run_state": run["state"],
     }
 
 

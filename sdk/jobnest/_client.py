@@ -78,6 +78,17 @@ class JobInfo:
                    m.memory, m.created_at, m.started_at or None, m.finished_at or None, m.node, m.executor,
                    m.cpu_enforced, m.output, tuple(m.spec.argv))
 
+    @classmethod
+    def from_chunk(cls, c: pb.ListChunk) -> Iterator["JobInfo"]:
+        for row in zip(c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
+                       c.run_origin_job_uuid, c.exit_code, c.has_exit_code, c.cpu_millis, c.memory, c.created_at,
+                       c.started_at, c.finished_at, c.node, c.executor, c.cpu_enforced, c.output):
+            (uuid, name, state, reason, owner, parent, run, reused, origin, code, has_code, cpu, memory, created,
+             started, finished, node, executor, enforced, output) = row
+            yield cls(uuid, name, state, reason, owner, parent, run, reused, origin, code if has_code else None,
+                      cpu / 1000, memory, created, started or None, finished or None, node, executor, enforced,
+                      output)
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -223,8 +234,7 @@ class Client:
         request = pb.ListRequest(subtree=subtree, parent=parent, states=states or [], roots=roots,
                                  include_reused=include_reused, limit=limit)
         for chunk in self._stream("List", request):
-            for m in chunk.jobs:
-                yield JobInfo.from_message(m)
+            yield from JobInfo.from_chunk(chunk)
 
     def watch(self, *, uuids: builtins.list[str] | None = None, subtree: str = "",
               timeout: float | None = None) -> Iterator[pb.JobEvent]:

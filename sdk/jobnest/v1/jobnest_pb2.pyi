@@ -145,10 +145,52 @@ class ListRequest(_message.Message):
     def __init__(self, subtree: _Optional[str] = ..., parent: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., roots: _Optional[bool] = ..., include_reused: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListChunk(_message.Message):
-    __slots__ = ("jobs",)
-    JOBS_FIELD_NUMBER: _ClassVar[int]
-    jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "run_state")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SPAWNED_BY_JOB_UUID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_UUID_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ORIGIN_JOB_UUID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    CPU_ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    uuid: _containers.RepeatedScalarFieldContainer[str]
+    name: _containers.RepeatedScalarFieldContainer[str]
+    owner: _containers.RepeatedScalarFieldContainer[str]
+    spawned_by_job_uuid: _containers.RepeatedScalarFieldContainer[str]
+    state: _containers.RepeatedScalarFieldContainer[str]
+    reason: _containers.RepeatedScalarFieldContainer[str]
+    run_uuid: _containers.RepeatedScalarFieldContainer[str]
+    reused: _containers.RepeatedScalarFieldContainer[bool]
+    run_origin_job_uuid: _containers.RepeatedScalarFieldContainer[str]
+    exit_code: _containers.RepeatedScalarFieldContainer[int]
+    has_exit_code: _containers.RepeatedScalarFieldContainer[bool]
+    cpu_millis: _containers.RepeatedScalarFieldContainer[int]
+    memory: _containers.RepeatedScalarFieldContainer[int]
+    created_at: _containers.RepeatedScalarFieldContainer[float]
+    started_at: _containers.RepeatedScalarFieldContainer[float]
+    finished_at: _containers.RepeatedScalarFieldContainer[float]
+    node: _containers.RepeatedScalarFieldContainer[str]
+    executor: _containers.RepeatedScalarFieldContainer[str]
+    cpu_enforced: _containers.RepeatedScalarFieldContainer[bool]
+    signature: _containers.RepeatedScalarFieldContainer[str]
+    output: _containers.RepeatedScalarFieldContainer[str]
+    run_state: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., signature: _Optional[_Iterable[str]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("uuids", "subtree")

@@ -26,7 +26,6 @@ class Job(SQLModel, table=True):
     cpu_millis: int  # what this job asked for; its run may have been started by another job
     memory: int
     created_at: float
-    request_key: str | None = Field(default=None, unique=True)  # request id + batch index
 
 
 class Run(SQLModel, table=True):
@@ -46,7 +45,7 @@ class Run(SQLModel, table=True):
     memory: int
     priority: int = 0
     spec: str
-    token_hash: str = Field(index=True)
+    token_hash: str = Field(index=True)  # "" until the run starts (a driver's from the start)
     node: str = ""
     pid: int = 0
     workdir: str = ""
@@ -55,6 +54,15 @@ class Run(SQLModel, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class Request(SQLModel, table=True):
+    """A Submit request already served, so a retry with its id creates nothing twice."""
+
+    __tablename__ = "requests"
+
+    request_id: str = Field(primary_key=True)
+    job_uuids: str  # JSON list, in the order of the request
 
 
 class UserToken(SQLModel, table=True):

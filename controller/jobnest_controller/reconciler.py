@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Runs planned per pass, from the head of the queue: the rest cannot start before these anyway
 # on nodes of this size, and planning a huge backlog every pass would starve the server.
 PLAN_WINDOW = 2000
+FULL_PLAN_EVERY = 1.0
 
 
 class Reconciler:
@@ -30,8 +31,10 @@ class Reconciler:
         self.controller_address = controller_address
         self.base_env = base_env if base_env is not None else _base_env()
         self.host = socket.gethostname()
-        self._dirty = True
-        self._queued = 0
+        self._dirty = True  # something was submitted or cancelled since the last plan
+        self._queued = 0  # queued runs left after the last plan
+        self._planned_seq = 0  # the newest queued run the last plan saw
+        self._full_plan_at = float("-inf")
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
@@ -43,15 +46,21 @@ class Reconciler:
     def tick(self, now: float) -> int:
         """One pass; returns the number of runs still live (queued or running).
 
-        Placement is planned again only when it could change: after a submission, a cancel, or
-        a run ending. Otherwise a backlog that does not fit would be re-planned every tick.
+        Placement is planned only when it could change. When capacity freed up (a run ended), the
+        head of the whole queue is planned again. When only submissions came, just the new runs
+        are: the older ones did not fit before and capacity has not grown since. A full plan also
+        runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts.
         """
         active = self.store.active_runs()
         ended = self._observe(active, now)
         running = [r for r in active if r["uuid"] not in ended]
-        if self._dirty or ended:
+        if ended or now - self._full_plan_at >= FULL_PLAN_EVERY:
             self._dirty = False
-            self._queued = self._schedule(running, now)
+            self._full_plan_at = now
+            self._queued = self._schedule(running, now, after_seq=0)
+        elif self._dirty:
+            self._dirty = False
+            self._queued += self._schedule(running, now, after_seq=self._planned_seq)
         return len(running) + self._queued
 
     # -- running runs --------------------------------------------------------------------------
@@ -89,10 +98,12 @@ class Reconciler:
 
     # -- queued runs ---------------------------------------------------------------------------
 
-    def _schedule(self, active: list[dict[str, Any]], now: float) -> int:
-        pending = self.store.pending_runs(PLAN_WINDOW)
+    def _schedule(self, active: list[dict[str, Any]], now: float, after_seq: int) -> int:
+        """Plan and start the queued runs newer than `after_seq`; returns how many stay queued."""
+        pending = self.store.pending_runs(PLAN_WINDOW, after_seq)
         if not pending:
             return 0
+        self._planned_seq = max(self._planned_seq, max(r["seq"] for r in pending))
         placements: list[tuple[str, str]] = []
         reasons: dict[str, str] = {}
         for name, executor in self.executors.items():
@@ -116,7 +127,7 @@ class Reconciler:
         if changed:
             self.store.set_reasons(changed)
         self._start(placements, now)
-        return len(pending)
+        return len(pending) - len(placements)
 
     def _start(self, placements: list[tuple[str, str]], now: float) -> None:
         """Claim the runs (queued -> running) before starting them, so none can start twice."""

@@ -12,22 +12,21 @@ PARTS = ("image", "argv", "cwd", "env", "cache_version")
 
 
 def _digest(value: Any) -> str:
-    encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode()).hexdigest()
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
     """The sha256 of each part of `spec` that the result depends on."""
     env = {k: v for k, v in spec.get("env", {}).items() if not k.startswith("JOBNEST_")}
-    values = {
-        "image": spec.get("image", ""),
-        "argv": list(spec["argv"]),
-        "cwd": spec.get("cwd", ""),
-        "env": env,
-        "cache_version": spec.get("cache_version", ""),
+    return {
+        "image": _digest(spec.get("image", "")),
+        "argv": _digest(list(spec["argv"])),
+        "cwd": _digest(spec.get("cwd", "")),
+        "env": _digest(env),
+        "cache_version": _digest(spec.get("cache_version", "")),
     }
-    return {part: _digest(values[part]) for part in PARTS}
 
 
 def signature(parts: dict[str, str]) -> str:
-    return _digest(parts)
+    return hashlib.sha256(" ".join(parts[p] for p in PARTS).encode()).hexdigest()

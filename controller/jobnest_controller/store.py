@@ -11,7 +11,6 @@ import hashlib
 import json
 import secrets
 import threading
-import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,13 +23,14 @@ from sqlmodel import SQLModel
 from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 
 from .events import Bus, JobEvent
-from .models import Job, Run, UserToken
+from .models import Job, Request, Run, UserToken
 from .signature import signature, signature_parts
 from .states import ALLOWED, LIVE, REUSABLE, State
 
 jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
 runs: sa.Table = Run.__table__  # type: ignore[attr-defined]
 user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
+requests: sa.Table = Request.__table__  # type: ignore[attr-defined]
 
 LIVE_VALUES = [s.value for s in LIVE]
 DRIVER = "driver"  # executor name of a driver program's run: it runs outside the controller
@@ -66,7 +66,7 @@ def hash_token(token: str) -> str:
 
 
 def new_uuid() -> str:
-    return uuidlib.uuid4().hex
+    return secrets.token_hex(16)
 
 
 # A job as clients see it: its own columns and its run's, named as the fields of the Job message
@@ -167,46 +167,54 @@ class Store:
         Each job reuses a succeeded run with its signature, else a queued or running one, unless
         it asks not to. A request id seen before returns the first request's jobs.
         """
-        keys = [f"{request_id}:{i}" for i in range(len(specs))] if request_id else [None] * len(specs)
         with self.write() as tx:
             if request_id:
                 known = tx.conn.execute(
-                    sa.select(jobs.c.request_key, jobs.c.uuid).where(jobs.c.request_key.in_(keys))
-                ).all()
-                if known:
-                    by_key = dict(known)
-                    return self.get_jobs([by_key[k] for k in keys if k in by_key]), None
+                    sa.select(requests.c.job_uuids).where(requests.c.request_id == request_id)
+                ).scalar()
+                if known is not None:
+                    return self.get_jobs(json.loads(known)), None
             parts = [signature_parts(s) for s in specs]
             sigs = [signature(p) for p in parts]
             reusable = self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)})
             parent_path = caller.path if caller.kind == "job" else "/"
             job_rows, run_rows, views, driver_token = [], [], [], None
-            for spec, part, sig, key in zip(specs, parts, sigs, keys):
+            for spec, part, sig in zip(specs, parts, sigs):
                 job_uuid = new_uuid()
                 spec_json = json.dumps(spec)
                 run = reusable.get(sig) if _may_reuse(spec) else None
                 if run is None:
-                    token = secrets.token_urlsafe(24)
+                    # A run gets its token when it starts; a driver runs from the moment it is submitted.
+                    token = secrets.token_urlsafe(24) if spec.get("driver") else None
                     run = _new_run(spec, spec_json, part, sig, job_uuid, token, now)
                     run_rows.append(run)
                     if _may_reuse(spec):
                         reusable[sig] = run  # identical specs in one batch share the run
-                    if spec.get("driver"):
-                        driver_token = token
+                    driver_token = token or driver_token
                 job = {
                     "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
                     "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{job_uuid}/",
                     "run_uuid": run["uuid"], "reused": run["origin_job_uuid"] != job_uuid, "state": run["state"],
-                    "reason": "", "desired": "run", "spec": spec_json, "created_at": now, "request_key": key,
+                    "reason": "", "desired": "run", "spec": spec_json, "created_at": now,
                     "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
                 }
                 job_rows.append(job)
                 views.append(_view(job, run))
             if run_rows:
-                tx.conn.execute(sa.insert(runs), run_rows)
-            tx.conn.execute(sa.insert(jobs), job_rows)
+                self._insert_many(tx.conn, runs, run_rows)
+            self._insert_many(tx.conn, jobs, job_rows)
+            if request_id:
+                tx.conn.execute(sa.insert(requests).values(request_id=request_id,
+                                                           job_uuids=json.dumps([j["uuid"] for j in job_rows])))
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
         return views, driver_token
+
+    def _insert_many(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """A plain DBAPI executemany: SQLAlchemy's per-row parameter handling costs more than the insert."""
+        names = list(rows[0])
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
+        conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
 
     def _reusable(self, conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
         """The best run to reuse for each signature: succeeded first, then in flight, newest."""
@@ -374,14 +382,14 @@ class Store:
 
     # -- for the reconciler --------------------------------------------------------------------
 
-    def pending_runs(self, limit: int) -> list[dict[str, Any]]:
-        """The head of the queue: the first `limit` queued runs by priority, then submit order."""
+    def pending_runs(self, limit: int, after_seq: int = 0) -> list[dict[str, Any]]:
+        """The head of the queue (of runs newer than `after_seq`) by priority, then submit order."""
         with self.read() as conn:
             return [dict(r) for r in conn.execute(
                 sa.select(runs.c.uuid, runs.c.cpu_millis, runs.c.memory, runs.c.priority, runs.c.seq,
                           runs.c.executor, runs.c.reason)
-                .where(runs.c.state == State.QUEUED.value).order_by(runs.c.priority.desc(), runs.c.seq)
-                .limit(limit)
+                .where(runs.c.state == State.QUEUED.value, runs.c.seq > after_seq)
+                .order_by(runs.c.priority.desc(), runs.c.seq).limit(limit)
             ).mappings()]
 
     def active_runs(self) -> list[dict[str, Any]]:
@@ -457,15 +465,15 @@ def _may_reuse(spec: dict[str, Any]) -> bool:
     return not (spec.get("no_reuse") or spec.get("driver"))
 
 
-def _new_run(spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str, token: str,
-             now: float) -> dict[str, Any]:
+def _new_run(spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str,
+             token: str | None, now: float) -> dict[str, Any]:
     driver = bool(spec.get("driver"))
     return {
         "uuid": new_uuid(), "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
         "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": spec_json,
-        "token_hash": hash_token(token), "node": spec.get("driver_host", "") if driver else "",
+        "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "workdir": "",
         "cpu_enforced": False, "exit_code": None, "created_at": now,
         "started_at": now if driver else None, "finished_at": None,

@@ -25,7 +25,7 @@ from . import specs
 from .executors.base import Executor
 from .scheduler import Node
 from .states import State
-from .store import VIEW, Caller, Store
+from .store import LIST_FIELDS, VIEW, Caller, Store
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
@@ -289,7 +289,7 @@ def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
 
 def list_chunk(rows: Sequence[Any]) -> pb.ListChunk:
     chunk = pb.ListChunk()
-    for name, column in zip(VIEW, zip(*rows)):
+    for name, column in zip(LIST_FIELDS, zip(*rows)):
         getattr(chunk, name).extend(column)
     return chunk
 

@@ -90,6 +90,9 @@ VIEW: dict[str, sa.ColumnElement[Any]] = {
     "output": sa.case((runs.c.workdir != "", runs.c.workdir + "/out"), else_=""), "run_state": runs.c.state,
 }
 VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
+# Listings leave out what only `Get` needs: 64 bytes a job add up over 100k jobs.
+LIST_FIELDS = [name for name in VIEW if name != "signature"]
+LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
 # What a job attached to an existing run takes from it when it is submitted.
 RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
@@ -179,7 +182,8 @@ class Store:
                     return self.get_jobs(json.loads(known)), None
             parts = [signature_parts(s) for s in specs]
             sigs = [signature(p) for p in parts]
-            reusable = self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)})
+            reusable = {sig: dict(row._mapping) for sig, row in
+                        self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)}).items()}
             parent_path = caller.path if caller.kind == "job" else "/"
             job_rows, run_rows, views, driver_token = [], [], [], None
             fresh = new_uuids(2 * len(specs))
@@ -220,26 +224,26 @@ class Store:
         sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
         conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
 
-    def _reusable(self, conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
+    def _reusable(self, conn: Connection, sigs: set[str]) -> dict[str, sa.Row[Any]]:
         """The best run to reuse for each signature: succeeded first, then in flight, newest."""
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
-        best: dict[str, dict[str, Any]] = {}
+        best: dict[str, sa.Row[Any]] = {}
         sig_list = list(sigs)
         for i in range(0, len(sig_list), 5000):
             rows = conn.execute(
                 sa.select(*RUN_FACTS).where(runs.c.signature.in_(sig_list[i:i + 5000]),
                                             runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
-            ).mappings().all()
+            ).all()
             for row in rows:
-                old = best.get(row["signature"])
-                if old is None or (rank[row["state"]], -row["seq"]) < (rank[old["state"]], -old["seq"]):
-                    best[row["signature"]] = dict(row)
+                old = best.get(row.signature)
+                if old is None or (rank[row.state], -row.seq) < (rank[old.state], -old.seq):
+                    best[row.signature] = row
         return best
 
     def find_reusable(self, sigs: list[str]) -> dict[str, str]:
         """Signature -> run uuid for the runs a new job with that signature would reuse."""
         with self.read() as conn:
-            return {sig: row["uuid"] for sig, row in self._reusable(conn, set(sigs)).items()}
+            return {sig: row.uuid for sig, row in self._reusable(conn, set(sigs)).items()}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -262,8 +266,8 @@ class Store:
     def list_jobs(self, *, subtree_path: str | None = None, parent: str | None = None,
                   states: list[str] | None = None, roots: bool = False, limit: int = 0,
                   chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
-        """Jobs as `VIEW` rows (tuples) in submit order, in chunks, by subtree, parent and state."""
-        query = sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).order_by(jobs.c.seq)
+        """Jobs as `LIST_FIELDS` rows (tuples) in submit order, in chunks, by subtree, parent and state."""
+        query = sa.select(*LIST_COLUMNS).select_from(JOB_FROM).order_by(jobs.c.seq)
         if subtree_path:
             query = query.where(jobs.c.path.like(subtree_path + "%"))
         if parent:

@@ -145,7 +145,7 @@ class ListRequest(_message.Message):
     def __init__(self, subtree: _Optional[str] = ..., parent: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., roots: _Optional[bool] = ..., include_reused: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListChunk(_message.Message):
-    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "run_state")
+    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "output", "run_state")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -165,7 +165,6 @@ class ListChunk(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     CPU_ENFORCED_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     uuid: _containers.RepeatedScalarFieldContainer[str]
@@ -187,10 +186,9 @@ class ListChunk(_message.Message):
     node: _containers.RepeatedScalarFieldContainer[str]
     executor: _containers.RepeatedScalarFieldContainer[str]
     cpu_enforced: _containers.RepeatedScalarFieldContainer[bool]
-    signature: _containers.RepeatedScalarFieldContainer[str]
     output: _containers.RepeatedScalarFieldContainer[str]
     run_state: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., signature: _Optional[_Iterable[str]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("uuids", "subtree")

@@ -44,6 +44,7 @@ class Run(SQLModel, table=True):
     cpu_millis: int
     memory: int
     priority: int = 0
+    timeout: float = 0.0  # seconds; 0: none
     spec: str
     token_hash: str = Field(index=True)  # "" until the run starts (a driver's from the start)
     node: str = ""

@@ -5,7 +5,6 @@ scheduler where queued runs go and starts them. The controller calls it in a loo
 directly with their own clock.
 """
 
-import json
 import logging
 import os
 import socket
@@ -76,7 +75,7 @@ class Reconciler:
             executor = self.executors.get(run["executor"])
             if executor is None:
                 continue
-            timeout = self._timeout(run)
+            timeout = run["timeout"]
             if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
                 self.store.set_desired(run["uuid"], "timeout")
                 run["desired"] = "timeout"
@@ -92,9 +91,6 @@ class Reconciler:
                               else {"started_at": None, "node": "", "pid": 0})
                     self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, exited.reason, **values)
         return {run["uuid"] for run, _, _ in ended}
-
-    def _timeout(self, run: dict[str, Any]) -> float:
-        return float(json.loads(run["spec"]).get("timeout") or 0)
 
     # -- queued runs ---------------------------------------------------------------------------
 

@@ -401,9 +401,13 @@ class Store:
             ).mappings()]
 
     def active_runs(self) -> list[dict[str, Any]]:
+        """What the reconciler needs of each running run, every pass."""
         with self.read() as conn:
             return [dict(r) for r in conn.execute(
-                sa.select(runs).where(runs.c.state == State.RUNNING.value)
+                sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.workdir, runs.c.desired,
+                          runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis, runs.c.memory,
+                          runs.c.state)
+                .where(runs.c.state == State.RUNNING.value)
             ).mappings()]
 
     def run_for_start(self, tx: Tx, run_uuid: str) -> dict[str, Any]:
@@ -480,7 +484,8 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
         "uuid": run_uuid, "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
-        "memory": spec["memory"], "priority": spec.get("priority", 0), "spec": spec_json,
+        "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
+        "spec": spec_json,
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "workdir": "",
         "cpu_enforced": False, "exit_code": None, "created_at": now,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jobnest.errors import NotFound, Unauthenticated
+from jobnest.errors import JobnestError, NotFound, Unauthenticated
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store, hash_token
 from jobnest_controller import store as store_module
@@ -157,3 +157,11 @@ def test_unknown_job(store: Store) -> None:
         store.get_job("0" * 32)
     with pytest.raises(NotFound):
         store.cancel("0" * 32, "x", 1.0)
+
+
+def test_an_older_store_is_refused_by_name(tmp_path: Path) -> None:
+    import sqlite3
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY, uuid TEXT)")
+    with pytest.raises(JobnestError, match="table runs lacks .*signature"):
+        Store(f"sqlite:///{tmp_path / 'old.db'}")

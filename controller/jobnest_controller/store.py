@@ -116,6 +116,12 @@ class Store:
         self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
         try:
             SQLModel.metadata.create_all(self.engine)
+            inspector = sa.inspect(self.engine)
+            for table in (jobs, runs, requests, user_tokens):
+                missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
+                if missing:
+                    raise JobnestError(f"the store at {self.url} is older than this controller: table "
+                                       f"{table.name} lacks {', '.join(sorted(missing))}; move it aside to start afresh")
         except sa.exc.SQLAlchemyError as e:
             raise JobnestError(f"cannot open the store at {self.url}: {e}") from e
 

@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import grpc
@@ -40,6 +41,12 @@ def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc
     (pb.JobSpec(argv=["true"], memory=-5), "jobs[0].memory", "must not be negative"),
     (pb.JobSpec(argv=["true"], executor="nomad"), "jobs[0].executor", "unknown executor"),
     (pb.JobSpec(argv=["true"], cwd="relative/dir"), "jobs[0].cwd", "absolute"),
+    (pb.JobSpec(argv=["true"], cpu=float("inf")), "jobs[0].cpu", "greater than 0"),
+    (pb.JobSpec(argv=["true"], cpu=float("nan")), "jobs[0].cpu", "greater than 0"),
+    (pb.JobSpec(argv=["true"], timeout=float("nan")), "jobs[0].timeout", "seconds >= 0"),
+    (pb.JobSpec(argv=["echo", "a\0b"]), "jobs[0].argv[1]", "NUL"),
+    (pb.JobSpec(argv=["true"], env={"A": "x\0"}), "jobs[0].env['A']", "NUL"),
+    (pb.JobSpec(argv=["true"], driver=True), "jobs[0].driver_pid", "process id"),
 ])
 def test_bad_specs_are_refused_and_store_nothing(running: Running, spec: pb.JobSpec, field: str, words: str) -> None:
     running.client().submit(["true"], name="already-there").wait(timeout=20)
@@ -97,6 +104,7 @@ def test_user_tokens_are_created_by_admins_only(running: Running) -> None:
 
 PROBE = textwrap.dedent("""
     import os, sys, jobnest
+    from jobnest.v1 import jobnest_pb2 as pb
     client = jobnest.connect()
     me = jobnest.current_job()
     print("token", os.environ["JOBNEST_TOKEN"])
@@ -111,6 +119,21 @@ PROBE = textwrap.dedent("""
         except jobnest.PermissionDenied as e:
             print(what, "denied", e)
     print("visible", sorted(j.name for j in client.list()))
+    reuser = client.submit(["echo", "shared work"], name="reuser", cpu=0.1).wait()
+    print("reused", reuser.reused)
+    print("visible-with-reused", sorted(j.name for j in client.list(include_reused=True)))
+    mine = client.submit_many([client.spec(["echo", "mine"], cpu=0.1)], request_id="admin-request")
+    print("request-id-is-mine", mine[0].info.spawned_by_job_uuid == me.uuid)
+    try:
+        client.submit_many([pb.JobSpec(argv=["x"], driver=True, driver_pid=1)])
+        print("driver allowed")
+    except jobnest.PermissionDenied:
+        print("driver denied")
+    try:
+        jobnest.Client(os.environ["JOBNEST_CONTROLLER"], "", driver=False).get(me.uuid)
+        print("tokenless allowed")
+    except jobnest.Unauthenticated:
+        print("tokenless denied")
     child.wait()
 """)
 
@@ -118,6 +141,8 @@ PROBE = textwrap.dedent("""
 def test_job_token_is_confined_to_its_subtree_and_dies_with_its_run(running: Running, tmp_path: Path) -> None:
     client = running.client()
     outsider = client.submit(["sleep", "30"], name="outsider", cpu=0.1)
+    client.submit(["echo", "shared work"], name="shared", cpu=0.1).wait(timeout=20)
+    admins = client.submit_many([client.spec(["echo", "admin's"], cpu=0.1)], request_id="admin-request")
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     job = client.submit([sys.executable, str(probe), outsider.uuid], name="probe", cpu=0.1).wait(timeout=30)
@@ -127,9 +152,15 @@ def test_job_token_is_confined_to_its_subtree_and_dies_with_its_run(running: Run
     for what in ("get", "cancel", "list", "logs"):
         assert f"{what} denied" in out
     assert "visible ['child', 'probe']" in out
+    assert "reused True" in out
+    assert "visible-with-reused ['child', 'probe', 'reuser']" in out  # not the job that ran it
+    assert "request-id-is-mine True" in out
+    assert "driver denied" in out and "tokenless denied" in out
+    assert admins[0].info.spawned_by_job_uuid == ""
     assert outsider.state == "running"  # the cancel was refused
-    [child] = job.children()
-    assert child.info.spawned_by_job_uuid == job.uuid
+    children = job.children()
+    assert sorted(c.name for c in children) == ["child", "echo", "reuser"]
+    assert all(c.info.spawned_by_job_uuid == job.uuid for c in children)
     token = next(line.split()[1] for line in out.splitlines() if line.startswith("token "))
     with pytest.raises(jobnest.Unauthenticated, match="expired"):
         running.client(token).get(job.uuid)
@@ -175,6 +206,7 @@ def test_logs_follow_streams_until_the_end(running: Running) -> None:
 def test_list_streams_in_chunks_with_filters(running: Running) -> None:
     client = running.client()
     jobs = client.submit_many([client.spec(["sleep", str(30 + i)], cpu=2) for i in range(5)])
+    wait_for(lambda: jobs[0].state == "running")
     listed = list(client.list())
     assert [j.uuid for j in listed] == [j.uuid for j in jobs]
     assert len(list(client.list(states=["queued"]))) == 4  # only one fits the 2-core node
@@ -219,3 +251,24 @@ def test_scheduler_reason_is_shown(running: Running) -> None:
     big.cancel()
     wait_for(lambda: waiting.state == "running")
     waiting.cancel()
+
+
+def test_a_watch_of_jobs_ends_when_they_have(running: Running) -> None:
+    client = running.client()
+    job = client.submit(["true"], cpu=0.1).wait(timeout=20)
+    events = list(client.watch(uuids=[job.uuid], timeout=10))  # would raise Timeout if it hung
+    assert [e.state for e in events] == ["succeeded"] and events[0].initial
+
+
+def test_cancel_waits_for_processes_that_ignore_sigterm(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    script = "trap '' TERM; sleep 60 & echo $! > " + str(tmp_path / "child") + "; wait"
+    job = client.submit(["sh", "-c", script], cpu=0.5)
+    wait_for(lambda: (tmp_path / "child").exists() and (tmp_path / "child").read_text().strip())
+    child = int((tmp_path / "child").read_text())
+    job.cancel()
+    time.sleep(1.0)
+    assert job.state == "running"  # still holds its cpu: its process lives on
+    job.wait(timeout=20)
+    assert job.state == "cancelled"
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"

@@ -49,9 +49,10 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
         node.cpu_millis = round(cpu * 1000)
     if memory is not None:
         node.memory = memory
-    settings = Settings(home=home, server=ServerSettings(socket, listen, admin_token, advertise),
+    settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,
+                                                         advertise=advertise),
                         store=StoreSettings(store_url), node=node, idle_timeout=idle_timeout)
-    Path(home).mkdir(parents=True, exist_ok=True)
+    Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(Path(home) / "controller.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

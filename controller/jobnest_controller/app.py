@@ -32,42 +32,51 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         home = Path(settings.home)
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)  # specs, logs and outputs are private
         self.store = Store(settings.store.url)
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
         self.executors: dict[str, Executor] = {
             "local": LocalExecutor(str(home / "runs"), settings.node.cpu_millis, settings.node.memory, limiter),
         }
-        address = settings.server.advertise or f"unix://{settings.server.socket}"
+        address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.reconciler = Reconciler(self.store, self.executors, address)
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.service = JobService(self.store, self.executors, admin_token=settings.server.admin_token,
-                                  default_executor=settings.default_executor, wake=self.wake,
-                                  activity=self.activity)
-        # Watch and Logs streams hold a worker thread each, hence the many workers.
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=128), options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_JobServiceServicer_to_server(self.service, self.server)
         self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Two doors: the owner's socket, where the file mode vouches for the caller, and the one
+        # jobs are given plus any TCP port, where every call needs a token.
+        self.owner_server = self._server(trust_local=True)
+        self.token_server = self._server(trust_local=False)
         self.port: int | None = None
         self._loop = threading.Thread(target=self._run_loop, name="reconciler", daemon=True)
 
+    def _server(self, trust_local: bool) -> grpc.Server:
+        service = JobService(self.store, self.executors, admin_token=self.settings.server.admin_token,
+                             default_executor=self.settings.default_executor, wake=self.wake,
+                             activity=self.activity, trust_local=trust_local)
+        # Watch and Logs streams hold a worker thread each, hence the many workers.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_JobServiceServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
+
     def start(self) -> None:
-        sock = Path(self.settings.server.socket)
-        sock.unlink(missing_ok=True)
-        old_umask = os.umask(0o177)  # the socket is the local door: owner only
+        server = self.settings.server
+        for sock in (server.socket, server.jobs_socket):
+            Path(sock).unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # sockets are created owner-only
         try:
-            self.server.add_insecure_port(f"unix://{sock}")
+            self.owner_server.add_insecure_port(f"unix://{server.socket}")
+            self.token_server.add_insecure_port(f"unix://{server.jobs_socket}")
         finally:
             os.umask(old_umask)
-        if self.settings.server.listen:
-            self.port = self.server.add_insecure_port(self.settings.server.listen)
+        if server.listen:
+            self.port = self.token_server.add_insecure_port(server.listen)
             if not self.port:
-                raise OSError(f"cannot listen on {self.settings.server.listen}")
-        self.server.start()
-        os.chmod(sock, 0o600)
+                raise OSError(f"cannot listen on {server.listen}")
+        self.owner_server.start()
+        self.token_server.start()
         self._loop.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -105,8 +114,10 @@ class Controller:
         self._stop.set()
         self._wake.set()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        for server in (self.owner_server, self.token_server):
+            server.stop(grace).wait()
         if self._loop.is_alive() and self._loop is not threading.current_thread():
             self._loop.join(timeout=5)
-        Path(self.settings.server.socket).unlink(missing_ok=True)
+        for sock in (self.settings.server.socket, self.settings.server.jobs_socket):
+            Path(sock).unlink(missing_ok=True)
         self.store.close()

@@ -62,6 +62,7 @@ class Request(SQLModel, table=True):
 
     __tablename__ = "requests"
 
+    caller: str = Field(primary_key=True)  # ids are the caller's own: another's never match
     request_id: str = Field(primary_key=True)
     job_uuids: str  # JSON list, in the order of the request
 

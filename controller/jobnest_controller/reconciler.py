@@ -77,8 +77,7 @@ class Reconciler:
                 continue
             timeout = run["timeout"]
             if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
-                self.store.set_desired(run["uuid"], "timeout")
-                run["desired"] = "timeout"
+                run["desired"] = "timeout" if self.store.set_desired(run["uuid"], "timeout") else "cancel"
             if run["desired"] != "run":
                 executor.stop(run, now)
             exited = executor.poll(run)
@@ -149,7 +148,8 @@ class Reconciler:
         for executor, launch in launches:
             try:
                 s = executor.start(launch)
-            except OSError as e:
+            except Exception as e:  # one run that cannot start must not hold up the others
+                log.warning("run %s could not start: %s", launch.run_uuid, e)
                 failed.append((launch.run_uuid, f"could not start: {e}"))
                 continue
             started.append((launch.run_uuid, {"pid": s.pid, "workdir": s.workdir,

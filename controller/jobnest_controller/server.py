@@ -7,6 +7,7 @@ import functools
 import hmac
 import inspect
 import json
+import logging
 import os
 import queue
 import re
@@ -27,6 +28,7 @@ from .scheduler import Node
 from .states import State
 from .store import LIST_FIELDS, VIEW, Caller, Store
 
+log = logging.getLogger(__name__)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
 
@@ -62,6 +64,9 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except JobnestError as e:
             context.abort(e.code, str(e))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
 
     @functools.wraps(method)
     def stream(self: "JobService", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -70,6 +75,9 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             yield from method(self, request, context)
         except JobnestError as e:
             context.abort(e.code, str(e))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
         finally:
             self.activity.stream(-1)
 
@@ -78,7 +86,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], *, admin_token: str,
-                 default_executor: str, wake: Callable[[], None], activity: Activity,
+                 default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executors = executors
@@ -86,6 +94,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.default_executor = default_executor
         self.wake = wake
         self.activity = activity
+        self.trust_local = trust_local  # served on the owner's socket: no token means its owner
         self.clock = clock
 
     # -- who is calling ------------------------------------------------------------------------
@@ -100,9 +109,9 @@ class JobService(pb_grpc.JobServiceServicer):
             if self.admin_token and hmac.compare_digest(token, self.admin_token):
                 return Caller("admin", "admin")
             return self.store.authenticate(token)
-        if context.peer().startswith("unix:"):
+        if self.trust_local:
             return Caller("admin", os.environ.get("USER") or str(os.getuid()))
-        raise Unauthenticated("a token is required on a TCP connection", field="authorization")
+        raise Unauthenticated("a token is required here (only the owner's socket takes none)", field="authorization")
 
     def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:
         """The full uuid and path of the job `ref` names, if the caller may see it."""
@@ -126,8 +135,11 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
-        if any(s.get("driver") for s in job_specs) and len(job_specs) != 1:
-            raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
+        if any(s.get("driver") for s in job_specs):
+            if len(job_specs) != 1:
+                raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
+            if caller.kind == "job":
+                raise PermissionDenied("a job submits jobs, not drivers", field="jobs[0].driver")
         jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
         self.wake()
         return pb.SubmitResponse(jobs=[job_message(r) for r in jobs],
@@ -142,6 +154,12 @@ class JobService(pb_grpc.JobServiceServicer):
     @_rpc
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListChunk]:
         caller = self.caller(context)
+        if request.limit < 0:
+            raise InvalidSpec(f"must not be negative, got {request.limit}", field="limit")
+        unknown = set(request.states) - {s.value for s in State}
+        if unknown:
+            raise InvalidSpec(f"unknown state {sorted(unknown)[0]!r} (known: {', '.join(s.value for s in State)})",
+                              field="states")
         subtree = self._scoped(caller, request.subtree)[1] if request.subtree else None
         parent = self._scoped(caller, request.parent)[0] if request.parent else None
         if subtree is None and caller.kind == "job":
@@ -152,7 +170,7 @@ class JobService(pb_grpc.JobServiceServicer):
             yield from map(list_chunk, chunks)
             return
         # A reused job's work was done under the job that started its run: list that subtree too,
-        # since the caller may see what its own jobs reused.
+        # when the caller may see it (a job token sees only its own subtree).
         listed: set[str] = set()
         origins: list[str] = []
         while True:
@@ -161,10 +179,11 @@ class JobService(pb_grpc.JobServiceServicer):
                 listed.update(r.uuid for r in rows)
                 origins += [r.run_origin_job_uuid for r in rows if r.reused]
                 yield list_chunk(rows)
-            origins = [o for o in origins if o not in listed]
-            if not origins:
+            visible = [p for p in map(self.store.job_path, set(origins) - listed) if p.startswith(caller.path)]
+            if not visible:
                 return
-            chunks = self.store.list_jobs(subtree_path=self.store.job_path(origins.pop()))
+            origins = []
+            chunks = (rows for path in visible for rows in self.store.list_jobs(subtree_path=path))
 
     @_rpc
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
@@ -175,17 +194,22 @@ class JobService(pb_grpc.JobServiceServicer):
             raise InvalidSpec("give job uuids or a subtree to watch", field="uuids")
         events = self.store.bus.subscribe()  # before the snapshot, so no change falls between
         try:
+            open_uuids = set(uuids)  # a watch of uuids ends once they have all ended
             for uuid in uuids:
                 row = self.store.get_job(uuid)
                 yield _event(uuid, row["state"], row["reason"], row["exit_code"] if row["has_exit_code"] else None,
                              initial=True)
-            while context.is_active():
+                if State(row["state"]).terminal:
+                    open_uuids.discard(uuid)
+            while context.is_active() and (open_uuids or subtree is not None):
                 try:
                     e = events.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 if e.uuid in uuids or (subtree is not None and e.path.startswith(subtree)):
                     yield _event(e.uuid, e.state, e.reason, e.exit_code)
+                    if State(e.state).terminal:
+                        open_uuids.discard(e.uuid)
         finally:
             self.store.bus.unsubscribe(events)
 

@@ -24,13 +24,15 @@ def _memory_total() -> int:
 @dataclass
 class ServerSettings:
     socket: str = ""
-    """Unix socket path; guarded by its file mode (0600), so calls on it need no token."""
+    """The owner's unix socket; guarded by its file mode (0600), so calls on it need no token."""
+    jobs_socket: str = ""
+    """The unix socket local jobs are given; every call on it needs a token."""
     listen: str = ""
     """host:port to also serve on over TCP, where every call needs a token; empty: none."""
     admin_token: str = ""
     """Bootstrap token with full rights on TCP; `jobnest token create` makes the rest."""
     advertise: str = ""
-    """The address given to jobs as JOBNEST_CONTROLLER; defaults to the unix socket."""
+    """The address given to jobs as JOBNEST_CONTROLLER; defaults to the jobs' socket."""
 
 
 @dataclass
@@ -65,4 +67,5 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")
+        self.server.jobs_socket = self.server.jobs_socket or str(Path(self.home) / "jobs.sock")
         self.store.url = self.store.url or f"sqlite:///{Path(self.home) / 'jobnest.db'}"

@@ -4,6 +4,7 @@ Every problem names its field (`jobs[2].cpu`) so the caller knows what to fix; n
 unless the whole batch is valid.
 """
 
+import math
 import os
 from typing import Any
 
@@ -23,18 +24,25 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         raise bad("argv", "must not be empty: give the command to run")
     if not argv[0]:
         raise bad("argv[0]", "must not be empty")
-    name = msg.name or os.path.basename(argv[0])
+    texts = {"name": msg.name, "cwd": msg.cwd, "image": msg.image, "cache_version": msg.cache_version,
+             **{f"argv[{i}]": a for i, a in enumerate(argv)}, **{f"env[{k!r}]": k + v for k, v in msg.env.items()}}
+    for where, text in texts.items():
+        if "\0" in text:
+            raise bad(where, "must not contain a NUL character")
+    name = msg.name or os.path.basename(argv[0].rstrip("/")) or "job"
     if len(name) > MAX_NAME:
         raise bad("name", f"longer than {MAX_NAME} characters")
     for key in msg.env:
         if not key or "=" in key:
             raise bad("env", f"{key!r} is not a variable name")
     if msg.driver:
+        if msg.driver_pid <= 0:
+            raise bad("driver_pid", "a driver names its process id")
         cpu_millis, executor = 0, "driver"
     else:
         cpu = msg.cpu if msg.HasField("cpu") else min(1.0, max_cpu_millis / 1000)
-        if not cpu > 0:
-            raise bad("cpu", f"must be greater than 0, got {cpu:g}")
+        if not (cpu > 0 and math.isfinite(cpu)):
+            raise bad("cpu", f"must be a number greater than 0, got {cpu:g}")
         cpu_millis = round(cpu * 1000)
         if cpu_millis < 1:
             raise bad("cpu", f"{cpu:g} is less than the smallest share, 0.001")
@@ -47,8 +55,8 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         raise bad("memory", f"must not be negative, got {msg.memory}")
     if msg.memory > max_memory:
         raise bad("memory", f"{msg.memory} bytes is more than the largest node has ({max_memory})")
-    if msg.timeout < 0:
-        raise bad("timeout", f"must not be negative, got {msg.timeout:g}")
+    if not (msg.timeout >= 0 and math.isfinite(msg.timeout)):
+        raise bad("timeout", f"must be a number of seconds >= 0, got {msg.timeout:g}")
     if msg.cwd and not os.path.isabs(msg.cwd):
         raise bad("cwd", f"must be an absolute path, got {msg.cwd!r}")
     spec: dict[str, Any] = {

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
+from jobnest.errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 
 from .events import Bus, JobEvent
 from .models import Job, Request, Run, UserToken
@@ -50,6 +50,10 @@ class Caller:
     name: str
     job_uuid: str | None = None
     path: str = ""  # a job caller's scope: its own subtree
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.job_uuid or self.name}"
 
     def check_scope(self, job_uuid: str, path: str) -> None:
         if self.kind == "job" and not path.startswith(self.path):
@@ -112,8 +116,10 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=10, max_overflow=20)
-        # SQLite has one writer at a time; queueing writers here beats retrying on "locked".
-        self._write_lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        # Writers queue here, one at a time. SQLite allows no more anyway; on PostgreSQL it keeps
+        # a submit that attaches to a run from racing the transition that ends that run, in this
+        # one controller process.
+        self._write_lock = threading.Lock()
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
@@ -182,7 +188,8 @@ class Store:
         with self.write() as tx:
             if request_id:
                 known = tx.conn.execute(
-                    sa.select(requests.c.job_uuids).where(requests.c.request_id == request_id)
+                    sa.select(requests.c.job_uuids)
+                    .where(requests.c.caller == caller.key, requests.c.request_id == request_id)
                 ).scalar()
                 if known is not None:
                     return self.get_jobs(json.loads(known)), None
@@ -218,7 +225,7 @@ class Store:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)
             if request_id:
-                tx.conn.execute(sa.insert(requests).values(request_id=request_id,
+                tx.conn.execute(sa.insert(requests).values(caller=caller.key, request_id=request_id,
                                                            job_uuids=json.dumps([j["uuid"] for j in job_rows])))
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
         return views, driver_token
@@ -385,10 +392,10 @@ class Store:
 
     def finish_driver(self, caller: Caller, exit_code: int, now: float) -> None:
         if caller.kind != "job":
-            raise Conflict("only a driver's own token can finish it", field="token")
+            raise PermissionDenied("only a driver's own token can finish it", field="token")
         run = self.run_of(caller.job_uuid or "")
         if run["executor"] != DRIVER:
-            raise Conflict(f"job {caller.job_uuid} is not a driver", field="token")
+            raise PermissionDenied(f"job {caller.job_uuid} is not a driver", field="token")
         new = State.SUCCEEDED if exit_code == 0 else State.FAILED
         with self.write() as tx:
             self.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, new, f"exit code {exit_code}",
@@ -427,9 +434,12 @@ class Store:
         """Facts about a run that are not its state (pid, work dir, ...)."""
         tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(**values))
 
-    def set_desired(self, run_uuid: str, desired: str) -> None:
+    def set_desired(self, run_uuid: str, desired: str) -> bool:
+        """Ask a run that is still wanted to stop for `desired` ("timeout"); False if it was cancelled."""
         with self.write() as tx:
-            tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired=desired))
+            return tx.conn.execute(
+                sa.update(runs).where(runs.c.uuid == run_uuid, runs.c.desired == "run").values(desired=desired)
+            ).rowcount == 1
 
     def new_run_token(self, tx: Tx, run_uuid: str) -> str:
         """A fresh token for a run about to start; only its hash is kept."""
@@ -529,5 +539,5 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _db_errors() -> Iterator[None]:
     try:
         yield
-    except sa.exc.SQLAlchemyError as e:
-        raise JobnestError(f"store error: {e.__class__.__name__}: {e}") from e
+    except sa.exc.SQLAlchemyError as e:  # the statement stays in the log, not in the answer
+        raise JobnestError(f"store error: {e.__class__.__name__}: {getattr(e, 'orig', None) or e}") from e

@@ -95,8 +95,8 @@ class JobInfo:
 
 def parse_memory(value: int | str) -> int:
     """Bytes from 268435456, "256Mi" or "1G"."""
-    if isinstance(value, int):
-        return value
+    if isinstance(value, (int, float)):
+        return int(value)
     text = value.strip().lower().removesuffix("b")
     number = text.rstrip("kmgti")
     unit = text[len(number):]
@@ -118,18 +118,20 @@ class Client:
         self._stub = pb_grpc.JobServiceStub(self._channel)
         self._record_driver = driver and not os.environ.get("JOBNEST_JOB")
         self._driver: Job | None = None
+        self._driver_token: str | None = None
         self._finished = False
         self._driver_lock = threading.Lock()
         self._defaults: list[dict[str, Any]] = []
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self._token}")] if self._token else []
+    def _metadata(self, token: str | None = None) -> list[tuple[str, str]]:
+        token = token or self._token
+        return [("authorization", f"Bearer {token}")] if token else []
 
-    def _unary(self, name: str, request: Any, timeout: float | None = 60) -> Any:
+    def _unary(self, name: str, request: Any, timeout: float | None = 60, token: str | None = None) -> Any:
         with _errors():
-            return getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+            return getattr(self._stub, name)(request, metadata=self._metadata(token), timeout=timeout)
 
     def _stream(self, name: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
         call = getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
@@ -192,7 +194,8 @@ class Client:
         """Submit a batch in one call; a retry with the same request id creates nothing twice."""
         self._ensure_driver()
         request = pb.SubmitRequest(request_id=request_id or uuidlib.uuid4().hex, jobs=specs)
-        response = self._unary("Submit", request)
+        # Submitted with the driver's token, so the jobs are its children; all else goes as the user.
+        response = self._unary("Submit", request, token=self._driver_token)
         return [Job(self, m.uuid, m) for m in response.jobs]
 
     def _ensure_driver(self) -> None:
@@ -207,7 +210,7 @@ class Client:
                               driver_pid=os.getpid(), driver_host=socket.gethostname(), cwd=os.getcwd())
             response = self._unary("Submit", pb.SubmitRequest(request_id=uuidlib.uuid4().hex, jobs=[spec]))
             self._driver = Job(self, response.jobs[0].uuid, response.jobs[0])
-            self._token = response.driver_token
+            self._driver_token = response.driver_token
             _finish_at_exit(self)
 
     @property
@@ -219,7 +222,7 @@ class Client:
         """End this program's driver job now (else it ends when the client closes or the program exits)."""
         if self._driver is not None and not self._finished:
             self._finished = True
-            self._unary("Finish", pb.FinishRequest(exit_code=exit_code))
+            self._unary("Finish", pb.FinishRequest(exit_code=exit_code), token=self._driver_token)
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -42,13 +42,16 @@ class LocalExecutor:
         workdir = Path(self.workdir(launch.run_uuid))
         (workdir / "out").mkdir(parents=True, exist_ok=True)
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
-        with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "",
-                 *launch.argv],
-                cwd=launch.cwd or workdir / "out", env=launch.env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
-            )
+        try:
+            with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "", *launch.argv],
+                    cwd=launch.cwd or workdir / "out", env=launch.env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True,
+                )
+        except BaseException:
+            self.limiter.remove(launch.run_uuid)
+            raise
         self._children[proc.pid] = proc
         return Started(proc.pid, str(workdir), cgroup_procs is not None)
 
@@ -62,6 +65,13 @@ class LocalExecutor:
             del self._children[pid]
         elif pid and _is_ours(pid, workdir):
             return None  # adopted after a restart and still running
+        if pid and _group_alive(pid):
+            # The wrapper is gone but processes of the run live on: ones that ignore SIGTERM (the
+            # reconciler keeps calling stop(), which escalates), or ones left in the background,
+            # which end with the run. Until they are gone the run holds its cpu.
+            if run["desired"] == "run":
+                _kill_group(pid, signal.SIGKILL)
+            return None
         self._stopping.pop(run["uuid"], None)
         self.limiter.remove(run["uuid"])
         code = _read_int(workdir / "exit_code")
@@ -78,15 +88,27 @@ class LocalExecutor:
         sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         pid = run["pid"] or _read_int(workdir / "pid") or 0
-        if pid and (pid in self._children or _is_ours(pid, workdir)):
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
+            _kill_group(pid, sig)
 
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _is_ours(pid: int, workdir: Path) -> bool:

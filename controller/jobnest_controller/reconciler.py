@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from .executors.base import Executor, Exited, Launch
-from .scheduler import Node, Pending, plan
+from .scheduler import Node, Pending, charge, plan
 from .states import State
 from .store import DRIVER, Kind, Store
 
@@ -102,13 +102,7 @@ class Reconciler:
         placements: list[tuple[str, str]] = []
         reasons: dict[str, str] = {}
         for name, executor in self.executors.items():
-            nodes = executor.nodes()
-            by_name = {n.name: n for n in nodes}
-            for run in active:
-                node = by_name.get(run["node"]) if run["executor"] == name else None
-                if node is not None:
-                    node.cpu_used += run["cpu_millis"]
-                    node.memory_used += run["memory"]
+            nodes = charge(executor.nodes(), [r for r in active if r["executor"] == name])
             mine = [Pending(r["uuid"], r["cpu_millis"], r["memory"], r["priority"], r["seq"])
                     for r in pending if r["executor"] == name]
             result = plan(nodes, mine)

@@ -6,6 +6,7 @@ cpu left over). A run that fits nowhere gets a reason naming the exhausted resou
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -15,6 +16,7 @@ class Node:
     memory: int  # capacity in bytes
     cpu_used: int = 0
     memory_used: int = 0
+    cpu_enforced: bool = False  # whether the node enforces cpu shares (not the scheduler's concern)
 
     @property
     def cpu_free(self) -> int:
@@ -46,6 +48,17 @@ def cores(millis: int) -> str:
 
 def gib(size: int) -> str:
     return f"{size / 2**30:.2f} GiB"
+
+
+def charge(nodes: list[Node], running: list[dict[str, Any]]) -> list[Node]:
+    """`nodes` with the cpu and memory of the running runs placed on them counted as used."""
+    by_name = {n.name: n for n in nodes}
+    for run in running:
+        node = by_name.get(run["node"])
+        if node is not None:
+            node.cpu_used += run["cpu_millis"]
+            node.memory_used += run["memory"]
+    return nodes
 
 
 def plan(nodes: list[Node], pending: list[Pending]) -> Plan:

@@ -24,7 +24,7 @@ from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
 from . import specs
 from .executors.base import Executor
-from .scheduler import Node
+from .scheduler import charge
 from .states import State
 from .store import LIST_FIELDS, VIEW, Caller, Store
 
@@ -277,18 +277,11 @@ class JobService(pb_grpc.JobServiceServicer):
     @_rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         self.caller(context)
-        used: dict[str, Node] = {}
-        for run in self.store.active_runs():
-            node = used.setdefault(run["node"], Node(run["node"], 0, 0))
-            node.cpu_used += run["cpu_millis"]
-            node.memory_used += run["memory"]
-        nodes = []
-        for executor in self.executors.values():
-            for n in executor.nodes():
-                u = used.get(n.name, Node(n.name, 0, 0))
-                nodes.append(pb.Node(name=n.name, cpu_millis=n.cpu_millis, memory=n.memory, cpu_used=u.cpu_used,
-                                     memory_used=u.memory_used,
-                                     cpu_enforced=getattr(getattr(executor, "limiter", None), "available", False)))
+        active = self.store.active_runs()
+        nodes = [pb.Node(name=n.name, cpu_millis=n.cpu_millis, memory=n.memory, cpu_used=n.cpu_used,
+                         memory_used=n.memory_used, cpu_enforced=n.cpu_enforced)
+                 for name, executor in self.executors.items()
+                 for n in charge(executor.nodes(), [r for r in active if r["executor"] == name])]
         return pb.StatusResponse(version="0.1.0", pid=os.getpid(), store=_redact(self.store.url),
                                  runs=self.store.run_counts(), nodes=nodes)
 

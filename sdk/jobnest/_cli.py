@@ -71,8 +71,8 @@ def down(ctx: click.Context) -> None:
     """Stop the local controller; running jobs go on and are re-adopted at the next start."""
     home = _home(ctx)
     pid_file = home / "controller.pid"
-    if not pid_file.exists():
-        click.echo("local controller is not running")
+    if not pid_file.exists() or not local_controller_healthy(home / "controller.sock"):
+        click.echo("local controller is not running")  # a stale pid file names someone else
         return
     pid = int(pid_file.read_text())
     try:

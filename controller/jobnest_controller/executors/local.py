@@ -33,7 +33,8 @@ class LocalExecutor:
         self._stopping: dict[str, float] = {}
 
     def nodes(self) -> list[Node]:
-        return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory)]
+        return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory,
+                     cpu_enforced=self.limiter.available)]
 
     def workdir(self, run_uuid: str) -> str:
         return str(self.root / run_uuid)

@@ -50,6 +50,7 @@ def test_local_controller_starts_on_demand_and_stops_when_idle(tmp_path: Path, m
     driver = client.driver
     assert driver is not None and job.info.spawned_by_job_uuid == driver.uuid
     assert oct((home / "controller.sock").stat().st_mode & 0o777) == "0o600"
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
     client.finish()
     client.close()
     deadline = time.monotonic() + 20

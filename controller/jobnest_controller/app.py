@@ -32,7 +32,8 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         home = Path(settings.home)
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)  # specs, logs and outputs are private
+        home.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o700)  # specs, logs and outputs are private
         self.store = Store(settings.store.url)
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
         self.executors: dict[str, Executor] = {

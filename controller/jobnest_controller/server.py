@@ -4,6 +4,7 @@
 """
 
 import functools
+import getpass
 import hmac
 import inspect
 import json
@@ -110,7 +111,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 return Caller("admin", "admin")
             return self.store.authenticate(token)
         if self.trust_local:
-            return Caller("admin", os.environ.get("USER") or str(os.getuid()))
+            return Caller("admin", getpass.getuser())
         raise Unauthenticated("a token is required here (only the owner's socket takes none)", field="authorization")
 
     def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:

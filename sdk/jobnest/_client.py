@@ -362,7 +362,7 @@ def ensure_local_controller(home: Path, idle_timeout: float | None = None, wait:
     sock = home / "controller.sock"
     if local_controller_healthy(sock):
         return
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(home / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if local_controller_healthy(sock):

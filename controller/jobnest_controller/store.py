@@ -102,6 +102,12 @@ JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
 RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
              runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
              runs.c.workdir, runs.c.reason]
+# The submit path's queries, built once: building a statement costs more than running it.
+REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
+    runs.c.signature.in_(sa.bindparam("sigs", expanding=True)),
+    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
+REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
+    requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
 
 
 class Store:
@@ -187,10 +193,7 @@ class Store:
         """
         with self.write() as tx:
             if request_id:
-                known = tx.conn.execute(
-                    sa.select(requests.c.job_uuids)
-                    .where(requests.c.caller == caller.key, requests.c.request_id == request_id)
-                ).scalar()
+                known = tx.conn.execute(REQUEST_JOBS, {"caller": caller.key, "request_id": request_id}).scalar()
                 if known is not None:
                     return self.get_jobs(json.loads(known)), None
             parts = [signature_parts(s) for s in specs]
@@ -225,8 +228,8 @@ class Store:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)
             if request_id:
-                tx.conn.execute(sa.insert(requests).values(caller=caller.key, request_id=request_id,
-                                                           job_uuids=json.dumps([j["uuid"] for j in job_rows])))
+                tx.conn.execute(sa.insert(requests), {"caller": caller.key, "request_id": request_id,
+                                                       "job_uuids": json.dumps([j["uuid"] for j in job_rows])})
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
         return views, driver_token
 
@@ -243,10 +246,7 @@ class Store:
         best: dict[str, sa.Row[Any]] = {}
         sig_list = list(sigs)
         for i in range(0, len(sig_list), 5000):
-            rows = conn.execute(
-                sa.select(*RUN_FACTS).where(runs.c.signature.in_(sig_list[i:i + 5000]),
-                                            runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
-            ).all()
+            rows = conn.execute(REUSABLE_RUNS, {"sigs": sig_list[i:i + 5000]}).all()
             for row in rows:
                 old = best.get(row.signature)
                 if old is None or (rank[row.state], -row.seq) < (rank[old.state], -old.seq):

@@ -13,6 +13,7 @@ import atexit
 import builtins
 import contextlib
 import fcntl
+import itertools
 import os
 import socket
 import subprocess
@@ -21,9 +22,8 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,9 +46,8 @@ def _errors() -> Iterator[None]:
         raise from_rpc_error(e) from None
 
 
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """What the controller knows of a job at one moment."""
+class JobInfo(NamedTuple):
+    """What the controller knows of a job at one moment (a named tuple: listings make many)."""
 
     uuid: str
     name: str
@@ -80,17 +79,17 @@ class JobInfo:
 
     @classmethod
     def from_chunk(cls, c: pb.ListChunk) -> Iterator["JobInfo"]:
-        for row in zip(c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
-                       c.run_origin_job_uuid, c.exit_code, c.has_exit_code, c.cpu_millis, c.memory, c.created_at,
-                       c.started_at, c.finished_at, c.node, c.executor, c.cpu_enforced, c.output):
-            (uuid, name, state, reason, owner, parent, run, reused, origin, code, has_code, cpu, memory, created,
-             started, finished, node, executor, enforced, output) = row
-            yield cls(uuid, name, state, reason, owner, parent, run, reused, origin, code if has_code else None,
-                      cpu / 1000, memory, created, started or None, finished or None, node, executor, enforced,
-                      output)
+        """The jobs of one listing chunk, column by column (much faster than row by row)."""
+        exit_codes = [code if has else None for code, has in zip(c.exit_code, c.has_exit_code)]
+        return map(cls._make, zip(
+            c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
+            c.run_origin_job_uuid, exit_codes, [m / 1000 for m in c.cpu_millis], c.memory, c.created_at,
+            [t or None for t in c.started_at], [t or None for t in c.finished_at], c.node, c.executor,
+            c.cpu_enforced, c.output, itertools.repeat(()),
+        ))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self._asdict()
 
 
 def parse_memory(value: int | str) -> int:

@@ -55,8 +55,10 @@ class ControllerProc:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
         line = self.proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
         if not line.startswith("port "):
+            self.proc.wait(10)
+            tail = (self.home / "controller.log").read_text(errors="replace")[-400:]
             self.stop()
-            raise RuntimeError(f"controller did not start: {line!r}")
+            raise RuntimeError(f"controller did not start: {tail}")
         self.address = f"127.0.0.1:{line.split()[1]}"
         self.url = f"sqlite:///{self.home / 'jobnest.db'}"
 

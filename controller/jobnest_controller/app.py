@@ -55,7 +55,8 @@ class Controller:
     def _server(self, trust_local: bool) -> grpc.Server:
         service = JobService(self.store, self.executors, admin_token=self.settings.server.admin_token,
                              default_executor=self.settings.default_executor, wake=self.wake,
-                             activity=self.activity, trust_local=trust_local)
+                             activity=self.activity, trust_local=trust_local,
+                             waiting=self.reconciler.waiting_reason)
         # Watch and Logs streams hold a worker thread each, hence the many workers.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_JobServiceServicer_to_server(service, server)

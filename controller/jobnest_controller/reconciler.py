@@ -34,9 +34,17 @@ class Reconciler:
         self._queued = 0  # queued runs left after the last plan
         self._planned_seq = 0  # the newest queued run the last plan saw
         self._full_plan_at = float("-inf")
+        # Why each queued run waits, as of the last plan. Kept here, not in the store: it is an
+        # explanation recomputed every plan, and writing it for every queued run cost as much
+        # as storing the runs.
+        self._waiting: dict[str, str] = {}
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
+
+    def waiting_reason(self, run_uuid: str) -> str:
+        """Why a queued run has not started, or "" if the scheduler has not looked at it yet."""
+        return self._waiting.get(run_uuid, "")
 
     def poke(self) -> None:
         """Something was submitted or cancelled: plan again at the next tick."""
@@ -111,10 +119,12 @@ class Reconciler:
         for run in pending:
             if run["executor"] not in self.executors:
                 reasons[run["uuid"]] = f"waiting: no executor named {run['executor']!r} is configured"
-        old = {p["uuid"]: p["reason"] for p in pending}
-        changed = {u: r for u, r in reasons.items() if r != old[u]}
-        if changed:
-            self.store.set_reasons(changed)
+        if after_seq == 0:
+            self._waiting = reasons  # swapped whole: readers on other threads see one plan or the other
+        else:
+            self._waiting.update(reasons)
+        for run_uuid, _ in placements:
+            self._waiting.pop(run_uuid, None)
         self._start(placements, now)
         return len(pending) - len(placements)
 

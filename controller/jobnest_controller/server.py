@@ -88,7 +88,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], *, admin_token: str,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
-                 clock: Callable[[], float] = time.time) -> None:
+                 waiting: Callable[[str], str], clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executors = executors
         self.admin_token = admin_token
@@ -96,6 +96,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.wake = wake
         self.activity = activity
         self.trust_local = trust_local  # served on the owner's socket: no token means its owner
+        self.waiting = waiting  # run uuid -> why the scheduler has not started it
         self.clock = clock
 
     # -- who is calling ------------------------------------------------------------------------
@@ -143,14 +144,14 @@ class JobService(pb_grpc.JobServiceServicer):
                 raise PermissionDenied("a job submits jobs, not drivers", field="jobs[0].driver")
         jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
         self.wake()
-        return pb.SubmitResponse(jobs=[job_message(r) for r in jobs],
+        return pb.SubmitResponse(jobs=[job_message(r, self.waiting) for r in jobs],
                                  driver_token=driver_token or "")
 
     @_rpc
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.Job:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
-        return job_message(self.store.get_job(uuid), with_spec=True)
+        return job_message(self.store.get_job(uuid), self.waiting, with_spec=True)
 
     @_rpc
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListChunk]:
@@ -168,7 +169,8 @@ class JobService(pb_grpc.JobServiceServicer):
         chunks = self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
                                       roots=request.roots, limit=request.limit)
         if not request.include_reused:
-            yield from map(list_chunk, chunks)
+            for rows in chunks:
+                yield list_chunk(rows, self.waiting)
             return
         # A reused job's work was done under the job that started its run: list that subtree too,
         # when the caller may see it (a job token sees only its own subtree).
@@ -179,7 +181,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 rows = [r for r in rows if r.uuid not in listed]
                 listed.update(r.uuid for r in rows)
                 origins += [r.run_origin_job_uuid for r in rows if r.reused]
-                yield list_chunk(rows)
+                yield list_chunk(rows, self.waiting)
             visible = [p for p in map(self.store.job_path, set(origins) - listed) if p.startswith(caller.path)]
             if not visible:
                 return
@@ -292,8 +294,10 @@ def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: b
                        has_exit_code=exit_code is not None, initial=initial)
 
 
-def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
+def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: bool = False) -> pb.Job:
     msg = pb.Job(**{name: row[name] for name in VIEW})
+    if msg.state == "queued" and not msg.reason:
+        msg.reason = waiting(msg.run_uuid)
     if with_spec:
         spec = json.loads(row["spec"])
         msg.spec.CopyFrom(pb.JobSpec(
@@ -305,9 +309,13 @@ def job_message(row: dict[str, Any], with_spec: bool = False) -> pb.Job:
     return msg
 
 
-def list_chunk(rows: Sequence[Any]) -> pb.ListChunk:
+def list_chunk(rows: Sequence[Any], waiting: Callable[[str], str]) -> pb.ListChunk:
     chunk = pb.ListChunk()
-    for name, column in zip(LIST_FIELDS, zip(*rows)):
+    columns: dict[str, Sequence[Any]] = dict(zip(LIST_FIELDS, zip(*rows)))
+    if columns:
+        columns["reason"] = [reason or (waiting(run) if state == "queued" else "")
+                             for reason, state, run in zip(columns["reason"], columns["state"], columns["run_uuid"])]
+    for name, column in columns.items():
         getattr(chunk, name).extend(column)
     return chunk
 

@@ -408,7 +408,7 @@ class Store:
         with self.read() as conn:
             return [dict(r) for r in conn.execute(
                 sa.select(runs.c.uuid, runs.c.cpu_millis, runs.c.memory, runs.c.priority, runs.c.seq,
-                          runs.c.executor, runs.c.reason)
+                          runs.c.executor)
                 .where(runs.c.state == State.QUEUED.value, runs.c.seq > after_seq)
                 .order_by(runs.c.priority.desc(), runs.c.seq).limit(limit)
             ).mappings()]
@@ -446,15 +446,6 @@ class Store:
         token = secrets.token_urlsafe(24)
         tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(token_hash=hash_token(token)))
         return token
-
-    def set_reasons(self, reasons: dict[str, str]) -> None:
-        """Why each queued run waits; its queued jobs show the run's reason."""
-        with self.write() as tx:
-            tx.conn.execute(
-                sa.update(runs).where(runs.c.uuid == sa.bindparam("run"), runs.c.state == State.QUEUED.value)
-                .values(reason=sa.bindparam("why")),
-                [{"run": run, "why": why} for run, why in reasons.items()],
-            )
 
     # -- explain -------------------------------------------------------------------------------
 

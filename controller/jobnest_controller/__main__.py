@@ -67,6 +67,7 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
     pid_file.write_text(str(os.getpid()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: controller.request_stop())
+    signal.signal(signal.SIGCHLD, lambda *_: controller.child_exited())
     where = f"unix://{settings.server.socket}" + (f" and {listen} (port {controller.port})" if listen else "")
     logging.info("jobnest controller serving on %s, store %s", where, settings.store.url.split("@")[-1])
     print(f"port {controller.port}" if listen else "ready", flush=True)

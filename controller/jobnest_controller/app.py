@@ -44,6 +44,7 @@ class Controller:
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._busy = False  # runs are live, so the loop passes every `tick` anyway
         self.health = health.HealthServicer()
         # Two doors: the owner's socket, where the file mode vouches for the caller, and the one
         # jobs are given plus any TCP port, where every call needs a token.
@@ -85,24 +86,29 @@ class Controller:
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 live = self.reconciler.tick(time.time())
             except Exception:  # keep reconciling; the store is the truth and the next tick retries
                 log.exception("reconciler tick failed")
                 live = 1
+            self._busy = bool(live)
             timeout = self.settings.idle_timeout
             if timeout and not live and self.activity.idle_for() > timeout:
                 log.info("idle for %ss, shutting down", timeout)
                 self._stop.set()
                 break
-            if live:  # pace the passes, so a burst of submissions is planned once, not per call
-                self._stop.wait(self.settings.tick)
-            else:
-                self._wake.wait(0.5)
-            self._wake.clear()
+            self._wake.wait(self.settings.tick if live else 0.5)
 
     def wake(self) -> None:
+        """Something was submitted or cancelled. A busy loop sees it at its next pass, so a burst
+        of submissions is planned once, not once a call."""
         self.reconciler.poke()
+        if not self._busy:
+            self._wake.set()
+
+    def child_exited(self) -> None:
+        """A run's process ended (SIGCHLD): look now rather than at the next pass."""
         self._wake.set()
 
     def request_stop(self) -> None:

@@ -125,7 +125,7 @@ def test_list_by_subtree_parent_and_state(store: Store) -> None:
     [c1, c2] = ids(store.submit(caller, "", [spec("c1"), spec("c2")], 2.0))
     [g] = ids(store.submit(Caller("job", "alice", c1, store.job_path(c1)), "", [spec("g")], 3.0))
     flat = lambda **kw: [r.uuid for chunk in store.list_jobs(chunk=2, **kw) for r in chunk]  # noqa: E731
-    assert flat(subtree_path=store.job_path(root)) == [root, c1, c2, g]
+    assert flat(subtree_path=store.job_path(root)) == [root, c1, g, c2]  # tree order
     assert flat(parent=root) == [c1, c2]
     assert flat(roots=True) == [root, other]
     finish_run(store, store.get_job(c2)["run_uuid"], State.SUCCEEDED)
@@ -165,3 +165,9 @@ def test_an_older_store_is_refused_by_name(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY, uuid TEXT)")
     with pytest.raises(JobnestError, match="table runs lacks .*signature"):
         Store(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_uuids_sort_in_the_order_they_were_made(store: Store) -> None:
+    made = list(store.uuids.take(3, 5.0)) + list(store.uuids.take(70000, 5.0)) + list(store.uuids.take(2, 4.0))
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(len(u) == 32 and int(u, 16) >= 0 for u in made[:10])

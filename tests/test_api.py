@@ -244,13 +244,17 @@ def test_why_names_the_differing_part(running: Running) -> None:
 
 def test_scheduler_reason_is_shown(running: Running) -> None:
     client = running.client()
-    big = client.submit(["sleep", "30"], cpu=2)
+    big = client.submit(["sleep", "30"], cpu=1.5)
     waiting = client.submit(["sleep", "31"], cpu=1)
     wait_for(lambda: waiting.info.reason.startswith("waiting for cpu"))
-    assert "needs 1 cores" in waiting.info.reason
+    assert waiting.info.reason == "waiting for cpu: needs 1 cores, most free is 0.5 of 2 on local"
+    full = client.submit(["sleep", "32"], cpu=0.5)
+    wait_for(lambda: full.state == "running")
+    wait_for(lambda: waiting.info.reason == "waiting for cpu: every node is fully used")
     big.cancel()
     wait_for(lambda: waiting.state == "running")
     waiting.cancel()
+    full.cancel()
 
 
 def test_a_watch_of_jobs_ends_when_they_have(running: Running) -> None:

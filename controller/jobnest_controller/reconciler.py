@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # on nodes of this size, and planning a huge backlog every pass would starve the server.
 PLAN_WINDOW = 2000
 FULL_PLAN_EVERY = 1.0
+ALL_FULL = "waiting for cpu: every node is fully used"
 
 
 class Reconciler:
@@ -38,13 +39,14 @@ class Reconciler:
         # explanation recomputed every plan, and writing it for every queued run cost as much
         # as storing the runs.
         self._waiting: dict[str, str] = {}
+        self._all_full = False
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
 
     def waiting_reason(self, run_uuid: str) -> str:
         """Why a queued run has not started, or "" if the scheduler has not looked at it yet."""
-        return self._waiting.get(run_uuid, "")
+        return ALL_FULL if self._all_full else self._waiting.get(run_uuid, "")
 
     def poke(self) -> None:
         """Something was submitted or cancelled: plan again at the next tick."""
@@ -56,18 +58,24 @@ class Reconciler:
         Placement is planned only when it could change. When capacity freed up (a run ended), the
         head of the whole queue is planned again. When only submissions came, just the new runs
         are: the older ones did not fit before and capacity has not grown since. A full plan also
-        runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts.
+        runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts. And while every node
+        is full, nothing is planned at all: nothing could be placed (the usual state of a backlog).
         """
         active = self.store.active_runs()
         ended = self._observe(active, now)
         running = [r for r in active if r["uuid"] not in ended]
+        nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
+                 for name, ex in self.executors.items()}
+        self._all_full = not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
+        if self._all_full:
+            return len(running) + max(self._queued, 1)  # the queue is unknown, and waits
         if ended or now - self._full_plan_at >= FULL_PLAN_EVERY:
             self._dirty = False
             self._full_plan_at = now
-            self._queued = self._schedule(running, now, after_seq=0)
+            self._queued = self._schedule(nodes, now, after_seq=0)
         elif self._dirty:
             self._dirty = False
-            self._queued += self._schedule(running, now, after_seq=self._planned_seq)
+            self._queued += self._schedule(nodes, now, after_seq=self._planned_seq)
         return len(running) + self._queued
 
     # -- running runs --------------------------------------------------------------------------
@@ -101,7 +109,7 @@ class Reconciler:
 
     # -- queued runs ---------------------------------------------------------------------------
 
-    def _schedule(self, active: list[dict[str, Any]], now: float, after_seq: int) -> int:
+    def _schedule(self, nodes: dict[str, list[Node]], now: float, after_seq: int) -> int:
         """Plan and start the queued runs newer than `after_seq`; returns how many stay queued."""
         pending = self.store.pending_runs(PLAN_WINDOW, after_seq)
         if not pending:
@@ -109,11 +117,10 @@ class Reconciler:
         self._planned_seq = max(self._planned_seq, max(r["seq"] for r in pending))
         placements: list[tuple[str, str]] = []
         reasons: dict[str, str] = {}
-        for name, executor in self.executors.items():
-            nodes = charge(executor.nodes(), [r for r in active if r["executor"] == name])
+        for name, executor_nodes in nodes.items():
             mine = [Pending(r["uuid"], r["cpu_millis"], r["memory"], r["priority"], r["seq"])
                     for r in pending if r["executor"] == name]
-            result = plan(nodes, mine)
+            result = plan(executor_nodes, mine)
             placements += result.placements
             reasons.update(result.unplaced)
         for run in pending:

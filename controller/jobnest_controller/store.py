@@ -18,6 +18,8 @@ from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -146,6 +148,8 @@ class Store:
         # one controller process.
         self._write_lock = threading.Lock()
         self.uuids = UuidSource()
+        dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        self._claim_request = dialect_insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
@@ -212,9 +216,12 @@ class Store:
         it asks not to. A request id seen before returns the first request's jobs.
         """
         with self.write() as tx:
-            if request_id:
-                known = tx.conn.execute(REQUEST_JOBS, {"caller": caller.key, "request_id": request_id}).scalar()
-                if known is not None:
+            ids = list(self.uuids.take(2 * len(specs), now))
+            job_uuids, run_uuids = iter(ids[:len(specs)]), iter(ids[len(specs):])
+            if request_id:  # claim the id first: one statement when it is new, as it nearly always is
+                claim = {"caller": caller.key, "request_id": request_id, "job_uuids": json.dumps(ids[:len(specs)])}
+                if tx.conn.execute(self._claim_request, claim).first() is None:
+                    known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
                     return self.get_jobs(json.loads(known)), None
             parts = [signature_parts(s) for s in specs]
             sigs = [signature(p) for p in parts]
@@ -222,15 +229,14 @@ class Store:
                         self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)}).items()}
             parent_path = caller.path if caller.kind == "job" else "/"
             job_rows, run_rows, views, driver_token = [], [], [], None
-            fresh = self.uuids.take(2 * len(specs), now)
             for spec, part, sig in zip(specs, parts, sigs):
-                job_uuid = next(fresh)
+                job_uuid = next(job_uuids)
                 spec_json = json.dumps(spec)
                 run = reusable.get(sig) if _may_reuse(spec) else None
                 if run is None:
                     # A run gets its token when it starts; a driver runs from the moment it is submitted.
                     token = secrets.token_urlsafe(24) if spec.get("driver") else None
-                    run = _new_run(next(fresh), spec, spec_json, part, sig, job_uuid, token, now)
+                    run = _new_run(next(run_uuids), spec, spec_json, part, sig, job_uuid, token, now)
                     run_rows.append(run)
                     if _may_reuse(spec):
                         reusable[sig] = run  # identical specs in one batch share the run
@@ -247,9 +253,6 @@ class Store:
             if run_rows:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)
-            if request_id:
-                tx.conn.execute(sa.insert(requests), {"caller": caller.key, "request_id": request_id,
-                                                       "job_uuids": json.dumps([j["uuid"] for j in job_rows])})
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
         return views, driver_token
 

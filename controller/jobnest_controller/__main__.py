@@ -47,6 +47,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
         if cpu <= 0:
             raise click.BadParameter("must be greater than 0", param_hint="--cpu")
         node.cpu_millis = round(cpu * 1000)
+        if node.cpu_millis < 1:
+            raise click.BadParameter("must be at least 0.001 cores", param_hint="--cpu")
     if memory is not None:
         node.memory = memory
     settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,

@@ -104,7 +104,8 @@ class Reconciler:
                 for run, state, exited in ended:
                     values = ({"exit_code": exited.exit_code, "finished_at": now} if state.terminal
                               else {"started_at": None, "node": "", "pid": 0})
-                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, exited.reason, **values)
+                    reason = exited.reason if state.terminal else ""  # queued again: the scheduler says why
+                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, reason, **values)
         return {run["uuid"] for run, _, _ in ended}
 
     # -- queued runs ---------------------------------------------------------------------------

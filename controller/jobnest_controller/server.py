@@ -112,7 +112,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 return Caller("admin", "admin")
             return self.store.authenticate(token)
         if self.trust_local:
-            return Caller("admin", getpass.getuser())
+            return Caller("admin", _login())
         raise Unauthenticated("a token is required here (only the owner's socket takes none)", field="authorization")
 
     def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:
@@ -199,10 +199,9 @@ class JobService(pb_grpc.JobServiceServicer):
         try:
             open_uuids = set(uuids)  # a watch of uuids ends once they have all ended
             for uuid in uuids:
-                row = self.store.get_job(uuid)
-                yield _event(uuid, row["state"], row["reason"], row["exit_code"] if row["has_exit_code"] else None,
-                             initial=True)
-                if State(row["state"]).terminal:
+                job = job_message(self.store.get_job(uuid), self.waiting)
+                yield _event(uuid, job.state, job.reason, job.exit_code if job.has_exit_code else None, initial=True)
+                if State(job.state).terminal:
                     open_uuids.discard(uuid)
             while context.is_active() and (open_uuids or subtree is not None):
                 try:
@@ -294,10 +293,17 @@ def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: b
                        has_exit_code=exit_code is not None, initial=initial)
 
 
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry, as in many containers
+        return str(os.getuid())
+
+
 def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: bool = False) -> pb.Job:
     msg = pb.Job(**{name: row[name] for name in VIEW})
-    if msg.state == "queued" and not msg.reason:
-        msg.reason = waiting(msg.run_uuid)
+    if msg.state == "queued":
+        msg.reason = waiting(msg.run_uuid) or msg.reason
     if with_spec:
         spec = json.loads(row["spec"])
         msg.spec.CopyFrom(pb.JobSpec(
@@ -313,7 +319,7 @@ def list_chunk(rows: Sequence[Any], waiting: Callable[[str], str]) -> pb.ListChu
     chunk = pb.ListChunk()
     columns: dict[str, Sequence[Any]] = dict(zip(LIST_FIELDS, zip(*rows)))
     if columns:
-        columns["reason"] = [reason or (waiting(run) if state == "queued" else "")
+        columns["reason"] = [(waiting(run) or reason) if state == "queued" else reason
                              for reason, state, run in zip(columns["reason"], columns["state"], columns["run_uuid"])]
     for name, column in columns.items():
         getattr(chunk, name).extend(column)

@@ -72,10 +72,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class UuidSource:
-    """Uuids (32 hex digits) that sort in the order they were made: 12 digits of milliseconds,
-    4 of a counter within the millisecond, 16 random. So a subtree listed in `path` order, which
-    its index gives for free, is in tree order with siblings in submit order."""
+def random_uuids(n: int) -> list[str]:
+    """n random uuids (32 hex digits), from one read of the system's randomness."""
+    noise = os.urandom(16 * n).hex()
+    return [noise[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
+class PathKeys:
+    """Keys for the segments of job paths, which sort in the order they were made: 12 hex digits
+    of milliseconds, 4 of a counter within the millisecond, 16 random. So a subtree listed in
+    `path` order, which its index gives for free, is in tree order with siblings in submit order.
+    (Uuids stay random: their first digits are what people type and see.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -147,7 +154,7 @@ class Store:
         # a submit that attaches to a run from racing the transition that ends that run, in this
         # one controller process.
         self._write_lock = threading.Lock()
-        self.uuids = UuidSource()
+        self.path_keys = PathKeys()
         dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
         self._claim_request = dialect_insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
         try:
@@ -216,8 +223,9 @@ class Store:
         it asks not to. A request id seen before returns the first request's jobs.
         """
         with self.write() as tx:
-            ids = list(self.uuids.take(2 * len(specs), now))
+            ids = random_uuids(2 * len(specs))
             job_uuids, run_uuids = iter(ids[:len(specs)]), iter(ids[len(specs):])
+            path_keys = self.path_keys.take(len(specs), now)
             if request_id:  # claim the id first: one statement when it is new, as it nearly always is
                 claim = {"caller": caller.key, "request_id": request_id, "job_uuids": json.dumps(ids[:len(specs)])}
                 if tx.conn.execute(self._claim_request, claim).first() is None:
@@ -243,7 +251,7 @@ class Store:
                     driver_token = token or driver_token
                 job = {
                     "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
-                    "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{job_uuid}/",
+                    "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{next(path_keys)}/",
                     "run_uuid": run["uuid"], "reused": run["origin_job_uuid"] != job_uuid, "state": run["state"],
                     "reason": "", "desired": "run", "spec": spec_json, "created_at": now,
                     "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],

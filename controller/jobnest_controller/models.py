@@ -49,6 +49,7 @@ class Run(SQLModel, table=True):
     token_hash: str = Field(index=True)  # "" until the run starts (a driver's from the start)
     node: str = ""
     pid: int = 0
+    handle: str = ""  # the executor's name for the run, such as a container id
     workdir: str = ""
     cpu_enforced: bool = False
     exit_code: int | None = None

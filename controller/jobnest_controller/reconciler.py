@@ -24,12 +24,10 @@ ALL_FULL = "waiting for cpu: every node is fully used"
 
 
 class Reconciler:
-    def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str,
-                 base_env: dict[str, str] | None = None) -> None:
+    def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str) -> None:
         self.store = store
         self.executors = executors
         self.controller_address = controller_address
-        self.base_env = base_env if base_env is not None else _base_env()
         self.host = socket.gethostname()
         self._dirty = True  # something was submitted or cancelled since the last plan
         self._queued = 0  # queued runs left after the last plan
@@ -150,11 +148,11 @@ class Reconciler:
                     continue  # cancelled meanwhile
                 token = self.store.new_run_token(tx, run_uuid)
                 spec = run["spec"]
-                env = {**self.base_env, **spec.get("env", {}), "JOBNEST_CONTROLLER": self.controller_address,
-                       "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"], "JOBNEST_RUN": run_uuid,
-                       "JOBNEST_OUTPUT": os.path.join(executor.workdir(run_uuid), "out")}
-                launches.append((executor, Launch(run_uuid, node, spec["argv"], env, spec.get("cwd", ""),
-                                                  run["cpu_millis"], run["memory"], spec.get("image", ""))))
+                env = {**spec.get("env", {}), "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"],
+                       "JOBNEST_RUN": run_uuid}
+                launches.append((executor, Launch(
+                    run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
+                    self.controller_address, spec.get("image_id") or spec.get("image", ""))))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         for executor, launch in launches:
@@ -164,7 +162,7 @@ class Reconciler:
                 log.warning("run %s could not start: %s", launch.run_uuid, e)
                 failed.append((launch.run_uuid, f"could not start: {e}"))
                 continue
-            started.append((launch.run_uuid, {"pid": s.pid, "workdir": s.workdir,
+            started.append((launch.run_uuid, {"pid": s.pid, "handle": s.handle, "workdir": s.workdir,
                                               "cpu_enforced": s.cpu_enforced}))
         with self.store.write() as tx:
             for run_uuid, values in started:
@@ -194,10 +192,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _base_env() -> dict[str, str]:
-    """What a job inherits from the controller's environment: enough to find programs."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH")
-    return {k: os.environ[k] for k in keep if k in os.environ}
-

@@ -454,7 +454,8 @@ class Store:
         """What the reconciler needs of each running run, every pass."""
         with self.read() as conn:
             return [dict(r) for r in conn.execute(
-                sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.workdir, runs.c.desired,
+                sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
+                          runs.c.desired,
                           runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis, runs.c.memory,
                           runs.c.state)
                 .where(runs.c.state == State.RUNNING.value)
@@ -531,7 +532,7 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
         "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
         "spec": spec_json,
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
-        "pid": spec.get("driver_pid", 0) if driver else 0, "workdir": "",
+        "pid": spec.get("driver_pid", 0) if driver else 0, "handle": "", "workdir": "",
         "cpu_enforced": False, "exit_code": None, "created_at": now,
         "started_at": now if driver else None, "finished_at": None,
     }

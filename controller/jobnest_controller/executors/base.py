@@ -13,11 +13,12 @@ class Launch:
     run_uuid: str
     node: str
     argv: list[str]
-    env: dict[str, str]  # the job's env plus the injected JOBNEST_* variables
+    env: dict[str, str]  # the job's env plus JOBNEST_TOKEN, JOBNEST_JOB and JOBNEST_RUN
     cwd: str
     cpu_millis: int
     memory: int
-    image: str = ""
+    controller: str  # the controller's address for jobs; each executor sets JOBNEST_CONTROLLER
+    image: str = ""  # for container executors: the image's content id
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Started:
     pid: int
     workdir: str
     cpu_enforced: bool
+    handle: str = ""  # the executor's own name for it, such as a container id
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ class LocalExecutor:
         self.capacity = Node("local", cpu_millis, memory)
         self.limiter = limiter or CpuLimiter()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.base_env = _base_env()
         self._stopping: dict[str, float] = {}
 
     def nodes(self) -> list[Node]:
@@ -45,9 +46,11 @@ class LocalExecutor:
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         try:
             with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
+                env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller,
+                       "JOBNEST_OUTPUT": str(workdir / "out")}
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "", *launch.argv],
-                    cwd=launch.cwd or workdir / "out", env=launch.env, stdin=subprocess.DEVNULL,
+                    cwd=launch.cwd or workdir / "out", env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                 )
         except BaseException:
@@ -128,3 +131,9 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _base_env() -> dict[str, str]:
+    """What a local job inherits from the controller's environment: enough to find programs."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH")
+    return {k: os.environ[k] for k in keep if k in os.environ}

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test bench protos setup clean
+.PHONY: run test bench protos images setup clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -18,6 +18,9 @@ run: $(STAMP)
 test: $(STAMP)
 	bash scripts/test-setup.sh
 	$(PY) -m pytest -q
+
+images:
+	bash scripts/images.sh
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -32,9 +32,10 @@ class Running:
         return jobnest.Client(self.address, token, driver=driver)
 
 
-def make_settings(home: Path, store_url: str = "", cpu: float = 2.0) -> Settings:
+def make_settings(home: Path, store_url: str = "", cpu: float = 2.0, docker: list[str] | None = None) -> Settings:
     return Settings(home=str(home), server=ServerSettings(listen="127.0.0.1:0", admin_token=ADMIN),
-                    store=StoreSettings(store_url), node=NodeSettings(cpu_millis=round(cpu * 1000)))
+                    store=StoreSettings(store_url), node=NodeSettings(cpu_millis=round(cpu * 1000)),
+                    docker=docker or [])
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from .conftest import ADMIN, wait_for
 def start_controller(home: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen", "127.0.0.1:0",
-         "--admin-token", ADMIN, "--cpu", "2"],
+         "--admin-token", ADMIN, "--cpu", "2", "--docker", "none"],
         stdout=subprocess.PIPE, stderr=open(home.parent / "controller.log", "a"), text=True,
     )
     line = proc.stdout.readline()  # type: ignore[union-attr]

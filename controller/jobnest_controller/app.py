@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from jobnest.errors import JobnestError
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
 from .cgroups import CpuLimiter
@@ -39,6 +40,12 @@ class Controller:
         self.executors: dict[str, Executor] = {
             "local": LocalExecutor(str(home / "runs"), settings.node.cpu_millis, settings.node.memory, limiter),
         }
+        if settings.docker:
+            from .executors.docker import DockerExecutor  # only where Docker is wanted
+            self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home))
+        if settings.default_executor not in self.executors:
+            raise JobnestError(f"default executor {settings.default_executor!r} is not configured "
+                               f"(configured: {', '.join(self.executors)})")
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.reconciler = Reconciler(self.store, self.executors, address)
         self.activity = Activity()

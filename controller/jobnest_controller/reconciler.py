@@ -64,7 +64,7 @@ class Reconciler:
         running = [r for r in active if r["uuid"] not in ended]
         nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
                  for name, ex in self.executors.items()}
-        self._all_full = not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
+        self._all_full = all(nodes.values()) and not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
         if self._all_full:
             return len(running) + max(self._queued, 1)  # the queue is unknown, and waits
         if ended or now - self._full_plan_at >= FULL_PLAN_EVERY:
@@ -121,7 +121,10 @@ class Reconciler:
                     for r in pending if r["executor"] == name]
             result = plan(executor_nodes, mine)
             placements += result.placements
-            reasons.update(result.unplaced)
+            if executor_nodes:
+                reasons.update(result.unplaced)
+            else:
+                reasons.update(dict.fromkeys(result.unplaced, self.executors[name].why_no_nodes()))
         for run in pending:
             if run["executor"] not in self.executors:
                 reasons[run["uuid"]] = f"waiting: no executor named {run['executor']!r} is configured"

@@ -137,6 +137,13 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
+        for i, spec in enumerate(job_specs):
+            executor = self.executors.get(spec["executor"])
+            if executor is not None:
+                try:
+                    spec["image_id"] = executor.resolve_image(spec["image"])
+                except InvalidSpec as e:
+                    raise InvalidSpec(str(e), field=f"jobs[{i}].image") from None
         if any(s.get("driver") for s in job_specs):
             if len(job_specs) != 1:
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")

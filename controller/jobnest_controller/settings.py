@@ -60,6 +60,8 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     default_executor: str = "local"
     """Executor for jobs that name none."""
+    docker: list[str] = field(default_factory=lambda: ["auto"])
+    """Docker Engine endpoints, one node each; "auto": the local engine if its socket exists."""
     idle_timeout: float = 0.0
     """Seconds without calls or live runs after which the controller exits; 0: never."""
     tick: float = 0.02
@@ -69,3 +71,6 @@ class Settings:
         self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")
         self.server.jobs_socket = self.server.jobs_socket or str(Path(self.home) / "jobs.sock")
         self.store.url = self.store.url or f"sqlite:///{Path(self.home) / 'jobnest.db'}"
+        local_engine = "/var/run/docker.sock"
+        self.docker = [e for e in self.docker if e != "auto"] + (
+            [f"unix://{local_engine}"] if "auto" in self.docker and Path(local_engine).exists() else [])

@@ -20,7 +20,7 @@ def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
     """The sha256 of each part of `spec` that the result depends on."""
     env = {k: v for k, v in spec.get("env", {}).items() if not k.startswith("JOBNEST_")}
     return {
-        "image": _digest(spec.get("image", "")),
+        "image": _digest(spec.get("image_id") or spec.get("image", "")),  # content, not the tag
         "argv": _digest(list(spec["argv"])),
         "cwd": _digest(spec.get("cwd", "")),
         "env": _digest(env),

@@ -42,6 +42,13 @@ class Executor(Protocol):
     def nodes(self) -> list[Node]:
         """The nodes this executor places runs on, with their capacity."""
 
+    def why_no_nodes(self) -> str:
+        """Why `nodes()` came back empty, for the runs that wait on this executor."""
+
+    def resolve_image(self, image: str) -> str:
+        """The content id of `image` for the signature ("" if this executor runs no images);
+        raises InvalidSpec when no node has it."""
+
     def workdir(self, run_uuid: str) -> str:
         """Where a run's output and logs live; known before the run starts."""
 

@@ -37,6 +37,12 @@ class LocalExecutor:
         return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory,
                      cpu_enforced=self.limiter.available)]
 
+    def why_no_nodes(self) -> str:
+        return "waiting: the local node has no capacity"
+
+    def resolve_image(self, image: str) -> str:
+        return ""  # local runs are processes on this machine; an image is not used
+
     def workdir(self, run_uuid: str) -> str:
         return str(self.root / run_uuid)
 

@@ -1,0 +1,196 @@
+"""The Docker executor: each run is a container on one of several Docker Engines, its nodes.
+
+It talks to each engine over the Engine API with the `docker` package, imported here and only
+here. A container gets the run's cpu share as a CPU limit, its memory limit, an init process,
+labels naming the run and the controller, the run's output dir at /jobnest/out and the jobs'
+socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
+they come, so `jobnest logs -f` reads them as it does a local run's. A restarted controller finds
+its containers again by id (or by label, for one it was starting) and learns how they ended.
+"""
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jobnest.errors import InvalidSpec, JobnestError
+
+from ..scheduler import Node
+from .base import Exited, Launch, Started
+
+log = logging.getLogger(__name__)
+RUN_LABEL = "jobnest.run"
+CONTROLLER_LABEL = "jobnest.controller"
+JOBS_SOCKET = "/run/jobnest/jobs.sock"
+OUTPUT = "/jobnest/out"
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+RETRY_DOWN = 2.0  # seconds before an unreachable engine is tried again
+LIVE = ("created", "running", "restarting", "paused")
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self, root: str, endpoints: list[str], controller_id: str) -> None:
+        try:
+            import docker
+        except ImportError:
+            raise JobnestError("the docker executor needs the `docker` package: pip install 'jobnest[docker]'") from None
+        self._docker = docker
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.endpoints = {(f"docker-{i}" if len(endpoints) > 1 else "docker"): e for i, e in enumerate(endpoints)}
+        self.controller_id = controller_id
+        self._clients: dict[str, Any] = {}
+        self._capacity: dict[str, Node] = {}
+        self._down: dict[str, tuple[str, float]] = {}  # node -> (why, when last tried)
+        self._pumps: dict[str, list[threading.Thread]] = {}
+        self._stopping: dict[str, float] = {}
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def _client(self, node: str) -> Any:
+        if node not in self._clients:
+            self._clients[node] = self._docker.DockerClient(base_url=self.endpoints[node], timeout=30)
+        return self._clients[node]
+
+    def _failed(self, node: str, error: Exception) -> None:
+        if node not in self._down:
+            log.warning("docker node %s (%s) is unreachable: %s", node, self.endpoints[node], error)
+        self._down[node] = (f"docker node {node} ({self.endpoints[node]}) is unreachable: {error}", time.monotonic())
+
+    def nodes(self) -> list[Node]:
+        """The engines that answer, with their capacity; one that did not is tried every few seconds."""
+        up = []
+        for name in self.endpoints:
+            down = self._down.get(name)
+            if down is not None and time.monotonic() - down[1] < RETRY_DOWN:
+                continue
+            if name not in self._capacity or down is not None:
+                try:
+                    info = self._client(name).info()
+                except Exception as e:  # any failure to reach it: connection refused, timeout, TLS
+                    self._failed(name, e)
+                    continue
+                self._capacity[name] = Node(name, info["NCPU"] * 1000, info["MemTotal"], cpu_enforced=True)
+                self._down.pop(name, None)
+            c = self._capacity[name]
+            up.append(Node(c.name, c.cpu_millis, c.memory, cpu_enforced=True))
+        return up
+
+    def why_no_nodes(self) -> str:
+        return "; ".join(why for why, _ in self._down.values()) or "waiting: no docker node answers"
+
+    def resolve_image(self, image: str) -> str:
+        """The content id of `image` on the first node that has it: what the signature names."""
+        if not image:
+            raise InvalidSpec("required by the docker executor")
+        for node in self.endpoints:
+            if node in self._down:
+                continue
+            try:
+                return str(self._client(node).images.get(image).id)
+            except self._docker.errors.ImageNotFound:
+                continue
+            except Exception as e:
+                self._failed(node, e)
+        raise InvalidSpec(f"{image!r} is on no docker node (build or load it there; nothing is pulled)")
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def workdir(self, run_uuid: str) -> str:
+        return str(self.root / run_uuid)
+
+    def start(self, launch: Launch) -> Started:
+        workdir = Path(self.workdir(launch.run_uuid))
+        (workdir / "out").mkdir(parents=True, exist_ok=True)
+        env = {**launch.env, "JOBNEST_OUTPUT": OUTPUT, "JOBNEST_CONTROLLER": launch.controller}
+        volumes = {str(workdir / "out"): {"bind": OUTPUT, "mode": "rw"}}
+        if launch.controller.startswith("unix://"):
+            volumes[launch.controller.removeprefix("unix://")] = {"bind": JOBS_SOCKET, "mode": "rw"}
+            env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"
+        container = self._client(launch.node).containers.create(
+            launch.image, command=launch.argv, environment=env, working_dir=launch.cwd or None,
+            nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
+            memswap_limit=launch.memory or None, init=True, volumes=volumes,
+            labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},
+            extra_hosts={"host.docker.internal": "host-gateway"}, detach=True,
+        )
+        try:
+            container.start()
+        except Exception:
+            container.remove(force=True)
+            raise
+        self._pump(launch.run_uuid, launch.node, container.id, workdir)
+        return Started(0, str(workdir), True, container.id)
+
+    def _pump(self, run_uuid: str, node: str, container_id: str, workdir: Path) -> None:
+        """Copy the container's stdout and stderr into the run's log files until it ends."""
+        api = self._client(node).api
+
+        def copy(stream: str) -> None:
+            with open(workdir / f"{stream}.log", "wb") as f:
+                try:
+                    for data in api.logs(container_id, stream=True, follow=True, stdout=stream == "stdout",
+                                         stderr=stream == "stderr"):
+                        f.write(data)
+                        f.flush()
+                except Exception as e:  # the engine went away; poll() notices and starts again
+                    log.info("log copy for run %s stopped: %s", run_uuid, e)
+
+        threads = [threading.Thread(target=copy, args=(s,), name=f"{s}-{run_uuid[:8]}", daemon=True)
+                   for s in ("stdout", "stderr")]
+        self._pumps[run_uuid] = threads
+        for thread in threads:
+            thread.start()
+
+    def _container_id(self, run: dict[str, Any]) -> str:
+        if run["handle"]:
+            return str(run["handle"])
+        found = self._client(run["node"]).api.containers(all=True, filters={"label": f"{RUN_LABEL}={run['uuid']}"})
+        return str(found[0]["Id"]) if found else ""
+
+    def poll(self, run: dict[str, Any]) -> Exited | None:
+        node = run["node"]
+        try:
+            container_id = self._container_id(run)
+            if not container_id:
+                return Exited(None, "the controller stopped before the run started", started=False)
+            state = self._client(node).api.inspect_container(container_id)["State"]
+        except self._docker.errors.NotFound:
+            return Exited(None, "lost: its container is gone")
+        except Exception as e:  # cannot see it now: it keeps its state until the node answers
+            self._failed(node, e)
+            return None
+        pumps = self._pumps.get(run["uuid"])
+        if pumps is None or (state["Status"] in LIVE and not all(t.is_alive() for t in pumps)):
+            self._pump(run["uuid"], node, container_id, Path(run["workdir"] or self.workdir(run["uuid"])))
+        if state["Status"] in LIVE:
+            return None
+        for thread in self._pumps.pop(run["uuid"]):
+            thread.join(timeout=5)
+        self._stopping.pop(run["uuid"], None)
+        try:
+            self._client(node).api.remove_container(container_id, force=True)
+        except Exception as e:
+            log.warning("could not remove container %s: %s", container_id[:12], e)
+        code = state["ExitCode"]
+        if state.get("OOMKilled"):
+            return Exited(code, "out of memory")
+        return Exited(code, f"exit code {code}")
+
+    def stop(self, run: dict[str, Any], now: float) -> None:
+        first = self._stopping.setdefault(run["uuid"], now)
+        sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
+        try:
+            container_id = self._container_id(run)
+            if container_id:
+                self._client(run["node"]).api.kill(container_id, signal=int(sig))
+        except Exception as e:  # not running any more, or the node is away: poll() tells
+            log.debug("stopping run %s: %s", run["uuid"], e)
+
+    def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
+        workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}

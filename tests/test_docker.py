@@ -1,0 +1,130 @@
+"""The Docker executor against the real Docker Engine that `make test` starts.
+
+Every container a test makes carries the label `jobnest.controller=<its temp home>` and is
+removed by that label afterwards.
+"""
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import jobnest
+from jobnest_controller.app import Controller
+from jobnest_controller.store import jobs as jobs_table
+
+from .conftest import IN_CI, Running, make_settings, wait_for
+
+ENGINE = "unix:///var/run/docker.sock"
+BUSYBOX = "jobnest/busybox:latest"
+
+
+def engine_ready() -> bool:
+    result = subprocess.run(["docker", "image", "inspect", BUSYBOX], capture_output=True)
+    return result.returncode == 0
+
+
+@pytest.fixture
+def docker_running(tmp_path: Path) -> Iterator[Running]:
+    if not engine_ready():
+        if IN_CI:
+            pytest.fail("no Docker engine with jobnest/busybox; `make test` should have run scripts/images.sh")
+        pytest.skip("no Docker engine with jobnest/busybox (run scripts/images.sh)")
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[ENGINE]))
+    controller.start()
+    try:
+        yield Running(controller)
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)
+
+
+def remove_containers(home: Path) -> None:
+    found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=jobnest.controller={home}"],
+                           capture_output=True, text=True).stdout.split()
+    if found:
+        subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
+
+
+def in_docker(client: jobnest.Client, argv: list[str], **options: object) -> jobnest.Job:
+    return client.submit(argv, executor="docker", image=options.pop("image", BUSYBOX), **options)
+
+
+def test_a_job_runs_in_a_container_with_its_output_dir(docker_running: Running) -> None:
+    client = docker_running.client()
+    script = 'echo hello; echo oops >&2; echo "$JOBNEST_JOB" > "$JOBNEST_OUTPUT/who"; cat /proc/1/comm'
+    job = in_docker(client, ["sh", "-c", script], cpu=0.5).wait(timeout=60)
+    assert job.state == "succeeded", job.info.reason
+    assert job.logs() == f"hello\ndocker-init\n" and job.logs(stream="stderr") == "oops\n"
+    assert Path(job.output, "who").read_text().strip() == job.uuid
+    assert job.info.node == "docker" and job.info.cpu_enforced
+
+
+def test_exit_codes_and_cancel(docker_running: Running) -> None:
+    client = docker_running.client()
+    failed = in_docker(client, ["sh", "-c", "exit 3"]).wait(timeout=60)
+    assert (failed.state, failed.exit_code) == ("failed", 3)
+    sleeper = in_docker(client, ["sleep", "600"])
+    wait_for(lambda: sleeper.state == "running", timeout=60)
+    sleeper.cancel()
+    sleeper.wait(timeout=30)
+    assert sleeper.state == "cancelled"
+    home = docker_running.controller.settings.home
+    wait_for(lambda: not subprocess.run(["docker", "ps", "-aq", "--filter", f"label=jobnest.controller={home}"],
+                                        capture_output=True, text=True).stdout.strip())
+
+
+BUSY = ("timeout 2 sh -c 'while :; do :; done'; "
+        "cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null || grep usage_usec /sys/fs/cgroup/cpu.stat")
+
+
+def test_a_quarter_core_is_a_quarter_core(docker_running: Running) -> None:
+    job = in_docker(docker_running.client(), ["sh", "-c", BUSY], cpu=0.25).wait(timeout=60)
+    assert job.state == "succeeded", job.logs(stream="stderr")
+    text = job.logs().split()
+    seconds = int(text[-1]) / (1e6 if "usage_usec" in text else 1e9)
+    assert 0.15 <= seconds / 2 <= 0.35, f"a 0.25 share used {seconds / 2:.2f} of a core"
+
+
+def test_out_of_memory_fails_the_job_and_the_next_runs(docker_running: Running) -> None:
+    client = docker_running.client()
+    hog = in_docker(client, ["sh", "-c", "x=aaaaaaaa; while :; do x=$x$x; done"], memory="16Mi").wait(timeout=60)
+    assert hog.state == "failed" and hog.info.reason == "out of memory"
+    fine = in_docker(client, ["echo", "fine"], memory="16Mi").wait(timeout=60)
+    assert fine.state == "succeeded" and fine.logs() == "fine\n"
+
+
+def test_an_image_no_node_has_is_refused_and_nothing_stored(docker_running: Running) -> None:
+    client = docker_running.client()
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.image: 'no-such-image:1' is on no docker node"):
+        in_docker(client, ["true"], image="no-such-image:1")
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.image: required"):
+        client.submit(["true"], executor="docker")
+    with docker_running.store.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(jobs_table)).scalar_one() == 0
+
+
+def test_the_signature_names_image_content_not_its_tag(docker_running: Running, tmp_path: Path) -> None:
+    tag = f"jobnest-test/retag:{os.getpid()}"
+    other = tmp_path / "other"
+    (other / "bin").mkdir(parents=True)
+    (other / "bin" / "marker").write_text("different content\n")
+    client = docker_running.client()
+    try:
+        subprocess.run(["docker", "tag", BUSYBOX, tag], check=True)
+        first = in_docker(client, ["echo", "same"], image=tag).wait(timeout=60)
+        assert in_docker(client, ["echo", "same"], image=tag).reused  # same content: reused
+        changed = subprocess.run(f"tar -C {other} -c . | docker import --change 'LABEL jobnest.test=1' - {tag}-base",
+                                 shell=True, capture_output=True, text=True, check=True)
+        subprocess.run(f"printf 'FROM {tag}-base\\nCOPY --from={BUSYBOX} /bin /bin\\n' | docker build -q -t {tag} -",
+                       shell=True, check=True, capture_output=True)
+        assert changed.returncode == 0
+        rerun = in_docker(client, ["echo", "same"], image=tag)
+        assert not rerun.reused and rerun.info.run_uuid != first.info.run_uuid
+        assert client.why(rerun.uuid)["differing"] == ["image"]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag, f"{tag}-base"], capture_output=True)

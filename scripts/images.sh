@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/dockerd-up.sh
 
-if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
+# The image holds nothing but busybox, so it must be the static build.
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
 fi

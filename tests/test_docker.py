@@ -4,8 +4,11 @@ Every container a test makes carries the label `jobnest.controller=<its temp hom
 removed by that label afterwards.
 """
 
+import contextlib
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +131,73 @@ def test_the_signature_names_image_content_not_its_tag(docker_running: Running, 
         assert client.why(rerun.uuid)["differing"] == ["image"]
     finally:
         subprocess.run(["docker", "rmi", "-f", tag, f"{tag}-base"], capture_output=True)
+
+
+class Forwarder:
+    """A unix socket forwarding to the Docker engine's: an endpoint the test can take away and
+    bring back, while the engine itself keeps running."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        self.path, self.target = path, target
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def up(self) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(self.path))
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        self.path.unlink()
+        for conn in self.conns:
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(self.target)
+            self.conns += [client, engine]
+            for a, b in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_unreachable_engine_leaves_jobs_queued_until_it_returns(tmp_path: Path) -> None:
+    if not engine_ready():
+        pytest.skip("no Docker engine with jobnest/busybox")  # test_a_job_runs... fails for this in CI
+    endpoint = Forwarder(tmp_path / "engine.sock")
+    endpoint.up()
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[f"unix://{endpoint.path}"]))
+    controller.start()
+    try:
+        client = Running(controller).client()
+        assert in_docker(client, ["echo", "up"]).wait(timeout=60).state == "succeeded"
+        endpoint.down()
+        waiting = in_docker(client, ["echo", "back"])
+        wait_for(lambda: "unreachable" in client.get(waiting.uuid).reason, timeout=30)
+        assert client.get(waiting.uuid).state == "queued"
+        endpoint.up()
+        waiting.wait(timeout=60)
+        assert waiting.state == "succeeded" and waiting.logs() == "back\n"
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)

@@ -10,6 +10,8 @@ import os
 import socket
 from typing import Any
 
+from jobnest.errors import Unavailable
+
 from .executors.base import Executor, Exited, Launch
 from .scheduler import Node, Pending, charge, plan
 from .states import State
@@ -158,9 +160,14 @@ class Reconciler:
                     self.controller_address, spec.get("image_id") or spec.get("image", ""))))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
+        unreached: list[str] = []
         for executor, launch in launches:
             try:
                 s = executor.start(launch)
+            except Unavailable as e:
+                log.info("run %s waits: %s", launch.run_uuid, e)
+                unreached.append(launch.run_uuid)
+                continue
             except Exception as e:  # one run that cannot start must not hold up the others
                 log.warning("run %s could not start: %s", launch.run_uuid, e)
                 failed.append((launch.run_uuid, f"could not start: {e}"))
@@ -173,6 +180,9 @@ class Reconciler:
             for run_uuid, reason in failed:
                 self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED, reason,
                                       finished_at=now)
+            for run_uuid in unreached:
+                self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.QUEUED, "",
+                                      started_at=None, node="")
 
 
 def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:

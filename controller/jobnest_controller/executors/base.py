@@ -52,7 +52,9 @@ class Executor(Protocol):
     def workdir(self, run_uuid: str) -> str:
         """Where a run's output and logs live; known before the run starts."""
 
-    def start(self, launch: Launch) -> Started: ...
+    def start(self, launch: Launch) -> Started:
+        """Start a run; raises `jobnest.errors.Unavailable` when its node cannot be reached (the
+        run then waits in the queue again), anything else when it cannot start at all."""
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         """None while the run goes on. Works for runs started before a controller restart."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobnest.errors import InvalidSpec, JobnestError
+from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
 from ..scheduler import Node
 from .base import Exited, Launch, Started
@@ -48,6 +48,7 @@ class DockerExecutor:
         self._down: dict[str, tuple[str, float]] = {}  # node -> (why, when last tried)
         self._pumps: dict[str, list[threading.Thread]] = {}
         self._stopping: dict[str, float] = {}
+        self._seen_images: dict[str, str] = {}  # name -> content id, as last resolved
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -84,18 +85,27 @@ class DockerExecutor:
         return "; ".join(why for why, _ in self._down.values()) or "waiting: no docker node answers"
 
     def resolve_image(self, image: str) -> str:
-        """The content id of `image` on the first node that has it: what the signature names."""
+        """The content id of `image` on the first node that has it: what the signature names.
+
+        While no node answers, the id last seen for the name stands in, so work can still be
+        queued for when the nodes are back."""
         if not image:
             raise InvalidSpec("required by the docker executor")
+        answered = False
         for node in self.endpoints:
-            if node in self._down:
+            if node in self._down and time.monotonic() - self._down[node][1] < RETRY_DOWN:
                 continue
             try:
-                return str(self._client(node).images.get(image).id)
+                self._seen_images[image] = str(self._client(node).images.get(image).id)
+                return self._seen_images[image]
             except self._docker.errors.ImageNotFound:
-                continue
+                answered = True
             except Exception as e:
                 self._failed(node, e)
+        if not answered and image in self._seen_images:
+            return self._seen_images[image]
+        if not answered:
+            raise Unavailable(f"no docker node answers, so image {image!r} cannot be found", field="image")
         raise InvalidSpec(f"{image!r} is on no docker node (build or load it there; nothing is pulled)")
 
     # -- runs ----------------------------------------------------------------------------------
@@ -111,13 +121,19 @@ class DockerExecutor:
         if launch.controller.startswith("unix://"):
             volumes[launch.controller.removeprefix("unix://")] = {"bind": JOBS_SOCKET, "mode": "rw"}
             env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"
-        container = self._client(launch.node).containers.create(
-            launch.image, command=launch.argv, environment=env, working_dir=launch.cwd or None,
-            nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
-            memswap_limit=launch.memory or None, init=True, volumes=volumes,
-            labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},
-            extra_hosts={"host.docker.internal": "host-gateway"}, detach=True,
-        )
+        try:
+            container = self._client(launch.node).containers.create(
+                launch.image, command=launch.argv, environment=env, working_dir=launch.cwd or None,
+                nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
+                memswap_limit=launch.memory or None, init=True, volumes=volumes,
+                labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},
+                extra_hosts={"host.docker.internal": "host-gateway"}, detach=True,
+            )
+        except self._docker.errors.APIError:
+            raise  # the engine answered no: the run fails with its message
+        except Exception as e:  # it did not answer: the run waits for it
+            self._failed(launch.node, e)
+            raise Unavailable(f"docker node {launch.node} is unreachable: {e}") from e
         try:
             container.start()
         except Exception:

@@ -22,7 +22,7 @@ test: $(STAMP)
 images:
 	bash scripts/images.sh
 
-bench: $(STAMP)
+bench: $(STAMP) images
 	$(PY) bench/run.py
 
 protos: $(STAMP)

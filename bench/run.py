@@ -206,6 +206,34 @@ def bench_tree(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
+def bench_docker(n: int, rows: list, notes: list) -> None:
+    """Controller overhead per container job: n jobs one after another, against `docker run`."""
+    image = "jobnest/busybox:latest"
+    ctl = ControllerProc()
+    try:
+        client = ctl.client()
+        client.submit(["true"], executor="docker", image=image, reuse=False).wait(timeout=60)  # warm up
+
+        def through_jobnest() -> None:
+            for _ in range(n):
+                job = client.submit(["true"], executor="docker", image=image, cpu=1, reuse=False).wait(timeout=60)
+                assert job.state == "succeeded", job.info.reason
+
+        def plain() -> None:
+            for _ in range(n):
+                subprocess.run(["docker", "run", "--rm", "--init", "--cpus", "1", image, "true"], check=True,
+                               capture_output=True)
+
+        ours, theirs = timed(through_jobnest), timed(plain)
+        rows.append((f"container job vs plain `docker run` ({n} in turn), ratio", ours / theirs, "<= 1.1x",
+                     ours / theirs <= 1.1))
+        notes.append(f"Docker: {n} `true` jobs in jobnest/busybox one after another, submit to end seen by "
+                     f"`wait()`: {ours / n * 1000:.0f} ms each; `docker run --rm --init` of the same: "
+                     f"{theirs / n * 1000:.0f} ms each.")
+    finally:
+        ctl.stop()
+
+
 def render(rows: list, markdown: bool) -> str:
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
@@ -235,7 +263,8 @@ def main() -> None:
     failed = False
     for section, fn in [("submit", lambda: bench_submit(2000 // k, 20000 // k, 10000 // k, rows, notes)),
                         ("local", lambda: bench_local(500 // k, rows, notes)),
-                        ("tree", lambda: bench_tree(100000 // k, rows, notes))]:
+                        ("tree", lambda: bench_tree(100000 // k, rows, notes)),
+                        ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes))]:
         try:
             fn()
         except Exception as e:  # report the other sections still

@@ -46,6 +46,8 @@ class Controller:
         if settings.default_executor not in self.executors:
             raise JobnestError(f"default executor {settings.default_executor!r} is not configured "
                                f"(configured: {', '.join(self.executors)})")
+        for executor in self.executors.values():
+            executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.reconciler = Reconciler(self.store, self.executors, address)
         self.activity = Activity()
@@ -113,6 +115,10 @@ class Controller:
         self.reconciler.poke()
         if not self._busy:
             self._wake.set()
+
+    def observe_soon(self) -> None:
+        """A run may have ended: look now rather than at the next pass."""
+        self._wake.set()
 
     def child_exited(self) -> None:
         """A run's process ended (SIGCHLD): look now rather than at the next pass.

@@ -1,5 +1,6 @@
 """The interface every executor implements, and what it reports back to the reconciler."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ class Exited:
 
 class Executor(Protocol):
     name: str
+    notify: Callable[[], None]  # set by the controller: call it when a run may have ended
 
     def nodes(self) -> list[Node]:
         """The nodes this executor places runs on, with their capacity."""

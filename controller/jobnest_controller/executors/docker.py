@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
@@ -46,7 +47,9 @@ class DockerExecutor:
         self._clients: dict[str, Any] = {}
         self._capacity: dict[str, Node] = {}
         self._down: dict[str, tuple[str, float]] = {}  # node -> (why, when last tried)
-        self._pumps: dict[str, list[threading.Thread]] = {}
+        self._watchers: dict[str, list[threading.Thread]] = {}  # run -> log copiers, then its waiter
+        self._ended: dict[str, dict[str, Any] | None] = {}  # run -> its container's last state (None: gone)
+        self.notify: Callable[[], None] = lambda: None  # the controller's "look now"
         self._stopping: dict[str, float] = {}
         self._seen_images: dict[str, str] = {}  # name -> content id, as last resolved
 
@@ -139,11 +142,12 @@ class DockerExecutor:
         except Exception:
             container.remove(force=True)
             raise
-        self._pump(launch.run_uuid, launch.node, container.id, workdir)
+        self._watch(launch.run_uuid, launch.node, container.id, workdir)
         return Started(0, str(workdir), True, container.id)
 
-    def _pump(self, run_uuid: str, node: str, container_id: str, workdir: Path) -> None:
-        """Copy the container's stdout and stderr into the run's log files until it ends."""
+    def _watch(self, run_uuid: str, node: str, container_id: str, workdir: Path) -> None:
+        """Copy the container's stdout and stderr into the run's log files, and wait for its end
+        on a thread of its own, so the reconciler hears of it at once and polls nothing."""
         api = self._client(node).api
 
         def copy(stream: str) -> None:
@@ -153,12 +157,24 @@ class DockerExecutor:
                                          stderr=stream == "stderr"):
                         f.write(data)
                         f.flush()
-                except Exception as e:  # the engine went away; poll() notices and starts again
+                except Exception as e:  # the engine went away; poll() watches again later
                     log.info("log copy for run %s stopped: %s", run_uuid, e)
+
+        def wait() -> None:
+            try:
+                api.wait(container_id)
+                self._ended[run_uuid] = api.inspect_container(container_id)["State"]
+            except self._docker.errors.NotFound:
+                self._ended[run_uuid] = None
+            except Exception as e:  # the engine went away: poll() looks again when it is back
+                self._failed(node, e)
+                return
+            self.notify()
 
         threads = [threading.Thread(target=copy, args=(s,), name=f"{s}-{run_uuid[:8]}", daemon=True)
                    for s in ("stdout", "stderr")]
-        self._pumps[run_uuid] = threads
+        threads.append(threading.Thread(target=wait, name=f"wait-{run_uuid[:8]}", daemon=True))
+        self._watchers[run_uuid] = threads
         for thread in threads:
             thread.start()
 
@@ -169,33 +185,43 @@ class DockerExecutor:
         return str(found[0]["Id"]) if found else ""
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
-        node = run["node"]
-        try:
-            container_id = self._container_id(run)
-            if not container_id:
-                return Exited(None, "the controller stopped before the run started", started=False)
-            state = self._client(node).api.inspect_container(container_id)["State"]
-        except self._docker.errors.NotFound:
-            return Exited(None, "lost: its container is gone")
-        except Exception as e:  # cannot see it now: it keeps its state until the node answers
-            self._failed(node, e)
+        uuid, node, container_id = run["uuid"], run["node"], str(run["handle"])
+        if uuid in self._ended:
+            state = self._ended.pop(uuid)
+        elif uuid in self._watchers and self._watchers[uuid][-1].is_alive():
             return None
-        pumps = self._pumps.get(run["uuid"])
-        if pumps is None or (state["Status"] in LIVE and not all(t.is_alive() for t in pumps)):
-            self._pump(run["uuid"], node, container_id, Path(run["workdir"] or self.workdir(run["uuid"])))
-        if state["Status"] in LIVE:
-            return None
-        for thread in self._pumps.pop(run["uuid"]):
+        else:  # not watched: adopted after a restart, or its engine was away
+            try:
+                container_id = self._container_id(run)
+                if not container_id:
+                    return Exited(None, "the controller stopped before the run started", started=False)
+                state = self._client(node).api.inspect_container(container_id)["State"]
+            except self._docker.errors.NotFound:
+                state = None
+            except Exception as e:  # cannot see it now: it keeps its state until the node answers
+                self._failed(node, e)
+                return None
+            if state is not None and state["Status"] in LIVE:
+                self._watch(uuid, node, container_id, Path(run["workdir"] or self.workdir(uuid)))
+                return None
+        for thread in self._watchers.pop(uuid, []):
             thread.join(timeout=5)
-        self._stopping.pop(run["uuid"], None)
-        try:
-            self._client(node).api.remove_container(container_id, force=True)
-        except Exception as e:
-            log.warning("could not remove container %s: %s", container_id[:12], e)
-        code = state["ExitCode"]
+        self._stopping.pop(uuid, None)
+        if state is None:
+            return Exited(None, "lost: its container is gone")
+        self._remove_later(node, container_id)
         if state.get("OOMKilled"):
-            return Exited(code, "out of memory")
-        return Exited(code, f"exit code {code}")
+            return Exited(state["ExitCode"], "out of memory")
+        return Exited(state["ExitCode"], f"exit code {state['ExitCode']}")
+
+    def _remove_later(self, node: str, container_id: str) -> None:
+        def remove() -> None:
+            try:
+                self._client(node).api.remove_container(container_id, force=True)
+            except Exception as e:
+                log.warning("could not remove container %s: %s", container_id[:12], e)
+
+        threading.Thread(target=remove, name=f"rm-{container_id[:8]}", daemon=True).start()
 
     def stop(self, run: dict[str, Any], now: float) -> None:
         first = self._stopping.setdefault(run["uuid"], now)

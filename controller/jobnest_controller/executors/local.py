@@ -7,6 +7,7 @@ while the controller is down still reports its real exit code when the controlle
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class LocalExecutor:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.base_env = _base_env()
         self._stopping: dict[str, float] = {}
+        self.notify: Callable[[], None] = lambda: None  # unused: the controller hears SIGCHLD itself
 
     def nodes(self) -> list[Node]:
         return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory,

@@ -201,3 +201,34 @@ def test_an_unreachable_engine_leaves_jobs_queued_until_it_returns(tmp_path: Pat
     finally:
         controller.stop(grace=0)
         remove_containers(home)
+
+
+@pytest.fixture(scope="session")
+def second_engine() -> str:
+    if not engine_ready():
+        pytest.skip("no Docker engine with jobnest/busybox")  # test_a_job_runs... fails for this in CI
+    script = Path(__file__).resolve().parent.parent / "scripts" / "dockerd-second.sh"
+    return subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout.split()[-1]
+
+
+def test_runs_are_packed_onto_several_engines(tmp_path: Path, second_engine: str) -> None:
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[ENGINE, second_engine]))
+    controller.start()
+    try:
+        client = Running(controller).client()
+        cores = {n["name"]: n["cpu"] for n in client.status()["nodes"] if n["name"].startswith("docker")}
+        assert set(cores) == {"docker-0", "docker-1"}
+        # as many one-core jobs as the two engines have cores, and one more, which must wait
+        jobs = [in_docker(client, ["sleep", f"{3 + i / 100}"], cpu=1) for i in range(int(sum(cores.values())))]
+        extra = in_docker(client, ["echo", "last"], cpu=1)
+        wait_for(lambda: all(j.state == "running" for j in jobs), timeout=60)
+        assert {j.info.node for j in jobs} == {"docker-0", "docker-1"}
+        assert extra.state == "queued" and extra.info.reason.startswith("waiting for cpu")
+        extra.wait(timeout=60)
+        assert extra.state == "succeeded" and extra.logs() == "last\n"
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)
+        subprocess.run(f"docker -H {second_engine} ps -aq --filter label=jobnest.controller={home} "
+                       f"| xargs -r docker -H {second_engine} rm -f", shell=True, capture_output=True)

@@ -8,6 +8,7 @@ import pytest
 
 from jobnest_controller.cgroups import CpuLimiter
 from jobnest_controller.executors.local import LocalExecutor
+from jobnest_controller.programs import Programs
 from jobnest_controller.reconciler import Reconciler
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store
@@ -19,7 +20,7 @@ from .test_store import ids, spec
 def parts(tmp_path: Path) -> tuple[Store, LocalExecutor, Reconciler]:
     store = Store(f"sqlite:///{tmp_path / 'db'}")
     executor = LocalExecutor(str(tmp_path / "runs"), 2000, 2**30, CpuLimiter(root="/nonexistent"))
-    return store, executor, Reconciler(store, {"local": executor}, "unix:///nowhere")
+    return store, executor, Reconciler(store, {"local": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")))
 
 
 def run_until_done(store: Store, reconciler: Reconciler, job: str, limit: float = 20) -> dict:  # type: ignore[type-arg]

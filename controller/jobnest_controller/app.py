@@ -20,6 +20,7 @@ from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 from .cgroups import CpuLimiter
 from .executors.base import Executor
 from .executors.local import LocalExecutor
+from .programs import Programs
 from .reconciler import Reconciler
 from .server import Activity, JobService
 from .settings import Settings
@@ -49,7 +50,8 @@ class Controller:
         for executor in self.executors.values():
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
-        self.reconciler = Reconciler(self.store, self.executors, address)
+        self.programs = Programs(str(home / "programs"))
+        self.reconciler = Reconciler(self.store, self.executors, address, self.programs)
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,7 +65,7 @@ class Controller:
         self._loop = threading.Thread(target=self._run_loop, name="reconciler", daemon=True)
 
     def _server(self, trust_local: bool) -> grpc.Server:
-        service = JobService(self.store, self.executors, admin_token=self.settings.server.admin_token,
+        service = JobService(self.store, self.executors, self.programs, admin_token=self.settings.server.admin_token,
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              waiting=self.reconciler.waiting_reason)

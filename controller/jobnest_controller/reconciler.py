@@ -8,11 +8,13 @@ directly with their own clock.
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from jobnest.errors import Unavailable
 
 from .executors.base import Executor, Exited, Launch
+from .programs import Programs
 from .scheduler import Node, Pending, charge, plan
 from .states import State
 from .store import DRIVER, Kind, Store
@@ -26,8 +28,10 @@ ALL_FULL = "waiting for cpu: every node is fully used"
 
 
 class Reconciler:
-    def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str) -> None:
+    def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str,
+                 programs: Programs) -> None:
         self.store = store
+        self.programs = programs
         self.executors = executors
         self.controller_address = controller_address
         self.host = socket.gethostname()
@@ -155,9 +159,13 @@ class Reconciler:
                 spec = run["spec"]
                 env = {**spec.get("env", {}), "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"],
                        "JOBNEST_RUN": run_uuid}
+                program = ""
+                if spec.get("program"):  # children submitted from it get the same folder by default
+                    env["JOBNEST_PROGRAM"] = spec["program"]
+                    program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid)))
                 launches.append((executor, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
-                    self.controller_address, spec.get("image_id") or spec.get("image", ""))))
+                    self.controller_address, spec.get("image_id") or spec.get("image", ""), program)))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         unreached: list[str] = []

@@ -25,6 +25,7 @@ from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
 from . import specs
 from .executors.base import Executor
+from .programs import Programs
 from .scheduler import charge
 from .states import State
 from .store import LIST_FIELDS, VIEW, Caller, Store
@@ -86,11 +87,12 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: Store, executors: dict[str, Executor], *, admin_token: str,
+    def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, *, admin_token: str,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  waiting: Callable[[str], str], clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executors = executors
+        self.programs = programs
         self.admin_token = admin_token
         self.default_executor = default_executor
         self.wake = wake
@@ -137,13 +139,20 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
-        for i, spec in enumerate(job_specs):
+        for i, (spec, msg) in enumerate(zip(job_specs, request.jobs)):
+            try:
+                if msg.program_archive:
+                    spec["program"] = self.programs.store(msg.program_archive)
+                elif spec["program"]:
+                    self.programs.check(spec["program"])
+            except InvalidSpec as e:
+                raise InvalidSpec(e.problem, field=f"jobs[{i}].{e.field}") from None
             executor = self.executors.get(spec["executor"])
             if executor is not None:
                 try:
                     spec["image_id"] = executor.resolve_image(spec["image"])
                 except InvalidSpec as e:
-                    raise InvalidSpec(str(e), field=f"jobs[{i}].image") from None
+                    raise InvalidSpec(e.problem, field=f"jobs[{i}].image") from None
         if any(s.get("driver") for s in job_specs):
             if len(job_specs) != 1:
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
@@ -318,6 +327,7 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             cpu=spec["cpu_millis"] / 1000, memory=spec["memory"], priority=spec["priority"],
             no_reuse=spec["no_reuse"], executor=spec["executor"], timeout=spec["timeout"],
             cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
+            program=spec.get("program", ""),
         ))
     return msg
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-PARTS = ("image", "argv", "cwd", "env", "cache_version")
+PARTS = ("image", "argv", "cwd", "env", "program", "cache_version")
 
 
 def _digest(value: Any) -> str:
@@ -24,6 +24,7 @@ def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
         "argv": _digest(list(spec["argv"])),
         "cwd": _digest(spec.get("cwd", "")),
         "env": _digest(env),
+        "program": _digest(spec.get("program", "")),  # the program folder's content digest
         "cache_version": _digest(spec.get("cache_version", "")),
     }
 

@@ -63,7 +63,7 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         "name": name, "argv": argv, "env": dict(msg.env), "cwd": msg.cwd, "image": msg.image,
         "cpu_millis": cpu_millis, "memory": msg.memory, "priority": msg.priority, "executor": executor,
         "timeout": msg.timeout, "cache_version": msg.cache_version, "labels": dict(msg.labels),
-        "no_reuse": msg.no_reuse,
+        "no_reuse": msg.no_reuse, "program": msg.program,
     }
     if msg.driver:
         spec.update(driver=True, driver_pid=msg.driver_pid, driver_host=msg.driver_host)

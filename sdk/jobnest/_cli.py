@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from . import _render as render
-from ._client import Client, JobInfo, connect, ensure_local_controller, local_controller_healthy
+from ._client import Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy
 from .errors import JobnestError
 
 
@@ -139,6 +139,33 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
     if info.state != "succeeded":
         click.echo(f"jobnest: job {job.uuid[:8]} {info.state}: {info.reason}", err=True)
     sys.exit(0 if info.state == "succeeded" else (info.exit_code or 1))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--name", default=None)
+@click.option("--cpu", type=float, default=0.1, show_default=True, help="The runner's share of a core.")
+@click.option("--image", default=None, help="Image for the runner and, by default, its children.")
+@click.option("--executor", default=None, help="Executor for the runner and, by default, its children.")
+@click.option("--wait", "-w", "wait", is_flag=True, help="Wait for the runner to end and print its tree.")
+@click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, executor: str | None, wait: bool,
+           program: Path, args: tuple[str, ...]) -> None:
+    """Run a Python PROGRAM as a runner job, its folder uploaded; print the job's uuid."""
+    env = {k: v for k, v in (("JOBNEST_EXECUTOR", executor), ("JOBNEST_IMAGE", image)) if v}
+    python = "python" if image else sys.executable  # in an image, its own; here, this one
+    client = _client(ctx)
+    spec = client.spec([python, program.name, *args], name=name or program.name, cpu=cpu, image=image,
+                       executor=executor, env=env)
+    spec.program_archive = folder_archive(program.resolve().parent)
+    [job] = client.submit_many([spec])
+    click.echo(job.uuid)
+    if wait:
+        job.wait()
+        jobs = list(client.list(subtree=job.uuid, include_reused=True))
+        click.echo(render.tree(jobs, job.uuid) + "\n" + render.summary(jobs, job.uuid))
+        sys.exit(0 if job.state == "succeeded" else 1)
 
 
 @main.command(name="ls")

@@ -13,11 +13,14 @@ import atexit
 import builtins
 import contextlib
 import fcntl
+import gzip
+import io
 import itertools
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid as uuidlib
@@ -120,7 +123,10 @@ class Client:
         self._driver_token: str | None = None
         self._finished = False
         self._driver_lock = threading.Lock()
-        self._defaults: list[dict[str, Any]] = []
+        # Inside a runner submitted with `jobnest submit`, its children run as it does by default.
+        from_env = {"executor": os.environ.get("JOBNEST_EXECUTOR"), "image": os.environ.get("JOBNEST_IMAGE"),
+                    "program": os.environ.get("JOBNEST_PROGRAM")}
+        self._defaults: list[dict[str, Any]] = [{k: v for k, v in from_env.items() if v}]
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -170,7 +176,7 @@ class Client:
         if isinstance(argv, str):
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
-                                 "executor", "timeout", "cache_version", "labels"}
+                                 "executor", "timeout", "cache_version", "labels", "program"}
         if unknown:
             raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         spec = pb.JobSpec(
@@ -179,7 +185,7 @@ class Client:
             memory=parse_memory(merged.get("memory", 0)), priority=merged.get("priority", 0),
             no_reuse=not merged.get("reuse", True), executor=merged.get("executor", ""),
             timeout=merged.get("timeout", 0), cache_version=str(merged.get("cache_version", "")),
-            labels=merged.get("labels", {}),
+            labels=merged.get("labels", {}), program=merged.get("program", ""),
         )
         if "cpu" in merged:
             spec.cpu = float(merged["cpu"])
@@ -390,6 +396,28 @@ def local_controller_healthy(sock: Path, timeout: float = 2.0) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+SKIP = {"__pycache__", ".git", ".venv", "node_modules", ".pytest_cache"}
+
+
+def folder_archive(folder: Path) -> bytes:
+    """A gzipped tar of `folder` (caches and version control left out), the same bytes for the
+    same files, so an unchanged program keeps its signature."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if SKIP & set(rel.parts) or not (path.is_file() or path.is_dir()):
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(rel))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if path.is_file():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
 
 
 def _target(address: str) -> str:

@@ -15,6 +15,7 @@ class JobnestError(Exception):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
+        self.problem = message  # the message without the field
         super().__init__(f"{field}: {message}" if field else message)
 
 

@@ -20,6 +20,7 @@ class Launch:
     memory: int
     controller: str  # the controller's address for jobs; each executor sets JOBNEST_CONTROLLER
     image: str = ""  # for container executors: the image's content id
+    program: str = ""  # a runner's unpacked program folder, to be its working directory
 
 
 @dataclass(frozen=True, slots=True)

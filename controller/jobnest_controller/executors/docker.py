@@ -2,8 +2,8 @@
 
 It talks to each engine over the Engine API with the `docker` package, imported here and only
 here. A container gets the run's cpu share as a CPU limit, its memory limit, an init process,
-labels naming the run and the controller, the run's output dir at /jobnest/out and the jobs'
-socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
+labels naming the run and the controller, the run's output dir at /jobnest/out, a runner's
+program folder at /jobnest/program (read-only) and the jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
 they come, so `jobnest logs -f` reads them as it does a local run's. A restarted controller finds
 its containers again by id (or by label, for one it was starting) and learns how they ended.
 """
@@ -26,6 +26,7 @@ RUN_LABEL = "jobnest.run"
 CONTROLLER_LABEL = "jobnest.controller"
 JOBS_SOCKET = "/run/jobnest/jobs.sock"
 OUTPUT = "/jobnest/out"
+PROGRAM = "/jobnest/program"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 RETRY_DOWN = 2.0  # seconds before an unreachable engine is tried again
 LIVE = ("created", "running", "restarting", "paused")
@@ -121,12 +122,15 @@ class DockerExecutor:
         (workdir / "out").mkdir(parents=True, exist_ok=True)
         env = {**launch.env, "JOBNEST_OUTPUT": OUTPUT, "JOBNEST_CONTROLLER": launch.controller}
         volumes = {str(workdir / "out"): {"bind": OUTPUT, "mode": "rw"}}
+        if launch.program:
+            volumes[launch.program] = {"bind": PROGRAM, "mode": "ro"}
         if launch.controller.startswith("unix://"):
             volumes[launch.controller.removeprefix("unix://")] = {"bind": JOBS_SOCKET, "mode": "rw"}
             env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"
         try:
             container = self._client(launch.node).containers.create(
-                launch.image, command=launch.argv, environment=env, working_dir=launch.cwd or None,
+                launch.image, command=launch.argv, environment=env,
+                working_dir=launch.cwd or (PROGRAM if launch.program else None),
                 nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
                 memswap_limit=launch.memory or None, init=True, volumes=volumes,
                 labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},

@@ -58,7 +58,7 @@ class LocalExecutor:
                        "JOBNEST_OUTPUT": str(workdir / "out")}
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "", *launch.argv],
-                    cwd=launch.cwd or workdir / "out", env=env, stdin=subprocess.DEVNULL,
+                    cwd=launch.cwd or launch.program or workdir / "out", env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                 )
         except BaseException:

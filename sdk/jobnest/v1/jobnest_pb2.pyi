@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host")
+    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class JobSpec(_message.Message):
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     DRIVER_PID_FIELD_NUMBER: _ClassVar[int]
     DRIVER_HOST_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -54,7 +56,9 @@ class JobSpec(_message.Message):
     driver: bool
     driver_pid: int
     driver_host: str
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ...) -> None: ...
+    program_archive: bytes
+    program: str
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state")

@@ -1,0 +1,54 @@
+"""Program folders of runner jobs (`jobnest submit program.py`), stored by content.
+
+The server stores an uploaded archive once under its sha256; the reconciler unpacks it into a
+run's work dir, where the executor makes it the job's working directory.
+"""
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from jobnest.errors import InvalidSpec
+
+MAX_ARCHIVE = 64 * 2**20
+
+
+class Programs:
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        return self.root / f"{digest}.tar.gz"
+
+    def store(self, archive: bytes) -> str:
+        """Keep an uploaded archive; returns its digest."""
+        if len(archive) > MAX_ARCHIVE:
+            raise InvalidSpec(f"{len(archive)} bytes is over the limit of {MAX_ARCHIVE}", field="program_archive")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    if member.name.startswith(("/", "..")) or "/../" in member.name or member.islnk():
+                        raise InvalidSpec(f"{member.name!r} points outside the folder", field="program_archive")
+        except (tarfile.TarError, OSError) as e:
+            raise InvalidSpec(f"not a gzipped tar: {e}", field="program_archive") from None
+        digest = hashlib.sha256(archive).hexdigest()
+        path = self._path(digest)
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(archive)
+            tmp.rename(path)
+        return digest
+
+    def check(self, digest: str) -> None:
+        if not self._path(digest).exists():
+            raise InvalidSpec(f"no program {digest} is stored here", field="program")
+
+    def unpack(self, digest: str, dest: Path) -> str:
+        """The program's folder under `dest`, unpacked once."""
+        folder = dest / "program"
+        if not folder.exists():
+            with tarfile.open(self._path(digest), mode="r:gz") as tar:
+                tar.extractall(folder, filter="data")
+        return str(folder)

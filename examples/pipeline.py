@@ -36,11 +36,11 @@ def sub_runner(client: jobnest.Client) -> None:
 def driver(client: jobnest.Client) -> None:
     top = client.submit([*PROGRAM, "runner"], name="pipeline", cpu=0.1)
     top.wait()
-    driver_job = client.driver
-    assert driver_job is not None
-    jobs = list(client.list(subtree=driver_job.uuid, include_reused=True))
-    print(render.tree(jobs, driver_job.uuid))
-    print(render.summary(jobs, driver_job.uuid))
+    root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
+    assert root is not None
+    jobs = list(client.list(subtree=root.uuid, include_reused=True))
+    print(render.tree(jobs, root.uuid))
+    print(render.summary(jobs, root.uuid))
     if top.state != "succeeded":
         sys.exit(f"pipeline {top.state}: {top.info.reason}")
 

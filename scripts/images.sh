@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make images`: builds the images jobs run in, without a registry, and only when their inputs
 # changed (the inputs' digest is kept as a label on the image).
-#   jobnest/busybox:latest  a 2 MB image of Debian's static busybox, for command jobs
+#   jobnest/busybox:latest   a 2 MB image of Debian's static busybox, for command jobs
+#   jobnest/debian:bookworm  a minimal Debian with Python 3, made with debootstrap
+#   jobnest/jobnest:latest   the repo's Dockerfile on that base: controller, SDK and CLI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/dockerd-up.sh
@@ -27,4 +29,36 @@ if [ "$have" != "$inputs" ]; then
     tar -C "$root" -c . | docker import --change "LABEL jobnest.inputs=$inputs" \
         --change 'ENV PATH=/bin' - jobnest/busybox:latest >/dev/null
     echo "built jobnest/busybox:latest ($inputs)"
+fi
+
+# A Debian base: debootstrap from the mirror apt uses here.
+BASE="bookworm minbase python3,python3-venv,ca-certificates"  # change it to rebuild the base
+base_inputs=$(echo "$BASE" | sha256sum | cut -c1-16)
+have=$(docker image inspect jobnest/debian:bookworm --format '{{ index .Config.Labels "jobnest.inputs" }}' 2>/dev/null || true)
+if [ "$have" != "$base_inputs" ]; then
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    }
+    mirror=$( (sed -n 's|^URIs: *\(https\{0,1\}://[^ ]*/debian/\{0,1\}\)$|\1|p' /etc/apt/sources.list.d/*.sources;
+               sed -n 's|^deb \(https\{0,1\}://[^ ]*/debian/\{0,1\}\) bookworm .*|\1|p' /etc/apt/sources.list) \
+             2>/dev/null | head -1 || true)
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+        "${mirror:-http://deb.debian.org/debian}" >/dev/null
+    tar -C "$rootfs" -c . | docker import --change "LABEL jobnest.inputs=$base_inputs" \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - jobnest/debian:bookworm >/dev/null
+    rm -rf "$rootfs"
+    echo "built jobnest/debian:bookworm ($base_inputs)"
+fi
+
+# The jobnest image, from wheels of this checkout and its dependencies.
+app_inputs=$( (docker image inspect jobnest/debian:bookworm --format '{{.Id}}'; cat Dockerfile pyproject.toml;
+               find sdk controller -name '*.py' -o -name '*.pyi' -o -name py.typed | sort | xargs cat) | sha256sum | cut -c1-16)
+have=$(docker image inspect jobnest/jobnest:latest --format '{{ index .Config.Labels "jobnest.inputs" }}' 2>/dev/null || true)
+if [ "$have" != "$app_inputs" ]; then
+    rm -rf build/wheels
+    .venv/bin/python -m pip wheel -q '.[postgres,docker]' -w build/wheels 2>&1 | grep -v '^WARNING: Location' || true
+    DOCKER_BUILDKIT=0 docker build -q --label "jobnest.inputs=$app_inputs" -t jobnest/jobnest:latest . >/dev/null
+    echo "built jobnest/jobnest:latest ($app_inputs)"
 fi

@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,11 @@ import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.store import jobs as jobs_table
 
-from .conftest import IN_CI, Running, make_settings, wait_for
+from .conftest import ADMIN, IN_CI, Running, make_settings, wait_for
 
 ENGINE = "unix:///var/run/docker.sock"
 BUSYBOX = "jobnest/busybox:latest"
+JOBNEST_IMAGE = "jobnest/jobnest:latest"
 
 
 def engine_ready() -> bool:
@@ -232,3 +234,24 @@ def test_runs_are_packed_onto_several_engines(tmp_path: Path, second_engine: str
         remove_containers(home)
         subprocess.run(f"docker -H {second_engine} ps -aq --filter label=jobnest.controller={home} "
                        f"| xargs -r docker -H {second_engine} rm -f", shell=True, capture_output=True)
+
+
+def test_a_runner_in_a_container_nests_containers(docker_running: Running) -> None:
+    """`jobnest submit examples/pipeline.py --executor docker --image jobnest/jobnest`: the runner runs
+    in a container from its uploaded folder, and so do its children and theirs."""
+    if subprocess.run(["docker", "image", "inspect", JOBNEST_IMAGE], capture_output=True).returncode:
+        pytest.fail(f"{JOBNEST_IMAGE} is missing; `make images` builds it")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "JOBNEST_CONTROLLER": docker_running.address, "JOBNEST_TOKEN": ADMIN}
+    result = subprocess.run(
+        [sys.executable, "-c", "from jobnest._cli import main; main()", "submit", "--wait", "--executor", "docker",
+         "--image", JOBNEST_IMAGE, str(root / "examples" / "pipeline.py"), "runner"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 jobs: 6 ran, 0 reused" in result.stdout
+    runner = result.stdout.split()[0]
+    jobs = list(docker_running.client().list(subtree=runner))
+    assert {j.executor for j in jobs} == {"docker"} and len(jobs) == 6
+    by_uuid = {j.uuid: j for j in jobs}
+    grandchildren = [j for j in jobs if j.name.startswith("call-chr")]
+    assert all(by_uuid[by_uuid[g.spawned_by_job_uuid].spawned_by_job_uuid].uuid == runner for g in grandchildren)

@@ -157,10 +157,14 @@ class Reconciler:
                     continue  # cancelled meanwhile
                 token = self.store.new_run_token(tx, run_uuid)
                 spec = run["spec"]
+                # The SDK in the job gives its children the job's executor, image and program by
+                # default, so a runner's whole nest runs the way the runner does.
                 env = {**spec.get("env", {}), "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"],
-                       "JOBNEST_RUN": run_uuid}
+                       "JOBNEST_RUN": run_uuid, "JOBNEST_EXECUTOR": run["executor"]}
+                if spec.get("image"):
+                    env["JOBNEST_IMAGE"] = spec["image"]
                 program = ""
-                if spec.get("program"):  # children submitted from it get the same folder by default
+                if spec.get("program"):
                     env["JOBNEST_PROGRAM"] = spec["program"]
                     program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid)))
                 launches.append((executor, Launch(

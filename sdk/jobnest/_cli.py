@@ -153,11 +153,10 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
 def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, executor: str | None, wait: bool,
            program: Path, args: tuple[str, ...]) -> None:
     """Run a Python PROGRAM as a runner job, its folder uploaded; print the job's uuid."""
-    env = {k: v for k, v in (("JOBNEST_EXECUTOR", executor), ("JOBNEST_IMAGE", image)) if v}
     python = "python" if image else sys.executable  # in an image, its own; here, this one
     client = _client(ctx)
     spec = client.spec([python, program.name, *args], name=name or program.name, cpu=cpu, image=image,
-                       executor=executor, env=env)
+                       executor=executor)
     spec.program_archive = folder_archive(program.resolve().parent)
     [job] = client.submit_many([spec])
     click.echo(job.uuid)

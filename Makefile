@@ -19,7 +19,7 @@ test: $(STAMP)
 	bash scripts/test-setup.sh
 	$(PY) -m pytest -q
 
-images:
+images: $(STAMP)
 	bash scripts/images.sh
 
 bench: $(STAMP) images

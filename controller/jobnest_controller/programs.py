@@ -50,5 +50,8 @@ class Programs:
         folder = dest / "program"
         if not folder.exists():
             with tarfile.open(self._path(digest), mode="r:gz") as tar:
-                tar.extractall(folder, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4; members were checked on upload
+                    tar.extractall(folder, filter="data")
+                else:
+                    tar.extractall(folder)
         return str(folder)

@@ -166,7 +166,12 @@ class Reconciler:
                 program = ""
                 if spec.get("program"):
                     env["JOBNEST_PROGRAM"] = spec["program"]
-                    program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid)))
+                    try:
+                        program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid)))
+                    except Exception as e:  # fail this run, not the whole pass
+                        self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED,
+                                              f"could not unpack its program: {e}", finished_at=now)
+                        continue
                 launches.append((executor, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
                     self.controller_address, spec.get("image_id") or spec.get("image", ""), program)))

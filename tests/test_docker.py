@@ -255,3 +255,22 @@ def test_a_runner_in_a_container_nests_containers(docker_running: Running) -> No
     by_uuid = {j.uuid: j for j in jobs}
     grandchildren = [j for j in jobs if j.name.startswith("call-chr")]
     assert all(by_uuid[by_uuid[g.spawned_by_job_uuid].spawned_by_job_uuid].uuid == runner for g in grandchildren)
+
+
+def test_the_executor_is_chosen_per_job_per_block_or_by_the_controller(docker_running: Running, tmp_path: Path) -> None:
+    client = docker_running.client()
+    assert client.submit(["true"]).wait(timeout=60).info.executor == "local"  # the controller's default
+    with client.defaults(executor="docker", image=BUSYBOX):
+        assert client.submit(["true"]).wait(timeout=60).info.executor == "docker"
+        assert client.submit(["true", "x"], executor="local").wait(timeout=60).info.executor == "local"
+    home = tmp_path / "docker-first"
+    settings = make_settings(home, docker=[ENGINE])
+    settings.default_executor = "docker"
+    controller = Controller(settings)
+    controller.start()
+    try:
+        job = Running(controller).client().submit(["true"], image=BUSYBOX).wait(timeout=60)
+        assert job.info.executor == "docker" and job.state == "succeeded"
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)

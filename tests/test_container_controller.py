@@ -10,15 +10,14 @@ import pytest
 import jobnest
 from jobnest._client import folder_archive
 
-from .test_docker import JOBNEST_IMAGE, engine_ready
+from .test_docker import JOBNEST_IMAGE, require_engine
 
 TOKEN = "container-admin-token-0123"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pipeline_on_a_controller_in_a_container() -> None:
-    if not engine_ready():
-        pytest.skip("no Docker engine with the project's images")  # test_docker fails for this in CI
+    require_engine()
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # its reaper image cannot be pulled here
     from testcontainers.core.container import DockerContainer
 

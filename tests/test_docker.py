@@ -27,17 +27,17 @@ BUSYBOX = "jobnest/busybox:latest"
 JOBNEST_IMAGE = "jobnest/jobnest:latest"
 
 
-def engine_ready() -> bool:
-    result = subprocess.run(["docker", "image", "inspect", BUSYBOX], capture_output=True)
-    return result.returncode == 0
+def require_engine() -> None:
+    """Docker tests need the engine and images `make test` sets up: in CI their absence fails."""
+    if subprocess.run(["docker", "image", "inspect", BUSYBOX, JOBNEST_IMAGE], capture_output=True).returncode:
+        if IN_CI:
+            pytest.fail("no Docker engine with the project's images; `make test` runs scripts/images.sh")
+        pytest.skip("no Docker engine with the project's images (run `make images`)")
 
 
 @pytest.fixture
 def docker_running(tmp_path: Path) -> Iterator[Running]:
-    if not engine_ready():
-        if IN_CI:
-            pytest.fail("no Docker engine with jobnest/busybox; `make test` should have run scripts/images.sh")
-        pytest.skip("no Docker engine with jobnest/busybox (run scripts/images.sh)")
+    require_engine()
     home = tmp_path / "home"
     controller = Controller(make_settings(home, docker=[ENGINE]))
     controller.start()
@@ -183,8 +183,7 @@ class Forwarder:
 
 
 def test_an_unreachable_engine_leaves_jobs_queued_until_it_returns(tmp_path: Path) -> None:
-    if not engine_ready():
-        pytest.skip("no Docker engine with jobnest/busybox")  # test_a_job_runs... fails for this in CI
+    require_engine()
     endpoint = Forwarder(tmp_path / "engine.sock")
     endpoint.up()
     home = tmp_path / "home"
@@ -207,8 +206,7 @@ def test_an_unreachable_engine_leaves_jobs_queued_until_it_returns(tmp_path: Pat
 
 @pytest.fixture(scope="session")
 def second_engine() -> str:
-    if not engine_ready():
-        pytest.skip("no Docker engine with jobnest/busybox")  # test_a_job_runs... fails for this in CI
+    require_engine()
     script = Path(__file__).resolve().parent.parent / "scripts" / "dockerd-second.sh"
     return subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout.split()[-1]
 
@@ -239,8 +237,6 @@ def test_runs_are_packed_onto_several_engines(tmp_path: Path, second_engine: str
 def test_a_runner_in_a_container_nests_containers(docker_running: Running) -> None:
     """`jobnest submit examples/pipeline.py --executor docker --image jobnest/jobnest`: the runner runs
     in a container from its uploaded folder, and so do its children and theirs."""
-    if subprocess.run(["docker", "image", "inspect", JOBNEST_IMAGE], capture_output=True).returncode:
-        pytest.fail(f"{JOBNEST_IMAGE} is missing; `make images` builds it")
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "JOBNEST_CONTROLLER": docker_running.address, "JOBNEST_TOKEN": ADMIN}
     result = subprocess.run(

@@ -29,8 +29,10 @@ class Programs:
         try:
             with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
                 for member in tar.getmembers():
-                    if member.name.startswith(("/", "..")) or "/../" in member.name or member.islnk():
-                        raise InvalidSpec(f"{member.name!r} points outside the folder", field="program_archive")
+                    if _escapes(member.name) or member.islnk() or (member.issym() and _escapes(member.linkname)) \
+                            or not (member.isfile() or member.isdir() or member.issym()):
+                        raise InvalidSpec(f"{member.name!r} points outside the folder or is not a file",
+                                          field="program_archive")
         except (tarfile.TarError, OSError) as e:
             raise InvalidSpec(f"not a gzipped tar: {e}", field="program_archive") from None
         digest = hashlib.sha256(archive).hexdigest()
@@ -55,3 +57,7 @@ class Programs:
                 else:
                     tar.extractall(folder)
         return str(folder)
+
+
+def _escapes(name: str) -> bool:
+    return name.startswith("/") or ".." in Path(name).parts

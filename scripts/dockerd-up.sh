@@ -4,11 +4,11 @@
 set -euo pipefail
 SOCK=/var/run/docker.sock
 ping() { curl -fsS --max-time 2 --unix-socket "$SOCK" http://localhost/_ping >/dev/null 2>&1; }
-ping && exit 0
-if ! command -v dockerd >/dev/null; then
+command -v curl >/dev/null && ping && exit 0
+if ! command -v dockerd >/dev/null || ! command -v curl >/dev/null || ! command -v ip >/dev/null; then
     echo "installing docker.io"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io curl iproute2 >/dev/null
 fi
 if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
     rm -f /var/run/docker.pid

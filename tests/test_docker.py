@@ -133,6 +133,7 @@ def test_the_signature_names_image_content_not_its_tag(docker_running: Running, 
         assert client.why(rerun.uuid)["differing"] == ["image"]
     finally:
         subprocess.run(["docker", "rmi", "-f", tag, f"{tag}-base"], capture_output=True)
+        subprocess.run(["docker", "image", "prune", "-f", "--filter", "label=jobnest.test=1"], capture_output=True)
 
 
 class Forwarder:
@@ -219,6 +220,8 @@ def test_runs_are_packed_onto_several_engines(tmp_path: Path, second_engine: str
         client = Running(controller).client()
         cores = {n["name"]: n["cpu"] for n in client.status()["nodes"] if n["name"].startswith("docker")}
         assert set(cores) == {"docker-0", "docker-1"}
+        with pytest.raises(jobnest.InvalidSpec, match="missing on docker node docker-1"):
+            in_docker(client, ["true"], image=JOBNEST_IMAGE)  # loaded on the first engine only
         # as many one-core jobs as the two engines have cores, and one more, which must wait
         jobs = [in_docker(client, ["sleep", f"{3 + i / 100}"], cpu=1) for i in range(int(sum(cores.values())))]
         extra = in_docker(client, ["echo", "last"], cpu=1)

@@ -53,6 +53,8 @@ class DockerExecutor:
         self.notify: Callable[[], None] = lambda: None  # the controller's "look now"
         self._stopping: dict[str, float] = {}
         self._seen_images: dict[str, str] = {}  # name -> content id, as last resolved
+        self._ended_containers: list[tuple[str, str]] = []  # (node, container id) to remove
+        self._signalled: dict[str, int] = {}  # run -> the last signal sent to it
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -67,7 +69,12 @@ class DockerExecutor:
         self._down[node] = (f"docker node {node} ({self.endpoints[node]}) is unreachable: {error}", time.monotonic())
 
     def nodes(self) -> list[Node]:
-        """The engines that answer, with their capacity; one that did not is tried every few seconds."""
+        """The engines that answer, with their capacity; one that did not is tried every few seconds.
+
+        Called at the start of every reconciler pass: containers whose end the last pass recorded
+        are removed now, after it committed, so a crash in between never loses an exit code."""
+        while self._ended_containers:
+            self._remove_later(*self._ended_containers.pop())
         up = []
         for name in self.endpoints:
             down = self._down.get(name)
@@ -95,22 +102,28 @@ class DockerExecutor:
         queued for when the nodes are back."""
         if not image:
             raise InvalidSpec("required by the docker executor")
-        answered = False
+        found: dict[str, str] = {}  # node -> content id
+        missing = []
         for node in self.endpoints:
             if node in self._down and time.monotonic() - self._down[node][1] < RETRY_DOWN:
                 continue
             try:
-                self._seen_images[image] = str(self._client(node).images.get(image).id)
-                return self._seen_images[image]
+                found[node] = str(self._client(node).images.get(image).id)
             except self._docker.errors.ImageNotFound:
-                answered = True
+                missing.append(node)
             except Exception as e:
                 self._failed(node, e)
-        if not answered and image in self._seen_images:
-            return self._seen_images[image]
-        if not answered:
+        if not found and not missing:
+            if image in self._seen_images:
+                return self._seen_images[image]
             raise Unavailable(f"no docker node answers, so image {image!r} cannot be found", field="image")
-        raise InvalidSpec(f"{image!r} is on no docker node (build or load it there; nothing is pulled)")
+        if missing:  # the scheduler may place a run on any node, so every node needs it
+            where = "is on no docker node" if not found else f"is missing on docker node {', '.join(missing)}"
+            raise InvalidSpec(f"{image!r} {where} (build or load it there; nothing is pulled)")
+        if len(set(found.values())) > 1:
+            raise InvalidSpec(f"{image!r} names different content on different docker nodes")
+        self._seen_images[image] = next(iter(found.values()))
+        return self._seen_images[image]
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -143,9 +156,13 @@ class DockerExecutor:
             raise Unavailable(f"docker node {launch.node} is unreachable: {e}") from e
         try:
             container.start()
-        except Exception:
-            container.remove(force=True)
+        except self._docker.errors.APIError:
+            self._remove_later(launch.node, container.id)
             raise
+        except Exception as e:  # it stopped answering: the run waits, the container goes later
+            self._failed(launch.node, e)
+            self._remove_later(launch.node, container.id)
+            raise Unavailable(f"docker node {launch.node} is unreachable: {e}") from e
         self._watch(launch.run_uuid, launch.node, container.id, workdir)
         return Started(0, str(workdir), True, container.id)
 
@@ -205,23 +222,36 @@ class DockerExecutor:
             except Exception as e:  # cannot see it now: it keeps its state until the node answers
                 self._failed(node, e)
                 return None
+            if state is not None and state["Status"] == "created":  # made, never started: start afresh
+                self._remove_later(node, container_id)
+                return Exited(None, "the controller stopped before the run started", started=False)
+            workdir = Path(run["workdir"] or self.workdir(uuid))
             if state is not None and state["Status"] in LIVE:
-                self._watch(uuid, node, container_id, Path(run["workdir"] or self.workdir(uuid)))
+                self._watch(uuid, node, container_id, workdir)
                 return None
+            if state is not None:  # it ended while nobody watched: keep all of its output
+                self._copy_logs(node, container_id, workdir)
         for thread in self._watchers.pop(uuid, []):
             thread.join(timeout=5)
         self._stopping.pop(uuid, None)
+        self._signalled.pop(uuid, None)
         if state is None:
             return Exited(None, "lost: its container is gone")
-        self._remove_later(node, container_id)
+        self._ended_containers.append((node, container_id))
         if state.get("OOMKilled"):
             return Exited(state["ExitCode"], "out of memory")
         return Exited(state["ExitCode"], f"exit code {state['ExitCode']}")
 
+    def _copy_logs(self, node: str, container_id: str, workdir: Path) -> None:
+        api = self._client(node).api
+        for stream in ("stdout", "stderr"):
+            data = api.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr")
+            (workdir / f"{stream}.log").write_bytes(data)
+
     def _remove_later(self, node: str, container_id: str) -> None:
         def remove() -> None:
             try:
-                self._client(node).api.remove_container(container_id, force=True)
+                self._client(node).api.remove_container(container_id, force=True, v=True)
             except Exception as e:
                 log.warning("could not remove container %s: %s", container_id[:12], e)
 
@@ -229,11 +259,14 @@ class DockerExecutor:
 
     def stop(self, run: dict[str, Any], now: float) -> None:
         first = self._stopping.setdefault(run["uuid"], now)
-        sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
+        sig = int(signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM)
+        if self._signalled.get(run["uuid"]) == sig:
+            return  # each signal once; poll() sees the end
         try:
             container_id = self._container_id(run)
             if container_id:
-                self._client(run["node"]).api.kill(container_id, signal=int(sig))
+                self._client(run["node"]).api.kill(container_id, signal=sig)
+            self._signalled[run["uuid"]] = sig
         except Exception as e:  # not running any more, or the node is away: poll() tells
             log.debug("stopping run %s: %s", run["uuid"], e)
 

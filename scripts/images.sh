@@ -59,6 +59,7 @@ have=$(docker image inspect jobnest/jobnest:latest --format '{{ index .Config.La
 if [ "$have" != "$app_inputs" ]; then
     rm -rf build/wheels
     .venv/bin/python -m pip wheel -q '.[postgres,docker]' -w build/wheels 2> >(grep -v '^WARNING: Location' >&2)
+    rm -rf build/lib build/bdist.*  # setuptools' leftovers
     DOCKER_BUILDKIT=0 docker build -q --label "jobnest.inputs=$app_inputs" -t jobnest/jobnest:latest . >/dev/null
     echo "built jobnest/jobnest:latest ($app_inputs)"
 fi

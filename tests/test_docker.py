@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,4 +273,43 @@ def test_the_executor_is_chosen_per_job_per_block_or_by_the_controller(docker_ru
         assert job.info.executor == "docker" and job.state == "succeeded"
     finally:
         controller.stop(grace=0)
+        remove_containers(home)
+
+
+def test_a_container_made_but_never_started_is_replaced(tmp_path: Path) -> None:
+    """What a controller killed between creating a container and starting it leaves behind."""
+    require_engine()
+    import docker
+
+    from jobnest_controller.executors.docker import CONTROLLER_LABEL, RUN_LABEL, DockerExecutor
+    from jobnest_controller.programs import Programs
+    from jobnest_controller.reconciler import Reconciler
+    from jobnest_controller.states import State
+    from jobnest_controller.store import Caller, Kind, Store
+
+    from .test_store import ids, spec
+
+    home = tmp_path / "home"
+    store = Store(f"sqlite:///{tmp_path / 'db'}")
+    executor = DockerExecutor(str(home / "runs"), [ENGINE], controller_id=str(home))
+    reconciler = Reconciler(store, {"docker": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")))
+    image_id = executor.resolve_image(BUSYBOX)
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("echo", "fresh", executor="docker", image=BUSYBOX,
+                                                              image_id=image_id)], 1.0))
+    run = store.get_job(job)["run_uuid"]
+    with store.write() as tx:
+        store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "", node="docker",
+                         workdir=executor.workdir(run))
+    leftover = docker.from_env().containers.create(BUSYBOX, ["echo", "stale"],
+                                                   labels={RUN_LABEL: run, CONTROLLER_LABEL: str(home)})
+    try:
+        deadline = time.monotonic() + 60
+        while not State(store.get_job(job)["state"]).terminal and time.monotonic() < deadline:
+            reconciler.tick(time.time())
+            time.sleep(0.05)
+        row = store.get_job(job)
+        assert row["state"] == "succeeded" and Path(executor.workdir(run), "stdout.log").read_text() == "fresh\n"
+        wait_for(lambda: not subprocess.run(["docker", "ps", "-aq", "--filter", f"id={leftover.id}"],
+                                            capture_output=True, text=True).stdout.strip())
+    finally:
         remove_containers(home)

@@ -39,7 +39,7 @@ def test_sigkill_and_restart_loses_nothing(tmp_path: Path, executor: str) -> Non
     client = jobnest.Client(address, ADMIN, driver=False)
 
     def job(name: str, seconds: float, code: int, cpu: float) -> jobnest.Job:
-        script = f'echo ran >> "$JOBNEST_OUTPUT/marks"; sleep {seconds}; exit {code}'
+        script = f'echo ran >> "$JOBNEST_OUTPUT/marks"; sleep {seconds}; echo {name} done; exit {code}'
         return client.submit(["sh", "-c", script], name=name, cpu=cpu, executor=executor,
                              image=BUSYBOX if executor == "docker" else None)
 
@@ -61,6 +61,7 @@ def test_sigkill_and_restart_loses_nothing(tmp_path: Path, executor: str) -> Non
         assert states == {"a": ("succeeded", 0), "b": ("failed", 3), "c": ("succeeded", 0), "d": ("succeeded", 0)}
         for name in "abcd":
             assert marks(name).read_text() == "ran\n", f"job {name} ran more than once"
+            assert client.job(jobs[name].uuid).logs() == f"{name} done\n"  # output after the kill is kept
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -13,6 +13,7 @@ from typing import Any
 
 from jobnest.errors import Unavailable
 
+from . import conditions
 from .executors.base import Executor, Exited, Launch
 from .programs import Programs
 from .scheduler import Node, Pending, charge, plan
@@ -71,6 +72,8 @@ class Reconciler:
         nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
                  for name, ex in self.executors.items()}
         self._all_full = all(nodes.values()) and not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
+        if ended or self._dirty or now - self._full_plan_at >= FULL_PLAN_EVERY:
+            self._decide_conditions(now)
         if self._all_full:
             return len(running) + max(self._queued, 1)  # the queue is unknown, and waits
         if ended or now - self._full_plan_at >= FULL_PLAN_EVERY:
@@ -81,6 +84,25 @@ class Reconciler:
             self._dirty = False
             self._queued += self._schedule(nodes, now, after_seq=self._planned_seq)
         return len(running) + self._queued
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def _decide_conditions(self, now: float) -> None:
+        """Release held runs whose condition holds; cancel jobs whose condition never can."""
+        held = self.store.held_runs()
+        if not held:
+            return
+        states = self.store.job_states(set().union(*(conditions.jobs_of(c) for _, _, c in held)))
+        released = []
+        for run_uuid, job_uuid, condition in held:
+            value, decider = conditions.evaluate(condition, states)
+            if value:
+                released.append(run_uuid)
+            elif value is False:
+                self.store.cancel(job_uuid, f"condition cannot hold: job {decider} {states[decider or '']}", now)
+        if released:
+            self.store.release(released)
+            self._full_plan_at = float("-inf")  # they are older than the newest run planned: plan all
 
     # -- running runs --------------------------------------------------------------------------
 

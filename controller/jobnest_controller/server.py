@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 
-from jobnest.errors import InvalidSpec, JobnestError, PermissionDenied, Unauthenticated
+from jobnest.errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
-from . import specs
+from . import conditions, specs
 from .executors.base import Executor
 from .programs import Programs
 from .scheduler import charge
@@ -140,6 +140,11 @@ class JobService(pb_grpc.JobServiceServicer):
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
         for i, (spec, msg) in enumerate(zip(job_specs, request.jobs)):
+            for ref in sorted(conditions.jobs_of(spec["when"])) if "when" in spec else ():
+                try:
+                    self._scoped(caller, ref)
+                except (InvalidSpec, NotFound, PermissionDenied) as e:
+                    raise type(e)(f"names job {ref!r}: {e.problem}", field=f"jobs[{i}].when") from None
             try:
                 if msg.program_archive:
                     spec["program"] = self.programs.store(msg.program_archive)
@@ -327,7 +332,7 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             cpu=spec["cpu_millis"] / 1000, memory=spec["memory"], priority=spec["priority"],
             no_reuse=spec["no_reuse"], executor=spec["executor"], timeout=spec["timeout"],
             cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
-            program=spec.get("program", ""),
+            program=spec.get("program", ""), when=json.dumps(spec["when"]) if "when" in spec else "",
         ))
     return msg
 

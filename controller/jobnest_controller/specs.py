@@ -11,6 +11,8 @@ from typing import Any
 from jobnest.errors import InvalidSpec
 from jobnest.v1 import jobnest_pb2 as pb
 
+from . import conditions
+
 MAX_NAME = 200
 
 
@@ -65,6 +67,11 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         "timeout": msg.timeout, "cache_version": msg.cache_version, "labels": dict(msg.labels),
         "no_reuse": msg.no_reuse, "program": msg.program,
     }
+    if msg.when:
+        try:
+            spec["when"] = conditions.parse(msg.when)
+        except InvalidSpec as e:
+            raise bad("when", e.problem) from None
     if msg.driver:
         spec.update(driver=True, driver_pid=msg.driver_pid, driver_host=msg.driver_host)
     return spec

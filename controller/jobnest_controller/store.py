@@ -446,7 +446,7 @@ class Store:
             return [dict(r) for r in conn.execute(
                 sa.select(runs.c.uuid, runs.c.cpu_millis, runs.c.memory, runs.c.priority, runs.c.seq,
                           runs.c.executor)
-                .where(runs.c.state == State.QUEUED.value, runs.c.seq > after_seq)
+                .where(runs.c.state == State.QUEUED.value, runs.c.desired == "run", runs.c.seq > after_seq)
                 .order_by(runs.c.priority.desc(), runs.c.seq).limit(limit)
             ).mappings()]
 
@@ -460,6 +460,26 @@ class Store:
                           runs.c.state)
                 .where(runs.c.state == State.RUNNING.value)
             ).mappings()]
+
+    def held_runs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(run, the job that holds it, its condition) for every run waiting on a condition."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(runs.c.uuid, runs.c.origin_job_uuid, jobs.c.spec)
+                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                .where(runs.c.state == State.QUEUED.value, runs.c.desired == "hold")
+            ).all()
+        return [(run, job, json.loads(spec)["when"]) for run, job, spec in rows]
+
+    def job_states(self, uuids: set[str]) -> dict[str, str]:
+        with self.read() as conn:
+            return dict(conn.execute(sa.select(jobs.c.uuid, jobs.c.state).where(jobs.c.uuid.in_(uuids))).all())
+
+    def release(self, run_uuids: list[str]) -> None:
+        """Held runs whose conditions hold: they may be scheduled now."""
+        with self.write() as tx:
+            tx.conn.execute(sa.update(runs).where(runs.c.uuid.in_(run_uuids), runs.c.desired == "hold")
+                            .values(desired="run"))
 
     def run_for_start(self, tx: Tx, run_uuid: str) -> dict[str, Any]:
         row = tx.conn.execute(
@@ -519,7 +539,8 @@ class Store:
 
 
 def _may_reuse(spec: dict[str, Any]) -> bool:
-    return not (spec.get("no_reuse") or spec.get("driver"))
+    # A job with a condition gets a run of its own, held until the condition holds.
+    return not (spec.get("no_reuse") or spec.get("driver") or spec.get("when"))
 
 
 def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str,
@@ -528,7 +549,7 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
     return {
         "uuid": run_uuid, "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
-        "desired": "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
+        "desired": "hold" if spec.get("when") else "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
         "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
         "spec": spec_json,
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",

@@ -7,10 +7,11 @@
 """
 
 from ._client import Client, Job, JobInfo, connect, current_job
+from ._conditions import Condition
 from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Timeout, Unauthenticated,
                      Unavailable)
 
 __all__ = [
-    "Client", "Conflict", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound", "PermissionDenied",
+    "Client", "Condition", "Conflict", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound", "PermissionDenied",
     "Timeout", "Unauthenticated", "Unavailable", "connect", "current_job",
 ]

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._conditions import Condition
 from .errors import InvalidSpec, JobnestError, Unavailable, from_rpc_error
 from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
@@ -176,7 +177,7 @@ class Client:
         if isinstance(argv, str):
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
-                                 "executor", "timeout", "cache_version", "labels", "program"}
+                                 "executor", "timeout", "cache_version", "labels", "program", "when"}
         if unknown:
             raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         spec = pb.JobSpec(
@@ -186,6 +187,7 @@ class Client:
             no_reuse=not merged.get("reuse", True), executor=merged.get("executor", ""),
             timeout=merged.get("timeout", 0), cache_version=str(merged.get("cache_version", "")),
             labels=merged.get("labels", {}), program=merged.get("program", ""),
+            when=merged["when"].to_json() if merged.get("when") is not None else "",
         )
         if "cpu" in merged:
             spec.cpu = float(merged["cpu"])
@@ -315,6 +317,23 @@ class Job:
     @property
     def reused(self) -> bool:
         return (self._info or self.info).reused
+
+    # Conditions on this job, for `submit(..., when=...)`.
+    @property
+    def succeeded(self) -> Condition:
+        return Condition.of(self.uuid, "succeeded")
+
+    @property
+    def failed(self) -> Condition:
+        return Condition.of(self.uuid, "failed")
+
+    @property
+    def cancelled(self) -> Condition:
+        return Condition.of(self.uuid, "cancelled")
+
+    @property
+    def done(self) -> Condition:
+        return Condition.of(self.uuid, "done")
 
     @property
     def output(self) -> str:

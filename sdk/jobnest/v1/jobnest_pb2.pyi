@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program")
+    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class JobSpec(_message.Message):
     DRIVER_HOST_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -58,7 +59,8 @@ class JobSpec(_message.Message):
     driver_host: str
     program_archive: bytes
     program: str
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ...) -> None: ...
+    when: str
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state")

@@ -1,0 +1,104 @@
+"""`when` conditions: evaluated by the controller, cascading, surviving a controller restart."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import jobnest
+from jobnest_controller.conditions import evaluate, parse
+
+from .conftest import ADMIN, Running, wait_for
+from .test_restart import start_controller
+
+EXAMPLE = {"or": [{"and": [{"job": "a", "is": "succeeded"}, {"job": "b", "is": "succeeded"}]},
+                  {"not": {"job": "c", "is": "failed"}}]}
+
+
+@pytest.mark.parametrize("states, outcome", [
+    ({"a": "running", "b": "queued", "c": "running"}, (None, None)),
+    ({"a": "succeeded", "b": "succeeded", "c": "running"}, (True, "b")),
+    ({"a": "failed", "b": "running", "c": "failed"}, (False, "c")),
+    ({"a": "failed", "b": "running", "c": "cancelled"}, (True, "c")),
+    ({"a": "succeeded", "b": "running", "c": "running"}, (None, None)),
+])
+def test_three_valued_evaluation(states: dict[str, str], outcome: tuple[bool | None, str | None]) -> None:
+    assert evaluate(parse(json.dumps(EXAMPLE)), states) == outcome
+
+
+@pytest.mark.parametrize("text, words", [
+    ("not json", "not a condition"),
+    ('{"job": "a", "is": "won"}', "a job term is"),
+    ('{"and": []}', "is not a condition term"),
+    ('{"xor": [{"job": "a", "is": "done"}]}', "is not a condition term"),
+])
+def test_malformed_conditions_are_refused(text: str, words: str) -> None:
+    with pytest.raises(jobnest.InvalidSpec, match=words):
+        parse(text)
+
+
+def test_sdk_builds_conditions_with_operators() -> None:
+    a, b = jobnest.Job(None, "a" * 32), jobnest.Job(None, "b" * 32)  # type: ignore[arg-type]
+    assert (a.succeeded & ~b.failed).tree == {"and": [{"job": "a" * 32, "is": "succeeded"},
+                                                      {"not": {"job": "b" * 32, "is": "failed"}}]}
+    with pytest.raises(TypeError):
+        bool(a.done | b.cancelled)
+
+
+def test_a_job_waits_for_its_condition_then_runs(running: Running) -> None:
+    client = running.client()
+    first = client.submit(["sleep", "1"], cpu=0.1)
+    second = client.submit(["echo", "after"], cpu=0.1, when=first.succeeded)
+    time.sleep(0.5)
+    assert second.state == "queued" and first.state == "running"
+    second.wait(timeout=30)
+    assert second.state == "succeeded" and first.state == "succeeded"
+    assert client.get(second.uuid).started_at >= client.get(first.uuid).finished_at  # type: ignore[operator]
+
+
+def test_a_condition_that_cannot_hold_cancels_and_cascades(running: Running) -> None:
+    client = running.client()
+    reduction = client.submit(["sh", "-c", "sleep 0.3; exit 2"], name="reduction", cpu=0.1)
+    fetch = client.submit(["echo", "fetch"], name="fetch", cpu=0.1, when=reduction.succeeded)
+    fit = client.submit(["echo", "fit"], name="fit", cpu=0.1, when=fetch.succeeded)
+    cleanup = client.submit(["echo", "cleanup"], name="cleanup", cpu=0.1, when=reduction.done)
+    for job in (fetch, fit, cleanup):
+        job.wait(timeout=30)
+    assert fetch.state == "cancelled" and reduction.uuid in fetch.info.reason and "failed" in fetch.info.reason
+    assert fit.state == "cancelled" and fetch.uuid in fit.info.reason
+    assert cleanup.state == "succeeded"
+
+
+def test_conditions_naming_unknown_or_outside_jobs_are_refused(running: Running) -> None:
+    client = running.client()
+    ghost = jobnest.Job(client, "f" * 32)
+    with pytest.raises(jobnest.NotFound, match=r"jobs\[0\]\.when: names job 'f+'"):
+        client.submit(["true"], when=ghost.succeeded)
+    spec = client.spec(["true"])
+    spec.when = '{"job": 1}'
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.when"):
+        client.submit_many([spec])
+    assert list(client.list()) == []
+
+
+def test_waiting_conditions_survive_a_controller_kill(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    proc, address = start_controller(home, "none")
+    try:
+        client = jobnest.Client(address, ADMIN, driver=False)
+        first = client.submit(["sleep", "2"], cpu=0.1)
+        second = client.submit(["echo", "later"], cpu=0.1, when=first.succeeded)
+        wait_for(lambda: first.state == "running")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc, address = start_controller(home, "none")
+        client = jobnest.Client(address, ADMIN, driver=False)
+        client.wait([first.uuid, second.uuid], timeout=30)
+        assert client.get(second.uuid).state == "succeeded"
+        assert client.job(second.uuid).logs() == "later\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -313,3 +313,11 @@ def test_a_container_made_but_never_started_is_replaced(tmp_path: Path) -> None:
                                             capture_output=True, text=True).stdout.strip())
     finally:
         remove_containers(home)
+
+
+def test_out_of_memory_retries_with_more_memory(docker_running: Running) -> None:
+    client = docker_running.client()
+    hog = 'x=$(head -c 40000000 /dev/zero | tr "\\0" a); echo ${#x}'  # about 40 MB in the shell
+    job = in_docker(client, ["sh", "-c", hog], memory="24Mi", retries=1, memory_on_oom=8).wait(timeout=60)
+    assert job.state == "succeeded" and job.logs().strip() == "40000000"
+    assert client.get(job.uuid).memory == 24 * 2**20  # the job keeps what it asked for; its run got more

@@ -45,6 +45,9 @@ class Run(SQLModel, table=True):
     memory: int
     priority: int = 0
     timeout: float = 0.0  # seconds; 0: none
+    retries: int = 0  # failed attempts run again, up to this many times
+    attempt: int = 1
+    memory_on_oom: float = 1.0  # an attempt that ran out of memory retries with this much more
     spec: str
     token_hash: str = Field(index=True)  # "" until the run starts (a driver's from the start)
     node: str = ""

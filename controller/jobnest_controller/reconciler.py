@@ -128,9 +128,13 @@ class Reconciler:
         if ended:
             with self.store.write() as tx:
                 for run, state, exited in ended:
-                    values = ({"exit_code": exited.exit_code, "finished_at": now} if state.terminal
-                              else {"started_at": None, "node": "", "pid": 0})
-                    reason = exited.reason if state.terminal else ""  # queued again: the scheduler says why
+                    values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
+                    reason = exited.reason
+                    if not state.terminal:  # it never started: queued again, the scheduler says why
+                        values, reason = {"started_at": None, "node": "", "pid": 0, "handle": ""}, ""
+                    elif state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
+                        state, values, reason = State.QUEUED, _retry(run, exited), ""
+                        log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
                     self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, reason, **values)
         return {run["uuid"] for run, _, _ in ended}
 
@@ -222,6 +226,15 @@ class Reconciler:
             for run_uuid in unreached:
                 self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.QUEUED, "",
                                       started_at=None, node="")
+
+
+def _retry(run: dict[str, Any], exited: Exited) -> dict[str, Any]:
+    """What a failed run's next attempt changes: out of memory, it gets more."""
+    values = {"attempt": run["attempt"] + 1, "started_at": None, "node": "", "pid": 0, "handle": "",
+              "exit_code": None}
+    if exited.reason == "out of memory" and run["memory"]:
+        values["memory"] = int(run["memory"] * run["memory_on_oom"])
+    return values
 
 
 def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:

@@ -289,6 +289,15 @@ class JobService(pb_grpc.JobServiceServicer):
         return pb.FinishResponse()
 
     @_rpc
+    def Invalidate(self, request: pb.InvalidateRequest, context: grpc.ServicerContext) -> pb.InvalidateResponse:
+        if self.caller(context).kind == "job":  # a run may be shared far outside the job's subtree
+            raise PermissionDenied("a job token cannot invalidate runs", field="token")
+        if not request.run_uuid:
+            raise InvalidSpec("must name a run", field="run_uuid")
+        self.store.invalidate(request.run_uuid)
+        return pb.InvalidateResponse()
+
+    @_rpc
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
         caller = self.caller(context)
         if caller.kind != "admin":
@@ -333,6 +342,7 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             no_reuse=spec["no_reuse"], executor=spec["executor"], timeout=spec["timeout"],
             cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
             program=spec.get("program", ""), when=json.dumps(spec["when"]) if "when" in spec else "",
+            retries=spec.get("retries", 0), memory_on_oom=spec.get("memory_on_oom", 1.0),
         ))
     return msg
 

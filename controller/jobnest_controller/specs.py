@@ -59,13 +59,18 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         raise bad("memory", f"{msg.memory} bytes is more than the largest node has ({max_memory})")
     if not (msg.timeout >= 0 and math.isfinite(msg.timeout)):
         raise bad("timeout", f"must be a number of seconds >= 0, got {msg.timeout:g}")
+    if not 0 <= msg.retries <= 100:
+        raise bad("retries", f"must be between 0 and 100, got {msg.retries}")
+    memory_on_oom = msg.memory_on_oom or 1.0
+    if not (1.0 <= memory_on_oom <= 64 and math.isfinite(memory_on_oom)):
+        raise bad("memory_on_oom", f"must be a factor between 1 and 64, got {msg.memory_on_oom:g}")
     if msg.cwd and not os.path.isabs(msg.cwd):
         raise bad("cwd", f"must be an absolute path, got {msg.cwd!r}")
     spec: dict[str, Any] = {
         "name": name, "argv": argv, "env": dict(msg.env), "cwd": msg.cwd, "image": msg.image,
         "cpu_millis": cpu_millis, "memory": msg.memory, "priority": msg.priority, "executor": executor,
         "timeout": msg.timeout, "cache_version": msg.cache_version, "labels": dict(msg.labels),
-        "no_reuse": msg.no_reuse, "program": msg.program,
+        "no_reuse": msg.no_reuse, "program": msg.program, "retries": msg.retries, "memory_on_oom": memory_on_oom,
     }
     if msg.when:
         try:

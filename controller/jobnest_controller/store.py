@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from jobnest.errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
+from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 
 from .events import Bus, JobEvent
 from .models import Job, Request, Run, UserToken
@@ -427,6 +427,22 @@ class Store:
                 # A running process is stopped by the reconciler, which then ends the run.
         return doomed_uuids
 
+    def invalidate(self, run_ref: str) -> str:
+        """Mark a finished run's result bad, so that no job reuses it again; returns its uuid."""
+        with self.write() as tx:
+            found = tx.conn.execute(sa.select(runs.c.uuid, runs.c.state).where(runs.c.uuid.like(run_ref + "%"))
+                                    .limit(2)).all()
+            if not found or len(run_ref) < 4:
+                raise NotFound(f"no run {run_ref}", field="run_uuid")
+            if len(found) > 1:
+                raise InvalidSpec(f"{run_ref!r} names more than one run", field="run_uuid")
+            [(run_uuid, state)] = found
+            if not State(state).terminal:
+                raise Conflict(f"run {run_uuid} is still {state}: cancel it, or invalidate it once it ends",
+                               field="run_uuid")
+            tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired="invalid"))
+        return str(run_uuid)
+
     def finish_driver(self, caller: Caller, exit_code: int, now: float) -> None:
         if caller.kind != "job":
             raise PermissionDenied("only a driver's own token can finish it", field="token")
@@ -457,7 +473,7 @@ class Store:
                 sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
                           runs.c.desired,
                           runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis, runs.c.memory,
-                          runs.c.state)
+                          runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom)
                 .where(runs.c.state == State.RUNNING.value)
             ).mappings()]
 
@@ -529,7 +545,9 @@ class Store:
         differing = [p for p in parts if parts[p] != old_parts.get(p)]
         if differing:
             text = f"ran: differs from run {earlier['uuid']} in {', '.join(differing)}"
-        elif spec.get("no_reuse") or spec.get("driver"):
+        elif earlier["desired"] == "invalid":
+            text = f"ran: run {earlier['uuid']} has the same signature but its result was invalidated"
+        elif spec.get("no_reuse") or spec.get("driver") or spec.get("when"):
             text = f"ran: reuse was turned off, though run {earlier['uuid']} has the same signature"
         else:
             text = (f"ran: run {earlier['uuid']} has the same signature but ended {earlier['state']}, "
@@ -551,6 +569,7 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "hold" if spec.get("when") else "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
         "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
+        "retries": spec.get("retries", 0), "attempt": 1, "memory_on_oom": spec.get("memory_on_oom", 1.0),
         "spec": spec_json,
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "handle": "", "workdir": "",

@@ -118,19 +118,27 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--executor", default=None)
 @click.option("--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--no-reuse", is_flag=True, help="Always start a new run.")
+@click.option("--retries", type=int, default=0, help="Run a failed attempt again, up to this many times.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job uuid and return.")
+@click.option("--each", type=click.File(), default=None,
+              help="One job per line of this file, {item} in COMMAND replaced by the line.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
-        executor: str | None, env: tuple[str, ...], no_reuse: bool, detach: bool, command: tuple[str, ...]) -> None:
+        executor: str | None, env: tuple[str, ...], no_reuse: bool, retries: int, detach: bool, each: Any,
+        command: tuple[str, ...]) -> None:
     """Run COMMAND as a job, stream its output, and exit with its exit code."""
     variables = {}
     for item in env:  # KEY=VALUE, or KEY alone to pass this shell's value on
         key, _, value = item.partition("=")
         variables[key] = value if "=" in item else os.environ.get(key, "")
+    options = dict(name=name, cpu=cpu, memory=memory, image=image, executor=executor, env=variables,
+                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries)
+    if each is not None:
+        _run_each(ctx, list(command), [line.strip() for line in each if line.strip()], options, detach)
+        return
     client = _client(ctx)
-    job = client.submit(list(command), name=name, cpu=cpu, memory=memory, image=image, executor=executor,
-                        env=variables, reuse=not no_reuse, cwd=os.getcwd())
+    job = client.submit(list(command), **options)
     if detach:
         click.echo(job.uuid)
         return
@@ -139,6 +147,22 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
     if info.state != "succeeded":
         click.echo(f"jobnest: job {job.uuid[:8]} {info.state}: {info.reason}", err=True)
     sys.exit(0 if info.state == "succeeded" else (info.exit_code or 1))
+
+
+def _run_each(ctx: click.Context, command: list[str], items: list[str], options: dict[str, Any], detach: bool) -> None:
+    """A batch: this command is recorded as a driver job, so the tree groups the batch under it."""
+    client = connect(ctx.obj["controller"] or None, ctx.obj["token"], home=ctx.obj["home"])
+    jobs = client.map(command, items, **options)
+    if detach:
+        click.echo("\n".join(j.uuid for j in jobs))
+        return
+    client.wait([j.uuid for j in jobs])
+    infos = [j.info for j in jobs]
+    click.echo(render.table(infos))
+    failed = [i for i in infos if i.state != "succeeded"]
+    click.echo(f"{len(infos)} jobs: {len(infos) - len(failed)} succeeded, {len(failed)} did not")
+    client.finish(1 if failed else 0)
+    sys.exit(1 if failed else 0)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -246,6 +270,15 @@ def why(ctx: click.Context, job: str, as_json: bool) -> None:
     for part, h in w["parts"].items():
         mark = "≠" if part in w["differing"] else " "
         click.echo(f"  {mark} {part:<14} {h['hash'][:12]}" + (f"  (was {h['compared'][:12]})" if mark == "≠" else ""))
+
+
+@main.command()
+@click.argument("run")
+@click.pass_context
+def invalidate(ctx: click.Context, run: str) -> None:
+    """Mark RUN's result bad (a run uuid or prefix, as `show` prints): it is never reused again."""
+    _client(ctx).invalidate(run)
+    click.echo(f"run {run} will not be reused")
 
 
 @main.group()

@@ -24,7 +24,7 @@ import tarfile
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -177,7 +177,8 @@ class Client:
         if isinstance(argv, str):
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
-                                 "executor", "timeout", "cache_version", "labels", "program", "when"}
+                                 "executor", "timeout", "cache_version", "labels", "program", "when", "retries",
+                                 "memory_on_oom"}
         if unknown:
             raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         spec = pb.JobSpec(
@@ -188,6 +189,7 @@ class Client:
             timeout=merged.get("timeout", 0), cache_version=str(merged.get("cache_version", "")),
             labels=merged.get("labels", {}), program=merged.get("program", ""),
             when=merged["when"].to_json() if merged.get("when") is not None else "",
+            retries=merged.get("retries", 0), memory_on_oom=merged.get("memory_on_oom", 0),
         )
         if "cpu" in merged:
             spec.cpu = float(merged["cpu"])
@@ -281,6 +283,15 @@ class Client:
                 "nodes": [{"name": n.name, "cpu": n.cpu_millis / 1000, "cpu_used": n.cpu_used / 1000,
                            "memory": n.memory, "memory_used": n.memory_used, "cpu_enforced": n.cpu_enforced}
                           for n in r.nodes]}
+
+    def invalidate(self, run_uuid: str) -> None:
+        """Mark a finished run's result bad: no job reuses it again."""
+        self._unary("Invalidate", pb.InvalidateRequest(run_uuid=run_uuid))
+
+    def map(self, argv: builtins.list[str], items: Iterable[Any], **options: Any) -> builtins.list["Job"]:
+        """One job per item, `{item}` in argv replaced by it, all in one batch."""
+        specs = [self.spec([a.replace("{item}", str(item)) for a in argv], **options) for item in items]
+        return self.submit_many(specs) if specs else []
 
     def create_token(self, name: str) -> str:
         return self._unary("CreateToken", pb.CreateTokenRequest(name=name)).token

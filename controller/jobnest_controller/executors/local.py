@@ -51,6 +51,8 @@ class LocalExecutor:
     def start(self, launch: Launch) -> Started:
         workdir = Path(self.workdir(launch.run_uuid))
         (workdir / "out").mkdir(parents=True, exist_ok=True)
+        for stale in ("pid", "exit_code"):  # left by an earlier attempt
+            (workdir / stale).unlink(missing_ok=True)
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         try:
             with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:

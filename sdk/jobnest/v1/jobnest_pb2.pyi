@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when")
+    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when", "retries", "memory_on_oom")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class JobSpec(_message.Message):
     PROGRAM_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     WHEN_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ON_OOM_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -60,7 +62,9 @@ class JobSpec(_message.Message):
     program_archive: bytes
     program: str
     when: str
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ...) -> None: ...
+    retries: int
+    memory_on_oom: float
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state")
@@ -283,6 +287,16 @@ class WhyResponse(_message.Message):
     parts: _containers.RepeatedCompositeFieldContainer[SignaturePart]
     differing: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, uuid: _Optional[str] = ..., reused: _Optional[bool] = ..., run_uuid: _Optional[str] = ..., explanation: _Optional[str] = ..., compared_run_uuid: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[SignaturePart, _Mapping]]] = ..., differing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InvalidateRequest(_message.Message):
+    __slots__ = ("run_uuid",)
+    RUN_UUID_FIELD_NUMBER: _ClassVar[int]
+    run_uuid: str
+    def __init__(self, run_uuid: _Optional[str] = ...) -> None: ...
+
+class InvalidateResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class FinishRequest(_message.Message):
     __slots__ = ("exit_code",)

@@ -79,6 +79,11 @@ class JobServiceStub:
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/jobnest.v1.JobService/Invalidate',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.InvalidateRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.InvalidateResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/jobnest.v1.JobService/Status',
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.StatusRequest.SerializeToString,
@@ -144,6 +149,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Invalidate(self, request, context):
+        """Mark a finished run's result bad: no job reuses it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -197,6 +209,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.FromString,
                     response_serializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.InvalidateRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.InvalidateResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -447,6 +464,33 @@ class JobService:
             '/jobnest.v1.JobService/CreateToken',
             jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.SerializeToString,
             jobnest_dot_v1_dot_jobnest__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/Invalidate',
+            jobnest_dot_v1_dot_jobnest__pb2.InvalidateRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.InvalidateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,65 @@
+"""Failure handling and batches: retries, invalidated results, `map` and `run --each`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jobnest
+
+from .conftest import ADMIN, Running
+
+
+def test_retries_rerun_a_failed_run_until_it_succeeds(running: Running, tmp_path: Path) -> None:
+    tries = tmp_path / "tries"
+    script = f'echo x >> {tries}; [ "$(wc -l < {tries})" -ge 3 ]'  # fails twice, then succeeds
+    client = running.client()
+    job = client.submit(["sh", "-c", script], retries=2, cpu=0.1).wait(timeout=30)
+    assert job.state == "succeeded" and tries.read_text().count("x") == 3
+    again = client.submit(["sh", "-c", f"echo y >> {tmp_path / 'once'}; exit 1"], retries=1, cpu=0.1).wait(timeout=30)
+    assert again.state == "failed" and (tmp_path / "once").read_text() == "y\ny\n"  # one retry, then it stays failed
+
+
+def test_bad_retry_options_are_refused(running: Running) -> None:
+    client = running.client()
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.retries"):
+        client.submit(["true"], retries=-1)
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.memory_on_oom"):
+        client.submit(["true"], memory_on_oom=0.5)
+    assert list(client.list()) == []
+
+
+def test_an_invalidated_result_is_never_reused(running: Running) -> None:
+    client = running.client()
+    first = client.submit(["echo", "result"], name="step", cpu=0.1).wait(timeout=30)
+    assert client.submit(["echo", "result"], name="step", cpu=0.1).reused
+    with pytest.raises(jobnest.Conflict, match="still"):
+        client.invalidate(client.submit(["sleep", "30"], cpu=0.1).info.run_uuid)
+    client.invalidate(first.info.run_uuid[:10])
+    rerun = client.submit(["echo", "result"], name="step", cpu=0.1).wait(timeout=30)
+    assert not rerun.reused and rerun.info.run_uuid != first.info.run_uuid
+    assert "its result was invalidated" in client.why(rerun.uuid)["explanation"]
+    with pytest.raises(jobnest.NotFound, match="run_uuid"):
+        client.invalidate("0123456789")
+
+
+def test_map_submits_one_job_per_item_in_one_batch(running: Running) -> None:
+    client = running.client()
+    jobs = client.map(["sh", "-c", "echo sample {item}"], [f"S{i:03d}" for i in range(100)], cpu=0.05)
+    client.wait([j.uuid for j in jobs], timeout=60)
+    assert [j.logs() for j in jobs[:3]] == ["sample S000\n", "sample S001\n", "sample S002\n"]
+    assert {j.state for j in jobs} == {"succeeded"}
+
+
+def test_run_each_groups_the_batch_under_the_command(running: Running, tmp_path: Path) -> None:
+    items = tmp_path / "samples.txt"
+    items.write_text("a\nb\n\nc\n")
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    result = subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "run", "--cpu", "0.1",
+                             "--each", str(items), "--", "sh", "-c", "echo {item}; [ {item} != b ]"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "3 jobs: 2 succeeded, 1 did not" in result.stdout
+    [driver] = running.client().list(roots=True)
+    assert sorted(j.name for j in running.client().list(parent=driver.uuid)) == ["sh", "sh", "sh"]

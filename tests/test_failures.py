@@ -63,3 +63,36 @@ def test_run_each_groups_the_batch_under_the_command(running: Running, tmp_path:
     assert result.returncode == 1 and "3 jobs: 2 succeeded, 1 did not" in result.stdout
     [driver] = running.client().list(roots=True)
     assert sorted(j.name for j in running.client().list(parent=driver.uuid)) == ["sh", "sh", "sh"]
+
+
+def test_race_keeps_the_first_accepted_and_never_reuses_the_losers(running: Running) -> None:
+    client = running.client()
+    slow = client.submit(["sh", "-c", "sleep 20"], name="slow", cpu=0.1)
+    bad = client.submit(["sh", "-c", "exit 1"], name="bad", cpu=0.1)
+    good = client.submit(["sh", "-c", "sleep 0.5; echo good"], name="good", cpu=0.1)
+    assert jobnest.race([slow, bad, good], timeout=30) == good
+    slow.wait(timeout=30)
+    assert slow.state == "cancelled" and bad.state == "failed"
+    early = client.submit(["echo", "early"], name="early", cpu=0.1)
+    late = client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1)
+    assert jobnest.race([early, late], accept=lambda job: job.name == "late", timeout=30) == late
+    assert not client.submit(["echo", "early"], name="early", cpu=0.1).reused  # the loser was invalidated
+    assert client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1).reused
+
+
+def test_a_driver_that_left_is_resumed_without_running_anything_twice(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBNEST_")} | {"JOBNEST_HOME": str(home)}
+    script = [sys.executable, str(Path(__file__).resolve().parent.parent / "examples" / "resume.py")]
+    try:
+        left = subprocess.run([*script, "--detach"], env=env, capture_output=True, text=True, timeout=60)
+        assert left.returncode == 0 and "submitted" in left.stdout, left.stderr
+        back = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+        assert back.returncode == 0, back.stderr
+        assert "3 jobs: 1 ran, 2 reused" in back.stdout  # the second driver, then the two jobs it attached to
+        client = jobnest.connect(home=str(home), driver=False)
+        assert len({j.run_uuid for j in client.list() if j.name == "slow-step"}) == 1  # one run, two jobs
+        assert len({j.run_uuid for j in client.list() if j.name == "next-step"}) == 1
+    finally:
+        subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "--home", str(home), "down"],
+                       capture_output=True, timeout=30)

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-PARTS = ("image", "argv", "cwd", "env", "program", "cache_version")
+PARTS = ("image", "argv", "cwd", "env", "program", "when", "cache_version")
 
 
 def _digest(value: Any) -> str:
@@ -25,6 +25,8 @@ def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
         "cwd": _digest(spec.get("cwd", "")),
         "env": _digest(env),
         "program": _digest(spec.get("program", "")),  # the program folder's content digest
+        # over the runs, not the jobs, it names: a driver run again waits on the same work
+        "when": _digest(spec.get("when_runs", "")),
         "cache_version": _digest(spec.get("cache_version", "")),
     }
 

@@ -25,6 +25,7 @@ from sqlmodel import SQLModel
 
 from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 
+from . import conditions
 from .events import Bus, JobEvent
 from .models import Job, Request, Run, UserToken
 from .signature import signature, signature_parts
@@ -133,7 +134,7 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
     runs.c.signature.in_(sa.bindparam("sigs", expanding=True)),
-    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired == "run")
+    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"]))
 REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
     requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
 
@@ -231,6 +232,13 @@ class Store:
                 if tx.conn.execute(self._claim_request, claim).first() is None:
                     known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
                     return self.get_jobs(json.loads(known)), None
+            named = set().union(*(conditions.jobs_of(s["when"]) for s in specs if s.get("when")))
+            if named:
+                run_of = dict(tx.conn.execute(sa.select(jobs.c.uuid, jobs.c.run_uuid)
+                                              .where(jobs.c.uuid.in_(named))).all())
+                for spec in specs:
+                    if spec.get("when"):
+                        spec["when_runs"] = _over_runs(spec["when"], run_of)
             parts = [signature_parts(s) for s in specs]
             sigs = [signature(p) for p in parts]
             reusable = {sig: dict(row._mapping) for sig, row in
@@ -427,16 +435,24 @@ class Store:
                 # A running process is stopped by the reconciler, which then ends the run.
         return doomed_uuids
 
-    def invalidate(self, run_ref: str) -> str:
-        """Mark a finished run's result bad, so that no job reuses it again; returns its uuid."""
+    def invalidate(self, caller: Caller, run_ref: str) -> str:
+        """Mark a finished run's result bad, so that no job reuses it again; returns its uuid.
+
+        A job may invalidate only runs that jobs of its own subtree started."""
         with self.write() as tx:
-            found = tx.conn.execute(sa.select(runs.c.uuid, runs.c.state).where(runs.c.uuid.like(run_ref + "%"))
-                                    .limit(2)).all()
+            found = tx.conn.execute(
+                sa.select(runs.c.uuid, runs.c.state, jobs.c.path)
+                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                .where(runs.c.uuid.like(run_ref + "%")).limit(2)
+            ).all()
             if not found or len(run_ref) < 4:
                 raise NotFound(f"no run {run_ref}", field="run_uuid")
             if len(found) > 1:
                 raise InvalidSpec(f"{run_ref!r} names more than one run", field="run_uuid")
-            [(run_uuid, state)] = found
+            [(run_uuid, state, origin_path)] = found
+            if caller.kind == "job" and not origin_path.startswith(caller.path):
+                raise PermissionDenied(f"run {run_uuid} was started outside the subtree of job {caller.job_uuid}",
+                                       field="run_uuid")
             if not State(state).terminal:
                 raise Conflict(f"run {run_uuid} is still {state}: cancel it, or invalidate it once it ends",
                                field="run_uuid")
@@ -547,7 +563,7 @@ class Store:
             text = f"ran: differs from run {earlier['uuid']} in {', '.join(differing)}"
         elif earlier["desired"] == "invalid":
             text = f"ran: run {earlier['uuid']} has the same signature but its result was invalidated"
-        elif spec.get("no_reuse") or spec.get("driver") or spec.get("when"):
+        elif spec.get("no_reuse") or spec.get("driver"):
             text = f"ran: reuse was turned off, though run {earlier['uuid']} has the same signature"
         else:
             text = (f"ran: run {earlier['uuid']} has the same signature but ended {earlier['state']}, "
@@ -557,8 +573,17 @@ class Store:
 
 
 def _may_reuse(spec: dict[str, Any]) -> bool:
-    # A job with a condition gets a run of its own, held until the condition holds.
-    return not (spec.get("no_reuse") or spec.get("driver") or spec.get("when"))
+    return not (spec.get("no_reuse") or spec.get("driver"))
+
+
+def _over_runs(tree: dict[str, Any], run_of: dict[str, str]) -> dict[str, Any]:
+    """A condition with each job replaced by its run: what the signature hashes."""
+    if "job" in tree:
+        return {"run": run_of[tree["job"]], "is": tree["is"]}
+    if "not" in tree:
+        return {"not": _over_runs(tree["not"], run_of)}
+    key = next(iter(tree))
+    return {key: [_over_runs(part, run_of) for part in tree[key]]}
 
 
 def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str,

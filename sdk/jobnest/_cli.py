@@ -223,6 +223,32 @@ def tree(ctx: click.Context, job: str | None, last: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("job", required=False)
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between redraws at most.")
+@click.pass_context
+def watch(ctx: click.Context, job: str | None, interval: float) -> None:
+    """A live tree of JOB (default: the newest root job), redrawn as states change, until all ended."""
+    client = _client(ctx)
+    if job:
+        root = client.get(job).uuid
+    else:
+        roots = list(client.list(roots=True))
+        if not roots:
+            click.echo("no jobs")
+            return
+        root = roots[-1].uuid
+    events = client.watch(subtree=root)
+    while True:
+        jobs = list(client.list(subtree=root, include_reused=True))
+        click.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)
+        click.echo(render.tree(jobs, root) + "\n" + render.summary(jobs, root))
+        if all(j.state in ("succeeded", "failed", "cancelled") for j in jobs):
+            return
+        next(events)  # wait for a change, then let a burst of them settle
+        time.sleep(interval)
+
+
+@main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context

@@ -24,7 +24,7 @@ import tarfile
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -365,6 +365,36 @@ class Job:
 
     def children(self) -> list["Job"]:
         return [Job(self.client, i.uuid) for i in self.client.list(parent=self.uuid)]
+
+
+def race(jobs: list[Job], accept: Callable[[Job], bool] | None = None, timeout: float | None = None) -> Job | None:
+    """Keep the first job to end that `accept` takes (by default: it succeeded) and cancel the others.
+
+    Returns the winner, or None if none was accepted. The losers' results are never reused: the
+    ones still going are cancelled, and finished ones are invalidated.
+    """
+    if not jobs:
+        raise InvalidSpec("needs at least one job", field="jobs")
+    client = jobs[0].client
+    accepted = accept or (lambda job: job.state == "succeeded")
+    waiting = {job.uuid: job for job in jobs}
+    winner = None
+    for event in client.watch(uuids=list(waiting), timeout=timeout):
+        if event.state in TERMINAL and event.uuid in waiting:
+            job = waiting.pop(event.uuid)
+            if accepted(job):
+                winner = job
+                break
+            if not waiting:
+                break
+    for loser in jobs:
+        if loser is winner:
+            continue
+        if loser.uuid in waiting:
+            loser.cancel()
+        if loser.info.state == "succeeded":
+            client.invalidate(loser.info.run_uuid)
+    return winner
 
 
 def connect(address: str | None = None, token: str | None = None, *, home: str | None = None,

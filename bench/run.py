@@ -234,6 +234,38 @@ def bench_docker(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
+def bench_workflows(n: int, rows: list, notes: list) -> None:
+    """A chain of n jobs (each waits on the one before) and a fan-out of n with one fan-in job, each
+    run once and then again fully reused, against the same commands through `xargs -P 2`."""
+    ctl = ControllerProc()
+    try:
+        client = ctl.client()
+
+        def chain(tag: str) -> None:
+            previous = None
+            for i in range(n):
+                options = {"when": previous.succeeded} if previous else {}
+                previous = client.submit(["true", f"{tag}-{i}"], cpu=1, **options)  # one at a time: no cap
+            assert previous is not None and previous.wait(timeout=600).state == "succeeded"
+
+        def fan(tag: str) -> None:
+            jobs = client.submit_many([client.spec(["true", f"{tag}-{i}"], cpu=0.01) for i in range(n)])
+            everything = jobs[0].succeeded
+            for job in jobs[1:]:
+                everything = everything & job.succeeded
+            assert client.submit(["true", f"{tag}-in"], cpu=0.01, when=everything).wait(timeout=600).state == "succeeded"
+
+        floor = timed(lambda: subprocess.run(f"seq {n} | xargs -P 2 -n 1 true", shell=True, check=True))
+        for name, fn in (("chain", chain), ("fan-out/fan-in", fan)):
+            first, again = timed(lambda: fn(name)), timed(lambda: fn(name))
+            rows.append((f"{n}-job {name}, first run (s)", first, f"xargs -P 2: {floor:.2f} s", None))
+            rows.append((f"{n}-job {name}, reused rerun (s)", again, "", None))
+            notes.append(f"{n}-job {name}: first run {first / floor:.1f}x and reused rerun {again / floor:.1f}x "
+                         f"the time of `xargs -P 2` running the same {n} commands ({floor:.2f} s).")
+    finally:
+        ctl.stop()
+
+
 def render(rows: list, markdown: bool) -> str:
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
@@ -264,7 +296,8 @@ def main() -> None:
     for section, fn in [("submit", lambda: bench_submit(2000 // k, 20000 // k, 10000 // k, rows, notes)),
                         ("local", lambda: bench_local(500 // k, rows, notes)),
                         ("tree", lambda: bench_tree(100000 // k, rows, notes)),
-                        ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes))]:
+                        ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes)),
+                        ("workflows", lambda: bench_workflows(1000 // k, rows, notes))]:
         try:
             fn()
         except Exception as e:  # report the other sections still

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -75,15 +76,35 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
         sys.exit(f"jobnest: cannot start the controller: {e}")
     pid_file = Path(home) / "controller.pid"
     pid_file.write_text(str(os.getpid()))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: controller.request_stop())
-    signal.signal(signal.SIGCHLD, lambda *_: controller.child_exited())
+    _handle_signals(controller)
     where = f"unix://{settings.server.socket}" + (f" and {listen} (port {controller.port})" if listen else "")
     logging.info("jobnest controller serving on %s, store %s", where, settings.store.url.split("@")[-1])
     print(f"port {controller.port}" if listen else "ready", flush=True)
     controller.wait()
     controller.stop()
     pid_file.unlink(missing_ok=True)
+
+
+def _handle_signals(controller: Controller) -> None:
+    """SIGTERM and SIGINT stop the controller; SIGCHLD (a run's process ended) makes it look now.
+
+    Python runs signal handlers on the main thread only, which here sleeps in a lock that a
+    signal delivered to another thread does not interrupt. So the handlers do nothing, and a
+    thread reads the signal numbers that Python writes to its wakeup pipe, whatever thread
+    received them, and acts at once."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, lambda *_: None)
+
+    def watch() -> None:
+        while numbers := os.read(read_end, 512):
+            if {signal.SIGTERM, signal.SIGINT} & set(numbers):
+                controller.request_stop()
+            controller.observe_soon()
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
 
 
 if __name__ == "__main__":

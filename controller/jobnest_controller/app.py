@@ -122,15 +122,6 @@ class Controller:
         """A run may have ended: look now rather than at the next pass."""
         self._wake.set()
 
-    def child_exited(self) -> None:
-        """A run's process ended (SIGCHLD): look now rather than at the next pass.
-
-        This runs as a signal handler on the main thread, which sets `_wake` itself only after
-        setting `_stop` (request_stop, stop): checking `_stop` first means the handler never
-        waits for a lock its own thread holds."""
-        if not self._stop.is_set():
-            self._wake.set()
-
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()

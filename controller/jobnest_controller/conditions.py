@@ -14,7 +14,7 @@ from jobnest.errors import InvalidSpec
 from .states import State
 
 PREDICATES = ("succeeded", "failed", "cancelled", "done")
-MAX_NODES = 1000
+MAX_NODES = 100_000
 
 Outcome = tuple[bool | None, str | None]  # (value, the job that decided it)
 

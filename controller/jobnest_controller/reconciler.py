@@ -45,6 +45,7 @@ class Reconciler:
         # as storing the runs.
         self._waiting: dict[str, str] = {}
         self._all_full = False
+        self._conditions: dict[str, tuple[dict[str, Any], set[str]]] = {}  # job -> (condition, jobs it names)
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
@@ -91,15 +92,22 @@ class Reconciler:
         """Release held runs whose condition holds; cancel jobs whose condition never can."""
         held = self.store.held_runs()
         if not held:
+            self._conditions.clear()
             return
-        states = self.store.job_states(set().union(*(conditions.jobs_of(c) for _, _, c in held)))
+        for _, job_uuid in held:  # parsed once per job, not once per pass
+            if job_uuid not in self._conditions:
+                tree = self.store.condition_of(job_uuid)
+                self._conditions[job_uuid] = (tree, conditions.jobs_of(tree))
+        states = self.store.job_states(set().union(*(self._conditions[job][1] for _, job in held)))
         released = []
-        for run_uuid, job_uuid, condition in held:
-            value, decider = conditions.evaluate(condition, states)
+        for run_uuid, job_uuid in held:
+            value, decider = conditions.evaluate(self._conditions[job_uuid][0], states)
             if value:
                 released.append(run_uuid)
             elif value is False:
                 self.store.cancel(job_uuid, f"condition cannot hold: job {decider} {states[decider or '']}", now)
+        held_jobs = {job for _, job in held}
+        self._conditions = {job: c for job, c in self._conditions.items() if job in held_jobs}
         if released:
             self.store.release(released)
             self._full_plan_at = float("-inf")  # they are older than the newest run planned: plan all

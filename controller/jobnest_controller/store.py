@@ -493,15 +493,17 @@ class Store:
                 .where(runs.c.state == State.RUNNING.value)
             ).mappings()]
 
-    def held_runs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(run, the job that holds it, its condition) for every run waiting on a condition."""
+    def held_runs(self) -> list[tuple[str, str]]:
+        """(run, the job that holds it) for every run waiting on a condition."""
         with self.read() as conn:
-            rows = conn.execute(
-                sa.select(runs.c.uuid, runs.c.origin_job_uuid, jobs.c.spec)
-                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+            return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+                sa.select(runs.c.uuid, runs.c.origin_job_uuid)
                 .where(runs.c.state == State.QUEUED.value, runs.c.desired == "hold")
-            ).all()
-        return [(run, job, json.loads(spec)["when"]) for run, job, spec in rows]
+            ).all()]
+
+    def condition_of(self, job_uuid: str) -> dict[str, Any]:
+        with self.read() as conn:
+            return json.loads(conn.execute(sa.select(jobs.c.spec).where(jobs.c.uuid == job_uuid)).scalar_one())["when"]
 
     def job_states(self, uuids: set[str]) -> dict[str, str]:
         with self.read() as conn:

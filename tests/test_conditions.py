@@ -102,3 +102,12 @@ def test_waiting_conditions_survive_a_controller_kill(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_long_chains_of_operators_stay_flat() -> None:
+    jobs = [jobnest.Job(None, f"{i:032x}") for i in range(2000)]  # type: ignore[arg-type]
+    everything = jobs[0].succeeded
+    for job in jobs[1:]:
+        everything = everything & job.succeeded
+    assert len(everything.tree["and"]) == 2000
+    assert evaluate(parse(everything.to_json()), {j.uuid: "succeeded" for j in jobs})[0] is True

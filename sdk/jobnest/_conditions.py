@@ -19,10 +19,15 @@ class Condition:
         return cls({"job": job_uuid, "is": predicate})
 
     def __and__(self, other: Condition) -> Condition:
-        return Condition({"and": [self.tree, other.tree]})
+        return self._join("and", other)
 
     def __or__(self, other: Condition) -> Condition:
-        return Condition({"or": [self.tree, other.tree]})
+        return self._join("or", other)
+
+    def _join(self, op: str, other: Condition) -> Condition:
+        """`a & b & c` as one flat "and" of three, however long the chain: no deep nesting."""
+        parts = [part for c in (self, other) for part in (c.tree[op] if op in c.tree else [c.tree])]
+        return Condition({op: parts})
 
     def __invert__(self) -> Condition:
         return Condition({"not": self.tree})

@@ -10,7 +10,6 @@ Every job here is an ordinary job; the runners submit their children with their 
 import sys
 
 import jobnest
-from jobnest import _render as render
 
 PROGRAM = [sys.executable, __file__]
 
@@ -38,9 +37,7 @@ def driver(client: jobnest.Client) -> None:
     top.wait()
     root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
     assert root is not None
-    jobs = list(client.list(subtree=root.uuid, include_reused=True))
-    print(render.tree(jobs, root.uuid))
-    print(render.summary(jobs, root.uuid))
+    print(root.tree())
     if top.state != "succeeded":
         sys.exit(f"pipeline {top.state}: {top.info.reason}")
 

@@ -10,7 +10,6 @@ finished (reuse by signature), and the condition, kept by the controller, still 
 import sys
 
 import jobnest
-from jobnest import _render as render
 
 
 def main() -> None:
@@ -22,11 +21,9 @@ def main() -> None:
         print(f"submitted {slow.uuid[:8]} and {after.uuid[:8]}; run again without --detach to pick them up")
         return
     after.wait()
-    root = client.driver or jobnest.current_job()
+    root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
     assert root is not None
-    jobs = list(client.list(subtree=root.uuid, include_reused=True))
-    print(render.tree(jobs, root.uuid))
-    print(render.summary(jobs, root.uuid))
+    print(root.tree())
     if after.state != "succeeded":
         sys.exit(f"next-step {after.state}: {after.info.reason}")
 

@@ -186,8 +186,7 @@ def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, 
     click.echo(job.uuid)
     if wait:
         job.wait()
-        jobs = list(client.list(subtree=job.uuid, include_reused=True))
-        click.echo(render.tree(jobs, job.uuid) + "\n" + render.summary(jobs, job.uuid))
+        click.echo(job.tree())
         sys.exit(0 if job.state == "succeeded" else 1)
 
 
@@ -215,7 +214,7 @@ def tree(ctx: click.Context, job: str | None, last: int, as_json: bool) -> None:
     if job:
         uuid = client.get(job).uuid
         jobs = list(client.list(subtree=uuid, include_reused=True))
-        _listing(jobs, as_json, lambda js: render.tree(js, uuid) + "\n" + render.summary(js, uuid))
+        _listing(jobs, as_json, lambda js: render.tree_with_summary(js, uuid))
         return
     tops = list(client.list(roots=True))[-last:]
     jobs = [j for t in tops for j in client.list(subtree=t.uuid, include_reused=True)]
@@ -241,7 +240,7 @@ def watch(ctx: click.Context, job: str | None, interval: float) -> None:
     while True:
         jobs = list(client.list(subtree=root, include_reused=True))
         click.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)
-        click.echo(render.tree(jobs, root) + "\n" + render.summary(jobs, root))
+        click.echo(render.tree_with_summary(jobs, root))
         if all(j.state in ("succeeded", "failed", "cancelled") for j in jobs):
             return
         next(events)  # wait for a change, then let a burst of them settle

@@ -363,6 +363,12 @@ class Job:
     def cancel(self) -> list[str]:
         return self.client.cancel(self.uuid)
 
+    def tree(self) -> str:
+        """This job's tree as `jobnest tree` draws it, with reused work and a summary line."""
+        from ._render import tree_with_summary  # the renderer builds on this module
+
+        return tree_with_summary(self.client.list(subtree=self.uuid, include_reused=True), self.uuid)
+
     def children(self) -> list["Job"]:
         return [Job(self.client, i.uuid) for i in self.client.list(parent=self.uuid)]
 

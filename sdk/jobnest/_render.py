@@ -98,3 +98,8 @@ def table(jobs: Iterable[JobInfo], now: float | None = None) -> str:
         lines.append(f"{j.uuid[:8]}  {j.state:<9}  {j.name[:24]:<24}  {cpu_text(j):>5}  "
                      f"{job_duration(j, now):>8}  {j.spawned_by_job_uuid[:8] or '-'}")
     return "\n".join(lines)
+
+
+def tree_with_summary(jobs: Iterable[JobInfo], root: str, now: float | None = None) -> str:
+    jobs = list(jobs)
+    return tree(jobs, root, now) + "\n" + summary(jobs, root)

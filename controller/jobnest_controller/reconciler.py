@@ -46,6 +46,8 @@ class Reconciler:
         self._waiting: dict[str, str] = {}
         self._all_full = False
         self._conditions: dict[str, tuple[dict[str, Any], set[str]]] = {}  # job -> (condition, jobs it names)
+        self._conditions_checked_at = float("-inf")
+        self._changes = store.bus.subscribe()  # job state changes, to know which conditions to look at
 
     def nodes(self) -> dict[str, list[Node]]:
         return {name: ex.nodes() for name, ex in self.executors.items()}
@@ -73,7 +75,7 @@ class Reconciler:
         nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
                  for name, ex in self.executors.items()}
         self._all_full = all(nodes.values()) and not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
-        if ended or self._dirty or now - self._full_plan_at >= FULL_PLAN_EVERY:
+        if ended or self._dirty or not self._changes.empty() or now - self._full_plan_at >= FULL_PLAN_EVERY:
             self._decide_conditions(now)
         if self._all_full:
             return len(running) + max(self._queued, 1)  # the queue is unknown, and waits
@@ -89,25 +91,38 @@ class Reconciler:
     # -- conditions ----------------------------------------------------------------------------
 
     def _decide_conditions(self, now: float) -> None:
-        """Release held runs whose condition holds; cancel jobs whose condition never can."""
+        """Release held runs whose condition holds; cancel jobs whose condition never can.
+
+        Only conditions that are new or that name a job whose state changed since the last look
+        are evaluated, except every `FULL_PLAN_EVERY` seconds, when all are."""
+        changed = set()
+        while not self._changes.empty():
+            changed.add(self._changes.get_nowait().uuid)
         held = self.store.held_runs()
-        if not held:
-            self._conditions.clear()
-            return
-        for _, job_uuid in held:  # parsed once per job, not once per pass
-            if job_uuid not in self._conditions:
-                tree = self.store.condition_of(job_uuid)
-                self._conditions[job_uuid] = (tree, conditions.jobs_of(tree))
-        states = self.store.job_states(set().union(*(self._conditions[job][1] for _, job in held)))
-        released = []
+        everything = now - self._conditions_checked_at >= FULL_PLAN_EVERY
+        due = []
         for run_uuid, job_uuid in held:
+            known = self._conditions.get(job_uuid)
+            if known is None:  # parsed once per job, not once per pass
+                tree = self.store.condition_of(job_uuid)
+                known = self._conditions[job_uuid] = (tree, conditions.jobs_of(tree))
+                due.append((run_uuid, job_uuid))
+            elif everything or known[1] & changed:
+                due.append((run_uuid, job_uuid))
+        if everything:
+            self._conditions_checked_at = now
+        held_jobs = {job for _, job in held}
+        self._conditions = {job: c for job, c in self._conditions.items() if job in held_jobs}
+        if not due:
+            return
+        states = self.store.job_states(set().union(*(self._conditions[job][1] for _, job in due)))
+        released = []
+        for run_uuid, job_uuid in due:
             value, decider = conditions.evaluate(self._conditions[job_uuid][0], states)
             if value:
                 released.append(run_uuid)
             elif value is False:
                 self.store.cancel(job_uuid, f"condition cannot hold: job {decider} {states[decider or '']}", now)
-        held_jobs = {job for _, job in held}
-        self._conditions = {job: c for job, c in self._conditions.items() if job in held_jobs}
         if released:
             self.store.release(released)
             self._full_plan_at = float("-inf")  # they are older than the newest run planned: plan all

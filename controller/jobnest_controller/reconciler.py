@@ -75,7 +75,8 @@ class Reconciler:
         nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
                  for name, ex in self.executors.items()}
         self._all_full = all(nodes.values()) and not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
-        if ended or self._dirty or not self._changes.empty() or now - self._full_plan_at >= FULL_PLAN_EVERY:
+        changes = bool(self._conditions) and not self._changes.empty()  # only matter while jobs wait on them
+        if ended or self._dirty or changes or now - self._full_plan_at >= FULL_PLAN_EVERY:
             self._decide_conditions(now)
         if self._all_full:
             return len(running) + max(self._queued, 1)  # the queue is unknown, and waits

@@ -21,7 +21,7 @@ import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.store import jobs as jobs_table
 
-from .conftest import ADMIN, IN_CI, Running, make_settings, wait_for
+from .conftest import ADMIN, Running, make_settings, wait_for
 
 ENGINE = "unix:///var/run/docker.sock"
 BUSYBOX = "jobnest/busybox:latest"
@@ -29,11 +29,9 @@ JOBNEST_IMAGE = "jobnest/jobnest:latest"
 
 
 def require_engine() -> None:
-    """Docker tests need the engine and images `make test` sets up: in CI their absence fails."""
+    """Docker tests need the engine and images that `make test` sets up: their absence fails."""
     if subprocess.run(["docker", "image", "inspect", BUSYBOX, JOBNEST_IMAGE], capture_output=True).returncode:
-        if IN_CI:
-            pytest.fail("no Docker engine with the project's images; `make test` runs scripts/images.sh")
-        pytest.skip("no Docker engine with the project's images (run `make images`)")
+        pytest.fail("no Docker engine with the project's images; run `make images` (make test does)")
 
 
 @pytest.fixture

@@ -167,12 +167,6 @@ def test_job_token_is_confined_to_its_subtree_and_dies_with_its_run(running: Run
     outsider.cancel()
 
 
-def test_spawned_by_comes_from_the_token_not_the_request(running: Running) -> None:
-    # The request has no field for a parent at all; an admin's submission is a root.
-    job = running.client().submit(["true"])
-    assert job.info.spawned_by_job_uuid == ""
-
-
 def test_health_service(running: Running) -> None:
     with grpc.insecure_channel(running.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

@@ -49,9 +49,6 @@ class Reconciler:
         self._conditions_checked_at = float("-inf")
         self._changes = store.bus.subscribe()  # job state changes, to know which conditions to look at
 
-    def nodes(self) -> dict[str, list[Node]]:
-        return {name: ex.nodes() for name, ex in self.executors.items()}
-
     def waiting_reason(self, run_uuid: str) -> str:
         """Why a queued run has not started, or "" if the scheduler has not looked at it yet."""
         return ALL_FULL if self._all_full else self._waiting.get(run_uuid, "")
@@ -69,6 +66,8 @@ class Reconciler:
         runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts. And while every node
         is full, nothing is planned at all: nothing could be placed (the usual state of a backlog).
         """
+        for executor in self.executors.values():
+            executor.tidy()  # the last pass's ends are committed: what they leave can go
         active = self.store.active_runs()
         ended = self._observe(active, now)
         running = [r for r in active if r["uuid"] not in ended]

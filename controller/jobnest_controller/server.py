@@ -139,6 +139,7 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
+        images: dict[tuple[str, str], str] = {}
         for i, (spec, msg) in enumerate(zip(job_specs, request.jobs)):
             for ref in sorted(conditions.jobs_of(spec["when"])) if "when" in spec else ():
                 try:
@@ -152,12 +153,13 @@ class JobService(pb_grpc.JobServiceServicer):
                     self.programs.check(spec["program"])
             except InvalidSpec as e:
                 raise InvalidSpec(e.problem, field=f"jobs[{i}].{e.field}") from None
-            executor = self.executors.get(spec["executor"])
-            if executor is not None:
-                try:
-                    spec["image_id"] = executor.resolve_image(spec["image"])
+            key = (spec["executor"], spec["image"])
+            if key not in images and spec["executor"] in self.executors:
+                try:  # once per image and request: a batch of 1000 jobs names a handful of images
+                    images[key] = self.executors[spec["executor"]].resolve_image(spec["image"])
                 except InvalidSpec as e:
                     raise InvalidSpec(e.problem, field=f"jobs[{i}].image") from None
+            spec["image_id"] = images.get(key, "")
         if any(s.get("driver") for s in job_specs):
             if len(job_specs) != 1:
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")

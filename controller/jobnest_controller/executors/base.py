@@ -45,6 +45,9 @@ class Executor(Protocol):
     def nodes(self) -> list[Node]:
         """The nodes this executor places runs on, with their capacity."""
 
+    def tidy(self) -> None:
+        """Called at the start of each reconciler pass, once the last pass's ends are stored."""
+
     def why_no_nodes(self) -> str:
         """Why `nodes()` came back empty, for the runs that wait on this executor."""
 

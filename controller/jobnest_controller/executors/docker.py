@@ -69,12 +69,7 @@ class DockerExecutor:
         self._down[node] = (f"docker node {node} ({self.endpoints[node]}) is unreachable: {error}", time.monotonic())
 
     def nodes(self) -> list[Node]:
-        """The engines that answer, with their capacity; one that did not is tried every few seconds.
-
-        Called at the start of every reconciler pass: containers whose end the last pass recorded
-        are removed now, after it committed, so a crash in between never loses an exit code."""
-        while self._ended_containers:
-            self._remove_later(*self._ended_containers.pop())
+        """The engines that answer, with their capacity; one that did not is tried every few seconds."""
         up = []
         for name in self.endpoints:
             down = self._down.get(name)
@@ -91,6 +86,12 @@ class DockerExecutor:
             c = self._capacity[name]
             up.append(Node(c.name, c.cpu_millis, c.memory, cpu_enforced=True))
         return up
+
+    def tidy(self) -> None:
+        """Remove the containers whose end the last pass recorded: it is committed now, so a
+        crash in between never loses an exit code."""
+        while self._ended_containers:
+            self._remove_later(*self._ended_containers.pop())
 
     def why_no_nodes(self) -> str:
         return "; ".join(why for why, _ in self._down.values()) or "waiting: no docker node answers"

@@ -39,6 +39,9 @@ class LocalExecutor:
         return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory,
                      cpu_enforced=self.limiter.available)]
 
+    def tidy(self) -> None:
+        pass  # poll() cleans up after each run itself
+
     def why_no_nodes(self) -> str:
         return "waiting: the local node has no capacity"
 

@@ -64,7 +64,7 @@ def test_a_job_runs_in_a_container_with_its_output_dir(docker_running: Running) 
     job = in_docker(client, ["sh", "-c", script], cpu=0.5).wait(timeout=60)
     assert job.state == "succeeded", job.info.reason
     assert job.logs() == f"hello\ndocker-init\n" and job.logs(stream="stderr") == "oops\n"
-    assert Path(job.output, "who").read_text().strip() == job.uuid
+    assert Path(job.info.output_dir, "who").read_text().strip() == job.uuid
     assert job.info.node == "docker" and job.info.cpu_enforced
 
 
@@ -280,6 +280,7 @@ def test_a_container_made_but_never_started_is_replaced(tmp_path: Path) -> None:
     import docker
 
     from jobnest_controller.executors.docker import CONTROLLER_LABEL, RUN_LABEL, DockerExecutor
+    from jobnest_controller.data import Data
     from jobnest_controller.programs import Programs
     from jobnest_controller.reconciler import Reconciler
     from jobnest_controller.states import State
@@ -290,7 +291,8 @@ def test_a_container_made_but_never_started_is_replaced(tmp_path: Path) -> None:
     home = tmp_path / "home"
     store = Store(f"sqlite:///{tmp_path / 'db'}")
     executor = DockerExecutor(str(home / "runs"), [ENGINE], controller_id=str(home))
-    reconciler = Reconciler(store, {"docker": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")))
+    reconciler = Reconciler(store, {"docker": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")),
+                            Data(str(tmp_path / "d"), 2**20))
     image_id = executor.resolve_image(BUSYBOX)
     [job] = ids(store.submit(Caller("admin", "me"), "", [spec("echo", "fresh", executor="docker", image=BUSYBOX,
                                                               image_id=image_id)], 1.0))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobnest_controller.cgroups import CpuLimiter
+from jobnest_controller.data import Data
 from jobnest_controller.executors.local import LocalExecutor
 from jobnest_controller.programs import Programs
 from jobnest_controller.reconciler import Reconciler
@@ -20,7 +21,8 @@ from .test_store import ids, spec
 def parts(tmp_path: Path) -> tuple[Store, LocalExecutor, Reconciler]:
     store = Store(f"sqlite:///{tmp_path / 'db'}")
     executor = LocalExecutor(str(tmp_path / "runs"), 2000, 2**30, CpuLimiter(root="/nonexistent"))
-    return store, executor, Reconciler(store, {"local": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")))
+    return store, executor, Reconciler(store, {"local": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")),
+                                       Data(str(tmp_path / "d"), 2**20))
 
 
 def run_until_done(store: Store, reconciler: Reconciler, job: str, limit: float = 20) -> dict:  # type: ignore[type-arg]

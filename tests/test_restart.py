@@ -46,7 +46,7 @@ def test_sigkill_and_restart_loses_nothing(tmp_path: Path, executor: str) -> Non
     try:
         jobs = {"a": job("a", 1.0, 0, 0.5), "b": job("b", 1.0, 3, 0.5), "c": job("c", 5.0, 0, 0.5),
                 "d": job("d", 0.2, 0, 1.0)}  # d does not fit until a or b ends
-        marks = lambda name: Path(client.get(jobs[name].uuid).output or "/nonexistent", "marks")  # noqa: E731
+        marks = lambda name: Path(client.get(jobs[name].uuid).output_dir or "/nonexistent", "marks")  # noqa: E731
         wait_for(lambda: all(marks(n).exists() for n in "abc"), timeout=60)  # their programs have started
         assert jobs["d"].state == "queued"
 

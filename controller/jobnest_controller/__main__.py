@@ -42,11 +42,13 @@ from .settings import NodeSettings, ServerSettings, Settings, StoreSettings, def
                    "list); default: the local engine if it runs, 'none' for no Docker.")
 @click.option("--executor", "default_executor", envvar="JOBNEST_EXECUTOR", default="local", show_envvar=True,
               help="Executor for jobs that name none.")
+@click.option("--max-upload", type=click.IntRange(min=0), envvar="JOBNEST_MAX_UPLOAD", default=2**30,
+              show_envvar=True, help="The most bytes one upload may hold.")
 @click.option("--idle-timeout", type=float, envvar="JOBNEST_IDLE_TIMEOUT", default=0.0, show_envvar=True,
               help="Exit after this many idle seconds (0: never).")
 def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, store_url: str,
          cpu: float | None, memory: int | None, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
-         idle_timeout: float) -> None:
+         max_upload: int, idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups)
@@ -61,7 +63,7 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
     settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,
                                                          advertise=advertise),
                         store=StoreSettings(store_url), node=node, idle_timeout=idle_timeout,
-                        default_executor=default_executor,
+                        default_executor=default_executor, max_upload=max_upload,
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])
     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(Path(home) / "controller.lock", "w")

@@ -18,11 +18,12 @@ from jobnest.errors import JobnestError
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
 from .cgroups import CpuLimiter
+from .data import Data
 from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .programs import Programs
 from .reconciler import Reconciler
-from .server import Activity, JobService
+from .server import Activity, DataService, JobService
 from .settings import Settings
 from .store import Store
 
@@ -51,7 +52,8 @@ class Controller:
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.programs = Programs(str(home / "programs"))
-        self.reconciler = Reconciler(self.store, self.executors, address, self.programs)
+        self.data = Data(str(home / "data"), settings.max_upload)
+        self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data)
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -65,13 +67,15 @@ class Controller:
         self._loop = threading.Thread(target=self._run_loop, name="reconciler", daemon=True)
 
     def _server(self, trust_local: bool) -> grpc.Server:
-        service = JobService(self.store, self.executors, self.programs, admin_token=self.settings.server.admin_token,
+        service = JobService(self.store, self.executors, self.programs, self.data,
+                             admin_token=self.settings.server.admin_token,
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              waiting=self.reconciler.waiting_reason)
         # Watch and Logs streams hold a worker thread each, hence the many workers.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_JobServiceServicer_to_server(service, server)
+        pb_grpc.add_DataServiceServicer_to_server(DataService(service, self.data), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 

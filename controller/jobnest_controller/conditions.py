@@ -7,6 +7,7 @@ that decided it) or open (it waits). The reconciler calls `evaluate` as job stat
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jobnest.errors import InvalidSpec
@@ -56,6 +57,16 @@ def jobs_of(tree: dict[str, Any]) -> set[str]:
     if "not" in tree:
         return jobs_of(tree["not"])
     return set().union(*(jobs_of(part) for part in next(iter(tree.values()))))
+
+
+def rename(tree: dict[str, Any], name: Callable[[str], str], key: str = "job") -> dict[str, Any]:
+    """The condition with each job reference replaced by `name(ref)`, under `key`."""
+    if "job" in tree:
+        return {key: name(tree["job"]), "is": tree["is"]}
+    if "not" in tree:
+        return {"not": rename(tree["not"], name, key)}
+    op = next(iter(tree))
+    return {op: [rename(part, name, key) for part in tree[op]]}
 
 
 def evaluate(tree: dict[str, Any], states: dict[str, str]) -> Outcome:

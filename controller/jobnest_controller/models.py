@@ -56,6 +56,7 @@ class Run(SQLModel, table=True):
     workdir: str = ""
     cpu_enforced: bool = False
     exit_code: int | None = None
+    output: str = ""  # the digest of its output's manifest, stored when it succeeded
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

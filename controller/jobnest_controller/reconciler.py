@@ -14,6 +14,7 @@ from typing import Any
 from jobnest.errors import Unavailable
 
 from . import conditions
+from .data import Data
 from .executors.base import Executor, Exited, Launch
 from .programs import Programs
 from .scheduler import Node, Pending, charge, plan
@@ -30,9 +31,10 @@ ALL_FULL = "waiting for cpu: every node is fully used"
 
 class Reconciler:
     def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str,
-                 programs: Programs) -> None:
+                 programs: Programs, data: Data) -> None:
         self.store = store
         self.programs = programs
+        self.data = data
         self.executors = executors
         self.controller_address = controller_address
         self.host = socket.gethostname()
@@ -124,7 +126,7 @@ class Reconciler:
             elif value is False:
                 self.store.cancel(job_uuid, f"condition cannot hold: job {decider} {states[decider or '']}", now)
         if released:
-            self.store.release(released)
+            self.store.release(released, now)
             self._full_plan_at = float("-inf")  # they are older than the newest run planned: plan all
 
     # -- running runs --------------------------------------------------------------------------
@@ -149,17 +151,31 @@ class Reconciler:
             if exited is not None:
                 ended.append((run, *_outcome(run, exited, timeout)))
         if ended:
+            # Outputs are stored before the write, which would hold up every submit meanwhile.
+            outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
             with self.store.write() as tx:
                 for run, state, exited in ended:
                     values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
                     reason = exited.reason
                     if not state.terminal:  # it never started: queued again, the scheduler says why
                         values, reason = {"started_at": None, "node": "", "pid": 0, "handle": ""}, ""
-                    elif state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
+                    elif state is State.SUCCEEDED:
+                        values["output"], problem = outputs[run["uuid"]]
+                        if problem:
+                            state, reason = State.FAILED, f"could not store its output: {problem}"
+                    if state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
                         state, values, reason = State.QUEUED, _retry(run, exited), ""
                         log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
                     self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, reason, **values)
         return {run["uuid"] for run, _, _ in ended}
+
+    def _store_output(self, run: dict[str, Any]) -> tuple[str, str]:
+        """(the digest of a succeeded run's output, "") or ("", what kept it from being stored)."""
+        try:
+            return self.data.ingest(Path(run["workdir"]) / "out"), ""
+        except Exception as e:  # an unreadable file, a link out of the folder
+            log.warning("run %s: could not store its output: %s", run["uuid"], e)
+            return "", str(e)
 
     # -- queued runs ---------------------------------------------------------------------------
 
@@ -212,18 +228,19 @@ class Reconciler:
                        "JOBNEST_RUN": run_uuid, "JOBNEST_EXECUTOR": run["executor"]}
                 if spec.get("image"):
                     env["JOBNEST_IMAGE"] = spec["image"]
-                program = ""
                 if spec.get("program"):
                     env["JOBNEST_PROGRAM"] = spec["program"]
-                    try:
-                        program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid)))
-                    except Exception as e:  # fail this run, not the whole pass
-                        self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED,
-                                              f"could not unpack its program: {e}", finished_at=now)
-                        continue
+                try:
+                    program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid))) \
+                        if spec.get("program") else ""
+                    inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
+                except Exception as e:  # fail this run, not the whole pass
+                    self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED,
+                                          f"could not lay out its program or inputs: {e}", finished_at=now)
+                    continue
                 launches.append((executor, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
-                    self.controller_address, spec.get("image_id") or spec.get("image", ""), program)))
+                    self.controller_address, spec.get("image_id") or spec.get("image", ""), program, inputs)))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         unreached: list[str] = []

@@ -24,6 +24,7 @@ from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
 from . import conditions, specs
+from .data import Data
 from .executors.base import Executor
 from .programs import Programs
 from .scheduler import charge
@@ -87,12 +88,14 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, *, admin_token: str,
+    def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, data: Data, *,
+                 admin_token: str,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  waiting: Callable[[str], str], clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executors = executors
         self.programs = programs
+        self.data = data
         self.admin_token = admin_token
         self.default_executor = default_executor
         self.wake = wake
@@ -139,13 +142,24 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
+        specs.levels(job_specs)  # refuses a cycle through "@N" references
         images: dict[tuple[str, str], str] = {}
         for i, (spec, msg) in enumerate(zip(job_specs, request.jobs)):
+            named = {}  # a reference as given -> the full uuid; "@N" stays for the store
             for ref in sorted(conditions.jobs_of(spec["when"])) if "when" in spec else ():
                 try:
-                    self._scoped(caller, ref)
+                    named[ref] = ref if ref.startswith("@") else self._scoped(caller, ref)[0]
                 except (InvalidSpec, NotFound, PermissionDenied) as e:
-                    raise type(e)(f"names job {ref!r}: {e.problem}", field=f"jobs[{i}].when") from None
+                    raise type(e)(f"names job {ref!r}: {e.problem}",
+                                  field=f"jobs[{i}].{specs.ref_field(spec, ref)}") from None
+            specs.rename_refs(spec, named.__getitem__)
+            for name, ref in spec.get("inputs", {}).items():
+                if "data" in ref:
+                    try:
+                        self.data.manifest(ref["data"])
+                    except NotFound:
+                        raise NotFound(f"no upload {ref['data']} is stored here",
+                                       field=f"jobs[{i}].inputs[{name!r}]") from None
             try:
                 if msg.program_archive:
                     spec["program"] = self.programs.store(msg.program_archive)
@@ -319,6 +333,54 @@ class JobService(pb_grpc.JobServiceServicer):
                                  runs=self.store.run_counts(), nodes=nodes)
 
 
+class DataService(pb_grpc.DataServiceServicer):
+    """Blobs and manifests, so that a driver anywhere can upload inputs and download outputs.
+    Data is named by its content: whoever may call the controller may read what it names."""
+
+    def __init__(self, jobs: JobService, data: Data) -> None:
+        self.jobs = jobs
+        self.data = data
+        self.activity = jobs.activity
+
+    @_rpc
+    def Missing(self, request: pb.BlobRefs, context: grpc.ServicerContext) -> pb.BlobRefs:
+        self.jobs.caller(context)
+        return pb.BlobRefs(digests=self.data.missing(list(request.digests), request.size))
+
+    @_rpc
+    def Upload(self, chunks: Iterator[pb.BlobChunk], context: grpc.ServicerContext) -> pb.BlobRef:
+        self.jobs.caller(context)
+        return pb.BlobRef(digest=self.data.receive((c.digest, c.size, c.data) for c in chunks))
+
+    @_rpc
+    def Download(self, request: pb.BlobRef, context: grpc.ServicerContext) -> Iterator[pb.BlobChunk]:
+        self.jobs.caller(context)
+        for data in self.data.open_blob(request.digest):
+            yield pb.BlobChunk(data=data)
+
+    @_rpc
+    def PutManifest(self, request: pb.Manifest, context: grpc.ServicerContext) -> pb.Manifest:
+        self.jobs.caller(context)
+        files: dict[str, dict[str, Any]] = {}
+        for e in request.entries:
+            if e.path in files:
+                raise InvalidSpec("named twice", field=f"entries[{e.path!r}]")
+            files[e.path] = {"link": e.link} if e.link else {"sha256": e.digest, "size": e.size, "x": e.executable}
+        return self._manifest(self.data.put_manifest(files, request.file))
+
+    @_rpc
+    def GetManifest(self, request: pb.BlobRef, context: grpc.ServicerContext) -> pb.Manifest:
+        self.jobs.caller(context)
+        return self._manifest(request.digest)
+
+    def _manifest(self, digest: str) -> pb.Manifest:
+        manifest = self.data.manifest(digest)
+        return pb.Manifest(digest=digest, file=manifest.get("file", ""), entries=[
+            pb.ManifestEntry(path=path, link=e["link"]) if "link" in e else
+            pb.ManifestEntry(path=path, digest=e["sha256"], size=e["size"], executable=e["x"])
+            for path, e in manifest["files"].items()])
+
+
 def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: bool = False) -> pb.JobEvent:
     return pb.JobEvent(uuid=uuid, state=state, reason=reason, exit_code=exit_code or 0,
                        has_exit_code=exit_code is not None, initial=initial)
@@ -344,6 +406,7 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             cache_version=spec["cache_version"], labels=spec["labels"], driver=spec.get("driver", False),
             program=spec.get("program", ""), when=json.dumps(spec["when"]) if "when" in spec else "",
             retries=spec.get("retries", 0), memory_on_oom=spec.get("memory_on_oom", 1.0),
+            inputs={k: f"job:{v['job']}" if "job" in v else f"data:{v['data']}" for k, v in spec.get("inputs", {}).items()},
         ))
     return msg
 

@@ -66,6 +66,8 @@ class Settings:
     """Seconds without calls or live runs after which the controller exits; 0: never."""
     tick: float = 0.02
     """Seconds between reconciler passes while runs are live."""
+    max_upload: int = 2**30
+    """The most bytes one upload (a file or a folder sent as a job's input) may hold."""
 
     def __post_init__(self) -> None:
         self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-PARTS = ("image", "argv", "cwd", "env", "program", "when", "cache_version")
+PARTS = ("image", "argv", "cwd", "env", "inputs", "program", "when", "cache_version")
 
 
 def _digest(value: Any) -> str:
@@ -24,8 +24,12 @@ def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
         "argv": _digest(list(spec["argv"])),
         "cwd": _digest(spec.get("cwd", "")),
         "env": _digest(env),
+        # the inputs' content digests: an upstream rerun that makes the same bytes changes nothing
+        # (while an upstream job runs, its run stands in, until the reconciler releases the job)
+        "inputs": _digest(spec.get("input_data", {})),
         "program": _digest(spec.get("program", "")),  # the program folder's content digest
-        # over the runs, not the jobs, it names: a driver run again waits on the same work
+        # while a job waits: over the runs, not the jobs, its condition names, so a driver run
+        # again waits on the same work. Once the condition holds it changes no result: "".
         "when": _digest(spec.get("when_runs", "")),
         "cache_version": _digest(spec.get("cache_version", "")),
     }

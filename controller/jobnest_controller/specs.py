@@ -6,14 +6,19 @@ unless the whole batch is valid.
 
 import math
 import os
+import re
+from collections.abc import Callable
 from typing import Any
 
 from jobnest.errors import InvalidSpec
 from jobnest.v1 import jobnest_pb2 as pb
 
 from . import conditions
+from .data import is_digest
 
 MAX_NAME = 200
+INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+INPUT_USE = re.compile(r"\{inputs\.([^}]*)\}")
 
 
 def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: int,
@@ -77,6 +82,82 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
             spec["when"] = conditions.parse(msg.when)
         except InvalidSpec as e:
             raise bad("when", e.problem) from None
+    inputs: dict[str, dict[str, str]] = {}
+    for key, value in sorted(msg.inputs.items()):
+        if not INPUT_NAME.fullmatch(key):
+            raise bad(f"inputs[{key!r}]", "an input's name is letters, digits and _ (argv names it {inputs.NAME})")
+        kind, _, ref = value.partition(":")
+        if kind == "job" and ref and "\0" not in ref:
+            inputs[key] = {"job": ref}
+        elif kind == "data" and is_digest(ref):
+            inputs[key] = {"data": ref}
+        else:
+            raise bad(f"inputs[{key!r}]", "must be another job's output (job:UUID, or job:@N for job N of the "
+                                          f"same request) or an upload (data:DIGEST), got {value!r}")
+    for i, arg in enumerate(argv):
+        for name in INPUT_USE.findall(arg):
+            if name not in inputs:
+                raise bad(f"argv[{i}]", f"names {{inputs.{name}}}, but the job has no input {name!r}")
+    if inputs:
+        spec["inputs"] = inputs
+        # A job waits for the jobs whose outputs it reads to succeed.
+        waits = [{"job": ref["job"], "is": "succeeded"} for ref in inputs.values() if "job" in ref]
+        terms = ([spec["when"]] if "when" in spec else []) + waits
+        if terms:
+            spec["when"] = terms[0] if len(terms) == 1 else {"and": terms}
     if msg.driver:
         spec.update(driver=True, driver_pid=msg.driver_pid, driver_host=msg.driver_host)
     return spec
+
+
+def levels(job_specs: list[dict[str, Any]]) -> list[list[int]]:
+    """The jobs of a batch in the order their batch-local references ("@N") allow: each level
+    names only jobs of the levels before it. Raises InvalidSpec on a reference out of range or a
+    cycle."""
+    needs: list[set[int]] = []
+    for i, spec in enumerate(job_specs):
+        refs = {ref for ref in conditions.jobs_of(spec["when"]) if ref.startswith("@")} if "when" in spec else set()
+        found = set()
+        for ref in sorted(refs):
+            if not (ref[1:].isdigit() and int(ref[1:]) < len(job_specs)):
+                raise InvalidSpec(f"{ref!r} names no job of this request (it has {len(job_specs)})",
+                                  field=f"jobs[{i}].{ref_field(spec, ref)}")
+            found.add(int(ref[1:]))
+        needs.append(found)
+    order: list[list[int]] = []
+    placed: set[int] = set()
+    while len(placed) < len(job_specs):
+        level = [i for i, need in enumerate(needs) if i not in placed and need <= placed]
+        if not level:
+            start = min(i for i in range(len(job_specs)) if i not in placed)
+            cycle = _cycle(needs, start, placed)
+            raise InvalidSpec("a cycle through batch-local references: " + " -> ".join(f"jobs[{i}]" for i in cycle),
+                              field=f"jobs[{cycle[0]}].{ref_field(job_specs[cycle[0]], f'@{cycle[1]}')}")
+        order.append(level)
+        placed.update(level)
+    return order
+
+
+def _cycle(needs: list[set[int]], start: int, placed: set[int]) -> list[int]:
+    path = [start]
+    while True:
+        step = min(needs[path[-1]] - placed)
+        if step in path:
+            return path[path.index(step):] + [step]
+        path.append(step)
+
+
+def rename_refs(spec: dict[str, Any], name: Callable[[str], str]) -> None:
+    """Replace each job reference of a spec (in its condition and its inputs) by `name(ref)`."""
+    if "when" in spec:
+        spec["when"] = conditions.rename(spec["when"], name)
+    if "inputs" in spec:
+        spec["inputs"] = {k: {"job": name(v["job"])} if "job" in v else v for k, v in spec["inputs"].items()}
+
+
+def ref_field(spec: dict[str, Any], ref: str) -> str:
+    """Where a reference was written: an input, or the condition."""
+    for name, value in spec.get("inputs", {}).items():
+        if value.get("job") == ref:
+            return f"inputs[{name!r}]"
+    return "when"

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -29,6 +29,7 @@ from . import conditions
 from .events import Bus, JobEvent
 from .models import Job, Request, Run, UserToken
 from .signature import signature, signature_parts
+from .specs import levels, rename_refs
 from .states import ALLOWED, LIVE, REUSABLE, State
 
 jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
@@ -120,7 +121,8 @@ VIEW: dict[str, sa.ColumnElement[Any]] = {
     "started_at": sa.func.coalesce(runs.c.started_at, 0.0), "finished_at": sa.func.coalesce(runs.c.finished_at, 0.0),
     "node": runs.c.node, "executor": runs.c.executor, "cpu_enforced": runs.c.cpu_enforced,
     "signature": runs.c.signature,
-    "output": sa.case((runs.c.workdir != "", runs.c.workdir + "/out"), else_=""), "run_state": runs.c.state,
+    "output": runs.c.output, "run_state": runs.c.state,
+    "output_dir": sa.case((runs.c.workdir != "", runs.c.workdir + "/out"), else_=""),
 }
 VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 # Listings leave out what only `Get` needs: 64 bytes a job add up over 100k jobs.
@@ -130,7 +132,7 @@ JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
 # What a job attached to an existing run takes from it when it is submitted.
 RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
              runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
-             runs.c.workdir, runs.c.reason]
+             runs.c.workdir, runs.c.reason, runs.c.output]
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
     runs.c.signature.in_(sa.bindparam("sigs", expanding=True)),
@@ -224,53 +226,68 @@ class Store:
         it asks not to. A request id seen before returns the first request's jobs.
         """
         with self.write() as tx:
-            ids = random_uuids(2 * len(specs))
-            job_uuids, run_uuids = iter(ids[:len(specs)]), iter(ids[len(specs):])
-            path_keys = self.path_keys.take(len(specs), now)
+            n = len(specs)
+            ids = random_uuids(2 * n)
+            job_uuids, run_uuids = ids[:n], iter(ids[n:])
+            path_keys = list(self.path_keys.take(n, now))
             if request_id:  # claim the id first: one statement when it is new, as it nearly always is
-                claim = {"caller": caller.key, "request_id": request_id, "job_uuids": json.dumps(ids[:len(specs)])}
+                claim = {"caller": caller.key, "request_id": request_id, "job_uuids": json.dumps(job_uuids)}
                 if tx.conn.execute(self._claim_request, claim).first() is None:
                     known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
                     return self.get_jobs(json.loads(known)), None
-            named = set().union(*(conditions.jobs_of(s["when"]) for s in specs if s.get("when")))
-            if named:
-                run_of = dict(tx.conn.execute(sa.select(jobs.c.uuid, jobs.c.run_uuid)
-                                              .where(jobs.c.uuid.in_(named))).all())
-                for spec in specs:
-                    if spec.get("when"):
-                        spec["when_runs"] = _over_runs(spec["when"], run_of)
-            parts = [signature_parts(s) for s in specs]
-            sigs = [signature(p) for p in parts]
-            reusable = {sig: dict(row._mapping) for sig, row in
-                        self._reusable(tx.conn, {sig for sig, s in zip(sigs, specs) if _may_reuse(s)}).items()}
+            batch_order = levels(specs)  # before "@N" references become the uuids they name
+            named: set[str] = set()
+            for spec in specs:
+                if "when" in spec:
+                    rename_refs(spec, lambda ref: job_uuids[int(ref[1:])] if ref.startswith("@") else ref)
+                    named |= conditions.jobs_of(spec["when"])
+            facts = self._facts(tx.conn, named - set(job_uuids))
             parent_path = caller.path if caller.kind == "job" else "/"
-            job_rows, run_rows, views, driver_token = [], [], [], None
-            for spec, part, sig in zip(specs, parts, sigs):
-                job_uuid = next(job_uuids)
-                spec_json = json.dumps(spec)
-                run = reusable.get(sig) if _may_reuse(spec) else None
-                if run is None:
-                    # A run gets its token when it starts; a driver runs from the moment it is submitted.
-                    token = secrets.token_urlsafe(24) if spec.get("driver") else None
-                    run = _new_run(next(run_uuids), spec, spec_json, part, sig, job_uuid, token, now)
-                    run_rows.append(run)
-                    if _may_reuse(spec):
-                        reusable[sig] = run  # identical specs in one batch share the run
-                    driver_token = token or driver_token
-                job = {
-                    "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
-                    "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{next(path_keys)}/",
-                    "run_uuid": run["uuid"], "reused": run["origin_job_uuid"] != job_uuid, "state": run["state"],
-                    "reason": "", "desired": "run", "spec": spec_json, "created_at": now,
-                    "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
-                }
-                job_rows.append(job)
-                views.append(_view(job, run))
+            job_rows: list[dict[str, Any]] = [{}] * n
+            views: list[dict[str, Any]] = [{}] * n
+            run_rows, driver_token = [], None
+            reusable: dict[str, dict[str, Any]] = {}
+            for level in batch_order:
+                for i in level:
+                    _sign(specs[i], facts)
+                parts = {i: signature_parts(specs[i]) for i in level}
+                sigs = {i: signature(parts[i]) for i in level}
+                wanted = {sigs[i] for i in level if _may_reuse(specs[i])} - set(reusable)
+                reusable.update((sig, dict(row._mapping)) for sig, row in self._reusable(tx.conn, wanted).items())
+                for i in level:
+                    spec, sig, job_uuid = specs[i], sigs[i], job_uuids[i]
+                    spec_json = json.dumps(spec)
+                    run = reusable.get(sig) if _may_reuse(spec) else None
+                    if run is None:
+                        # A run gets its token when it starts; a driver runs from the moment it is submitted.
+                        token = secrets.token_urlsafe(24) if spec.get("driver") else None
+                        run = _new_run(next(run_uuids), spec, spec_json, parts[i], sig, job_uuid, token, now)
+                        run_rows.append(run)
+                        if _may_reuse(spec):
+                            reusable[sig] = run  # identical specs in one batch share the run
+                        driver_token = token or driver_token
+                    job_rows[i] = {
+                        "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
+                        "spawned_by_job_uuid": caller.job_uuid, "path": f"{parent_path}{path_keys[i]}/",
+                        "run_uuid": run["uuid"], "reused": run["origin_job_uuid"] != job_uuid, "state": run["state"],
+                        "reason": "", "desired": "run", "spec": spec_json, "created_at": now,
+                        "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
+                    }
+                    views[i] = _view(job_rows[i], run)
+                    facts[job_uuid] = Fact(run["state"], run["uuid"], run["state"], run["output"])
             if run_rows:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)
             tx.events.extend(JobEvent(j["uuid"], j["path"], j["state"], "", None) for j in job_rows)
         return views, driver_token
+
+    def _facts(self, conn: Connection, uuids: set[str]) -> dict[str, "Fact"]:
+        """What a condition or an input needs to know of the jobs it names."""
+        if not uuids:
+            return {}
+        rows = conn.execute(sa.select(jobs.c.uuid, jobs.c.state, runs.c.uuid, runs.c.state, runs.c.output)
+                            .select_from(JOB_FROM).where(jobs.c.uuid.in_(uuids))).all()
+        return {uuid: Fact(*rest) for uuid, *rest in rows}
 
     def _insert_many(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         """A plain DBAPI executemany: SQLAlchemy's per-row parameter handling costs more than the insert."""
@@ -509,11 +526,33 @@ class Store:
         with self.read() as conn:
             return dict(conn.execute(sa.select(jobs.c.uuid, jobs.c.state).where(jobs.c.uuid.in_(uuids))).all())
 
-    def release(self, run_uuids: list[str]) -> None:
-        """Held runs whose conditions hold: they may be scheduled now."""
+    def release(self, run_uuids: list[str], now: float) -> None:
+        """Held runs whose conditions hold may be scheduled now, signed over what they read.
+
+        Their inputs' content is known now, and a condition that held changes no result: a run
+        with that final signature, if there is one, is reused instead (this one ends unneeded)."""
         with self.write() as tx:
-            tx.conn.execute(sa.update(runs).where(runs.c.uuid.in_(run_uuids), runs.c.desired == "hold")
-                            .values(desired="run"))
+            for run_uuid, spec_json in tx.conn.execute(
+                    sa.select(runs.c.uuid, runs.c.spec).where(runs.c.uuid.in_(run_uuids), runs.c.desired == "hold",
+                                                              runs.c.state == State.QUEUED.value)).all():
+                spec = json.loads(spec_json)
+                spec.pop("when_runs", None)
+                producers = {ref["job"] for ref in spec.get("inputs", {}).values() if "job" in ref}
+                _sign_inputs(spec, self._facts(tx.conn, producers))
+                parts = signature_parts(spec)
+                sig = signature(parts)
+                found = self._reusable(tx.conn, {sig}).get(sig) if _may_reuse(spec) else None
+                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(
+                    desired="run", signature=sig, sig_parts=json.dumps(parts), spec=json.dumps(spec)))
+                if found is None:
+                    continue
+                moved = tx.conn.execute(
+                    sa.update(jobs).where(jobs.c.run_uuid == run_uuid, jobs.c.state == State.QUEUED.value)
+                    .values(run_uuid=found.uuid, reused=True, state=found.state).returning(jobs.c.uuid, jobs.c.path)
+                ).all()
+                tx.events.extend(JobEvent(u, p, found.state, found.reason, found.exit_code) for u, p in moved)
+                self.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.CANCELLED,
+                                f"not needed: its jobs reuse run {found.uuid}", finished_at=now)
 
     def run_for_start(self, tx: Tx, run_uuid: str) -> dict[str, Any]:
         row = tx.conn.execute(
@@ -578,14 +617,34 @@ def _may_reuse(spec: dict[str, Any]) -> bool:
     return not (spec.get("no_reuse") or spec.get("driver"))
 
 
-def _over_runs(tree: dict[str, Any], run_of: dict[str, str]) -> dict[str, Any]:
-    """A condition with each job replaced by its run: what the signature hashes."""
-    if "job" in tree:
-        return {"run": run_of[tree["job"]], "is": tree["is"]}
-    if "not" in tree:
-        return {"not": _over_runs(tree["not"], run_of)}
-    key = next(iter(tree))
-    return {key: [_over_runs(part, run_of) for part in tree[key]]}
+class Fact(NamedTuple):
+    state: str  # the job's
+    run_uuid: str
+    run_state: str
+    output: str
+
+
+def _sign_inputs(spec: dict[str, Any], facts: dict[str, Fact]) -> bool:
+    """Set the inputs' content digests that the signature hashes; True if all are known. An
+    output not made yet is stood in for by the run that will make it."""
+    data = {}
+    for name, ref in spec.get("inputs", {}).items():
+        fact = facts[ref["job"]] if "job" in ref else None
+        data[name] = ref["data"] if fact is None else fact.output or f"run:{fact.run_uuid}"
+    if data:
+        spec["input_data"] = data
+    return not any(d.startswith("run:") for d in data.values())
+
+
+def _sign(spec: dict[str, Any], facts: dict[str, Fact]) -> None:
+    """A job with a condition runs at once, signed like any other, when its condition holds
+    already and its inputs are known; else it is held, signed over the runs it waits on."""
+    ready = _sign_inputs(spec, facts)
+    if "when" not in spec:
+        return
+    holds, _ = conditions.evaluate(spec["when"], {uuid: f.state for uuid, f in facts.items()})
+    if not (ready and holds):
+        spec["when_runs"] = conditions.rename(spec["when"], lambda job: facts[job].run_uuid, key="run")
 
 
 def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str,
@@ -594,13 +653,13 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
     return {
         "uuid": run_uuid, "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
-        "desired": "hold" if spec.get("when") else "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
+        "desired": "hold" if "when_runs" in spec else "run", "executor": DRIVER if driver else spec["executor"], "cpu_millis": spec["cpu_millis"],
         "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
         "retries": spec.get("retries", 0), "attempt": 1, "memory_on_oom": spec.get("memory_on_oom", 1.0),
         "spec": spec_json,
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "handle": "", "workdir": "",
-        "cpu_enforced": False, "exit_code": None, "created_at": now,
+        "cpu_enforced": False, "exit_code": None, "output": "", "created_at": now,
         "started_at": now if driver else None, "finished_at": None,
     }
 
@@ -618,7 +677,8 @@ def _view(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         "created_at": job["created_at"], "started_at": run["started_at"] or 0.0,
         "finished_at": run["finished_at"] or 0.0, "node": run["node"], "executor": run["executor"],
         "cpu_enforced": run["cpu_enforced"], "signature": run["signature"],
-        "output": run["workdir"] + "/out" if run["workdir"] else "", "run_state": run["state"],
+        "output": run["output"] or "", "output_dir": run["workdir"] + "/out" if run["workdir"] else "",
+        "run_state": run["state"],
     }
 
 

@@ -4,14 +4,17 @@
     client = jobnest.connect()
     job = client.submit(["echo", "hi"], cpu=0.25)
     job.wait(); print(job.state, job.logs())
+    fit = client.submit(["fit", "{inputs.data}"], inputs={"data": job.output})
+    print(fit.result())
 """
 
 from ._client import Client, Job, JobInfo, connect, current_job, race
 from ._conditions import Condition
+from ._data import Output, Upload, upload
 from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Timeout, Unauthenticated,
                      Unavailable)
 
 __all__ = [
     "Client", "Condition", "Conflict", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound", "PermissionDenied",
-    "Timeout", "Unauthenticated", "Unavailable", "connect", "current_job", "race",
+    "Output", "Timeout", "Unauthenticated", "Unavailable", "Upload", "connect", "current_job", "race", "upload",
 ]

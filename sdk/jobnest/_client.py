@@ -16,6 +16,7 @@ import fcntl
 import gzip
 import io
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -32,7 +33,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._conditions import Condition
-from .errors import InvalidSpec, JobnestError, Unavailable, from_rpc_error
+from ._data import Output, Upload, chunks, lay_out, walk
+from .errors import Conflict, InvalidSpec, JobnestError, Unavailable, from_rpc_error
 from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 
@@ -71,7 +73,8 @@ class JobInfo(NamedTuple):
     node: str
     executor: str
     cpu_enforced: bool
-    output: str
+    output: str  # the digest of its output, once it succeeded
+    output_dir: str
     argv: tuple[str, ...] = ()
 
     @classmethod
@@ -79,7 +82,7 @@ class JobInfo(NamedTuple):
         return cls(m.uuid, m.name, m.state, m.reason, m.owner, m.spawned_by_job_uuid, m.run_uuid, m.reused,
                    m.run_origin_job_uuid, m.exit_code if m.has_exit_code else None, m.cpu_millis / 1000,
                    m.memory, m.created_at, m.started_at or None, m.finished_at or None, m.node, m.executor,
-                   m.cpu_enforced, m.output, tuple(m.spec.argv))
+                   m.cpu_enforced, m.output, m.output_dir, tuple(m.spec.argv))
 
     @classmethod
     def from_chunk(cls, c: pb.ListChunk) -> Iterator["JobInfo"]:
@@ -89,7 +92,7 @@ class JobInfo(NamedTuple):
             c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
             c.run_origin_job_uuid, exit_codes, [m / 1000 for m in c.cpu_millis], c.memory, c.created_at,
             [t or None for t in c.started_at], [t or None for t in c.finished_at], c.node, c.executor,
-            c.cpu_enforced, c.output, itertools.repeat(()),
+            c.cpu_enforced, c.output, c.output_dir, itertools.repeat(()),
         ))
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class Client:
         self._token = token
         self._channel = grpc.insecure_channel(_target(address))
         self._stub = pb_grpc.JobServiceStub(self._channel)
+        self._data = pb_grpc.DataServiceStub(self._channel)
         self._record_driver = driver and not os.environ.get("JOBNEST_JOB")
         self._driver: Job | None = None
         self._driver_token: str | None = None
@@ -135,12 +139,13 @@ class Client:
         token = token or self._token
         return [("authorization", f"Bearer {token}")] if token else []
 
-    def _unary(self, name: str, request: Any, timeout: float | None = 60, token: str | None = None) -> Any:
+    def _unary(self, name: str, request: Any, timeout: float | None = 60, token: str | None = None,
+               stub: Any = None) -> Any:
         with _errors():
-            return getattr(self._stub, name)(request, metadata=self._metadata(token), timeout=timeout)
+            return getattr(stub or self._stub, name)(request, metadata=self._metadata(token), timeout=timeout)
 
-    def _stream(self, name: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
-        call = getattr(self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
+    def _stream(self, name: str, request: Any, timeout: float | None = None, stub: Any = None) -> Iterator[Any]:
+        call = getattr(stub or self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
         try:
             with _errors():
                 yield from call
@@ -178,7 +183,7 @@ class Client:
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
                                  "executor", "timeout", "cache_version", "labels", "program", "when", "retries",
-                                 "memory_on_oom"}
+                                 "memory_on_oom", "inputs"}
         if unknown:
             raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         spec = pb.JobSpec(
@@ -190,10 +195,36 @@ class Client:
             labels=merged.get("labels", {}), program=merged.get("program", ""),
             when=merged["when"].to_json() if merged.get("when") is not None else "",
             retries=merged.get("retries", 0), memory_on_oom=merged.get("memory_on_oom", 0),
+            inputs={name: self._input(name, value) for name, value in merged.get("inputs", {}).items()},
         )
         if "cpu" in merged:
             spec.cpu = float(merged["cpu"])
         return spec
+
+    def _input(self, name: str, value: Any) -> str:
+        """How the controller names an input: another job's output, an upload, or as given."""
+        if isinstance(value, Output):
+            value = value.job
+        if isinstance(value, Job):
+            return f"job:{value.uuid}"
+        if isinstance(value, Upload):
+            if not value.digest:
+                try:
+                    value.digest = self.upload(value.path).digest
+                except JobnestError as e:
+                    raise type(e)(f"uploading {str(value.path)!r}: {e.problem}", field=f"inputs[{name!r}]") from None
+            return f"data:{value.digest}"
+        return str(value)  # "job:UUID" or "data:DIGEST"; the controller refuses anything else
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Batch"]:
+        """Jobs submitted in the block go in one request when it ends; they may name each other
+        (`inputs={"x": a.output}`, `when=a.succeeded`) before any of them exists."""
+        batch = Batch(self)
+        yield batch
+        if batch.specs:
+            for job, done in zip(batch.jobs, self.submit_many(batch.specs)):
+                job.uuid, job._info = done.uuid, done._info
 
     def submit(self, argv: list[str] | str, **options: Any) -> "Job":
         """Submit one job; see DESIGN for the options. Returns at once with a handle."""
@@ -296,6 +327,48 @@ class Client:
     def create_token(self, name: str) -> str:
         return self._unary("CreateToken", pb.CreateTokenRequest(name=name)).token
 
+    # -- data ----------------------------------------------------------------------------------
+
+    def upload(self, path: str | os.PathLike[str]) -> Upload:
+        """Send a local file or folder to the controller (only what it lacks); usable as an input."""
+        root = Path(path)
+        entries = walk(root)
+        files = {e.digest: e for e in entries if not e.link}
+        size = sum(e.size for e in files.values())
+        missing = self._unary("Missing", pb.BlobRefs(digests=list(files), size=size), stub=self._data).digests
+        for digest in missing:
+            rel = files[digest].path
+            self._unary("Upload", chunks(root if not root.is_dir() else root / rel, files[digest]),
+                        timeout=None, stub=self._data)
+        manifest = pb.Manifest(entries=entries, file="" if root.is_dir() else root.name)
+        return Upload(root, self._unary("PutManifest", manifest, stub=self._data).digest)
+
+    def manifest(self, digest: str) -> pb.Manifest:
+        return self._unary("GetManifest", pb.BlobRef(digest=digest), stub=self._data)
+
+    def read_blob(self, digest: str) -> Iterator[bytes]:
+        for chunk in self._stream("Download", pb.BlobRef(digest=digest), stub=self._data):
+            yield chunk.data
+
+    def download(self, digest: str, dest: str | os.PathLike[str]) -> Path:
+        """Fetch stored data (an output or an upload) into the folder `dest`."""
+        return lay_out(self.manifest(digest), Path(dest), self.read_blob)
+
+
+class Batch:
+    """Jobs to submit in one request (`Client.batch`); their handles work once it is sent."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.specs: list[pb.JobSpec] = []
+        self.jobs: list[Job] = []
+
+    def submit(self, argv: list[str] | str, **options: Any) -> "Job":
+        job = Job(self.client, f"@{len(self.specs)}")  # how the others of the batch name it
+        self.specs.append(self.client.spec(argv, **options))
+        self.jobs.append(job)
+        return job
+
 
 class Job:
     """A handle on one job; its properties ask the controller each time."""
@@ -347,9 +420,19 @@ class Job:
         return Condition.of(self.uuid, "done")
 
     @property
-    def output(self) -> str:
-        """The run's output directory."""
-        return self.info.output
+    def output(self) -> Output:
+        """The job's output: an input for other jobs, or files to download."""
+        return Output(self)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The JSON value its run wrote to `result.json` (None if none); waits for the job to end."""
+        info = self.wait(timeout).info
+        if info.state != "succeeded":
+            raise Conflict(f"job {self.uuid} ended {info.state} ({info.reason}): it has no result", field="job")
+        entry = next((e for e in self.client.manifest(info.output).entries if e.path == "result.json"), None)
+        if entry is None:
+            return None
+        return json.loads(b"".join(self.client.read_blob(entry.digest)))
 
     def wait(self, timeout: float | None = None) -> "Job":
         self.client.wait([self.uuid], timeout)

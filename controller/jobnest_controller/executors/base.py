@@ -1,7 +1,7 @@
 """The interface every executor implements, and what it reports back to the reconciler."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..scheduler import Node
@@ -21,6 +21,17 @@ class Launch:
     controller: str  # the controller's address for jobs; each executor sets JOBNEST_CONTROLLER
     image: str = ""  # for container executors: the image's content id
     program: str = ""  # a runner's unpacked program folder, to be its working directory
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> its data: a read-only folder or file
+
+
+def expand(argv: list[str], inputs: dict[str, str], output: str) -> list[str]:
+    """argv with `{inputs.NAME}` and `{output}` replaced by the paths the job sees."""
+    def one(arg: str) -> str:
+        for name, path in inputs.items():
+            arg = arg.replace(f"{{inputs.{name}}}", path)
+        return arg.replace("{output}", output)
+
+    return [one(arg) for arg in argv]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 It talks to each engine over the Engine API with the `docker` package, imported here and only
 here. A container gets the run's cpu share as a CPU limit, its memory limit, an init process,
-labels naming the run and the controller, the run's output dir at /jobnest/out, a runner's
-program folder at /jobnest/program (read-only) and the jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
+labels naming the run and the controller, the run's output dir at /jobnest/out, its inputs at
+/jobnest/inputs/NAME and a runner's program folder at /jobnest/program (both read-only), and the
+jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
 they come, so `jobnest logs -f` reads them as it does a local run's. A restarted controller finds
 its containers again by id (or by label, for one it was starting) and learns how they ended.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
 from ..scheduler import Node
-from .base import Exited, Launch, Started
+from .base import Exited, Launch, Started, expand
 
 log = logging.getLogger(__name__)
 RUN_LABEL = "jobnest.run"
@@ -27,6 +28,7 @@ CONTROLLER_LABEL = "jobnest.controller"
 JOBS_SOCKET = "/run/jobnest/jobs.sock"
 OUTPUT = "/jobnest/out"
 PROGRAM = "/jobnest/program"
+INPUTS = "/jobnest/inputs"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 RETRY_DOWN = 2.0  # seconds before an unreachable engine is tried again
 LIVE = ("created", "running", "restarting", "paused")
@@ -135,18 +137,26 @@ class DockerExecutor:
         workdir = Path(self.workdir(launch.run_uuid))
         (workdir / "out").mkdir(parents=True, exist_ok=True)
         env = {**launch.env, "JOBNEST_OUTPUT": OUTPUT, "JOBNEST_CONTROLLER": launch.controller}
-        volumes = {str(workdir / "out"): {"bind": OUTPUT, "mode": "rw"}}
+        binds = [(str(workdir / "out"), OUTPUT, "rw")]  # (host path, container path, mode)
         if launch.program:
-            volumes[launch.program] = {"bind": PROGRAM, "mode": "ro"}
+            binds.append((launch.program, PROGRAM, "ro"))
+        seen = {}  # input name -> its path in the container
+        for name, path in launch.inputs.items():
+            host = Path(path)
+            folder = host.parent if host.is_file() else host  # a one-file upload: its folder
+            binds.append((str(folder), f"{INPUTS}/{name}", "ro"))
+            seen[name] = f"{INPUTS}/{name}" + (f"/{host.name}" if folder != host else "")
         if launch.controller.startswith("unix://"):
-            volumes[launch.controller.removeprefix("unix://")] = {"bind": JOBS_SOCKET, "mode": "rw"}
+            binds.append((launch.controller.removeprefix("unix://"), JOBS_SOCKET, "rw"))
             env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"
+        mounts = [self._docker.types.Mount(target, source, type="bind", read_only=mode == "ro")
+                  for source, target, mode in binds]
         try:
             container = self._client(launch.node).containers.create(
-                launch.image, command=launch.argv, environment=env,
+                launch.image, command=expand(launch.argv, seen, OUTPUT), environment=env,
                 working_dir=launch.cwd or (PROGRAM if launch.program else None),
                 nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
-                memswap_limit=launch.memory or None, init=True, volumes=volumes,
+                memswap_limit=launch.memory or None, init=True, mounts=mounts,
                 labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},
                 extra_hosts={"host.docker.internal": "host-gateway"}, detach=True,
             )

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..cgroups import CpuLimiter
 from ..scheduler import Node
-from .base import Exited, Launch, Started
+from .base import Exited, Launch, Started, expand
 
 # $1: the run's work dir, $2: cgroup.procs file or "", then the program and its arguments. The
 # pid file tells a restarted controller the run did start; the exit_code file how it ended.
@@ -62,7 +62,8 @@ class LocalExecutor:
                 env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller,
                        "JOBNEST_OUTPUT": str(workdir / "out")}
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "", *launch.argv],
+                    ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "",
+                     *expand(launch.argv, launch.inputs, str(workdir / "out"))],
                     cwd=launch.cwd or launch.program or workdir / "out", env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                 )

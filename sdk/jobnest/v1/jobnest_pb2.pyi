@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when", "retries", "memory_on_oom")
+    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when", "retries", "memory_on_oom", "inputs")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,13 @@ class JobSpec(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +50,7 @@ class JobSpec(_message.Message):
     WHEN_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_ON_OOM_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -64,10 +72,11 @@ class JobSpec(_message.Message):
     when: str
     retries: int
     memory_on_oom: float
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ...) -> None: ...
+    inputs: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ..., inputs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state")
+    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state", "output_dir")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +100,7 @@ class Job(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name: str
     owner: str
@@ -114,7 +124,8 @@ class Job(_message.Message):
     output: str
     spec: JobSpec
     run_state: str
-    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., spawned_by_job_uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., run_uuid: _Optional[str] = ..., reused: _Optional[bool] = ..., run_origin_job_uuid: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., cpu_millis: _Optional[int] = ..., memory: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., node: _Optional[str] = ..., executor: _Optional[str] = ..., cpu_enforced: _Optional[bool] = ..., signature: _Optional[str] = ..., output: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., run_state: _Optional[str] = ...) -> None: ...
+    output_dir: str
+    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., spawned_by_job_uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., run_uuid: _Optional[str] = ..., reused: _Optional[bool] = ..., run_origin_job_uuid: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., cpu_millis: _Optional[int] = ..., memory: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., node: _Optional[str] = ..., executor: _Optional[str] = ..., cpu_enforced: _Optional[bool] = ..., signature: _Optional[str] = ..., output: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., run_state: _Optional[str] = ..., output_dir: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("request_id", "jobs")
@@ -155,7 +166,7 @@ class ListRequest(_message.Message):
     def __init__(self, subtree: _Optional[str] = ..., parent: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., roots: _Optional[bool] = ..., include_reused: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListChunk(_message.Message):
-    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "output", "run_state")
+    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "output", "run_state", "output_dir")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +188,7 @@ class ListChunk(_message.Message):
     CPU_ENFORCED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     uuid: _containers.RepeatedScalarFieldContainer[str]
     name: _containers.RepeatedScalarFieldContainer[str]
     owner: _containers.RepeatedScalarFieldContainer[str]
@@ -198,7 +210,8 @@ class ListChunk(_message.Message):
     cpu_enforced: _containers.RepeatedScalarFieldContainer[bool]
     output: _containers.RepeatedScalarFieldContainer[str]
     run_state: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ...) -> None: ...
+    output_dir: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ..., output_dir: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("uuids", "subtree")
@@ -223,6 +236,54 @@ class JobEvent(_message.Message):
     has_exit_code: bool
     initial: bool
     def __init__(self, uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., initial: _Optional[bool] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("digest", "size", "data")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    data: bytes
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class BlobRefs(_message.Message):
+    __slots__ = ("digests", "size")
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    size: int
+    def __init__(self, digests: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ManifestEntry(_message.Message):
+    __slots__ = ("path", "digest", "size", "executable", "link")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    digest: str
+    size: int
+    executable: bool
+    link: str
+    def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., executable: _Optional[bool] = ..., link: _Optional[str] = ...) -> None: ...
+
+class Manifest(_message.Message):
+    __slots__ = ("entries", "file", "digest")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ManifestEntry]
+    file: str
+    digest: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[ManifestEntry, _Mapping]]] = ..., file: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("uuid", "reason")

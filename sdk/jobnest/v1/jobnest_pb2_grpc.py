@@ -527,3 +527,251 @@ class JobService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DataServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Missing = channel.unary_unary(
+                '/jobnest.v1.DataService/Missing',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.FromString,
+                _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/jobnest.v1.DataService/Upload',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.FromString,
+                _registered_method=True)
+        self.Download = channel.unary_stream(
+                '/jobnest.v1.DataService/Download',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.PutManifest = channel.unary_unary(
+                '/jobnest.v1.DataService/PutManifest',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.FromString,
+                _registered_method=True)
+        self.GetManifest = channel.unary_unary(
+                '/jobnest.v1.DataService/GetManifest',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.FromString,
+                _registered_method=True)
+
+
+class DataServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Missing(self, request, context):
+        """Which of these blobs the controller lacks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upload(self, request_iterator, context):
+        """One blob, in chunks; refused over the controller's upload limit, or when the bytes do not
+        match the digest named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Download(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutManifest(self, request, context):
+        """Store a manifest over blobs already uploaded; returns it with its digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetManifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DataServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Missing': grpc.unary_unary_rpc_method_handler(
+                    servicer.Missing,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.SerializeToString,
+            ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.SerializeToString,
+            ),
+            'Download': grpc.unary_stream_rpc_method_handler(
+                    servicer.Download,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.SerializeToString,
+            ),
+            'PutManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutManifest,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.SerializeToString,
+            ),
+            'GetManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifest,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.BlobRef.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.Manifest.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'jobnest.v1.DataService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('jobnest.v1.DataService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DataService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Missing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.DataService/Missing',
+            jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.BlobRefs.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/jobnest.v1.DataService/Upload',
+            jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.BlobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Download(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobnest.v1.DataService/Download',
+            jobnest_dot_v1_dot_jobnest__pb2.BlobRef.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.DataService/PutManifest',
+            jobnest_dot_v1_dot_jobnest__pb2.Manifest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.Manifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.DataService/GetManifest',
+            jobnest_dot_v1_dot_jobnest__pb2.BlobRef.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.Manifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

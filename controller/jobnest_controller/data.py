@@ -1,0 +1,227 @@
+"""Data between jobs: files stored once by their sha256 (blobs), and manifests that name them.
+
+A run's output folder is stored when the run succeeds (`ingest`); an upload arrives blob by blob
+over the DataService and is then named by a manifest (`put_manifest`). A manifest is canonical
+JSON, {"files": {path: {"sha256": ..., "size": ..., "x": executable} or {"link": target}}}, plus
+"file" for an upload of a single file; its sha256 is the digest that inputs, outputs and
+signatures name. `materialise` lays a manifest out once as a read-only folder of hard links to
+the blobs, for jobs to mount.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from jobnest.errors import InvalidSpec, NotFound
+
+CHUNK = 1 << 20
+DIGEST_CHARS = set("0123456789abcdef")
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 64 and set(text) <= DIGEST_CHARS
+
+
+class Data:
+    def __init__(self, root: str, max_upload: int) -> None:
+        self.root = Path(root)
+        self.max_upload = max_upload
+        for folder in ("blobs", "manifests", "trees", "tmp"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def _blob(self, digest: str) -> Path:
+        return self.root / "blobs" / digest[:2] / digest
+
+    def missing(self, digests: list[str], size: int = 0) -> list[str]:
+        """Which blobs are not here; `size`, the upload they are part of, is checked first."""
+        self._check_size(size)
+        for d in digests:
+            if not is_digest(d):
+                raise InvalidSpec(f"{d!r} is not a sha256 (64 hex digits)", field="digests")
+        return [d for d in digests if not self._blob(d).exists()]
+
+    def receive(self, chunks: Iterator[tuple[str, int, bytes]]) -> str:
+        """Store one uploaded blob from (digest, size, data) chunks; the first names the blob."""
+        first = next(chunks, None)
+        if first is None:
+            raise InvalidSpec("an upload needs at least one chunk", field="digest")
+        digest, size, data = first
+        if not is_digest(digest):
+            raise InvalidSpec(f"{digest!r} is not a sha256 (64 hex digits)", field="digest")
+        self._check_size(size)
+        tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.{id(chunks)}"
+        hasher, received = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as f:
+                while True:
+                    received += len(data)
+                    if received > size:
+                        raise InvalidSpec(f"more than the {size} bytes announced", field="data")
+                    hasher.update(data)
+                    f.write(data)
+                    following = next(chunks, None)
+                    if following is None:
+                        break
+                    data = following[2]
+            if received != size:
+                raise InvalidSpec(f"{received} bytes arrived, not the {size} announced", field="data")
+            if hasher.hexdigest() != digest:
+                raise InvalidSpec(f"the bytes have sha256 {hasher.hexdigest()}, not {digest}", field="digest")
+            self._keep(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_upload:
+            raise InvalidSpec(f"{size} bytes is over the upload limit of {self.max_upload}", field="size")
+
+    def _keep(self, tmp: Path, digest: str) -> None:
+        path = self._blob(digest)
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            tmp.chmod(0o444)
+            os.replace(tmp, path)
+
+    def open_blob(self, digest: str) -> Iterator[bytes]:
+        if not (is_digest(digest) and self._blob(digest).exists()):
+            raise NotFound(f"no blob {digest}", field="digest")
+        with open(self._blob(digest), "rb") as f:
+            while data := f.read(CHUNK):
+                yield data
+
+    def _store_file(self, path: Path) -> tuple[str, int]:
+        """Keep a file of a run's output as a blob: hard linked when it can be, else copied."""
+        hasher = hashlib.sha256()
+        with open(path, "rb") as f:
+            while data := f.read(CHUNK):
+                hasher.update(data)
+        digest = hasher.hexdigest()
+        if not self._blob(digest).exists():
+            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.out"
+            try:
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(path, tmp)
+                except OSError:  # another file system, or not ours to link
+                    shutil.copyfile(path, tmp)
+                self._keep(tmp, digest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return digest, path.stat().st_size
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    def put_manifest(self, files: dict[str, dict[str, Any]], file: str = "", *, upload: bool = True) -> str:
+        """Check and keep a manifest; returns its digest. An upload is held to the upload limit."""
+        total = 0
+        for path, entry in files.items():
+            where = f"entries[{path!r}]"
+            _check_path(path, where)
+            if "link" in entry:
+                _check_link(path, entry["link"], where)
+                continue
+            blob = self._blob(entry["sha256"]) if is_digest(entry["sha256"]) else None
+            if blob is None or not blob.exists():
+                raise InvalidSpec(f"blob {entry['sha256']!r} was not uploaded", field=where)
+            if blob.stat().st_size != entry["size"]:
+                raise InvalidSpec(f"blob {entry['sha256']} has {blob.stat().st_size} bytes, not {entry['size']}",
+                                  field=where)
+            total += entry["size"]
+        folders = {str(p) for path in files for p in PurePosixPath(path).parents}
+        clash = sorted(folders & set(files))
+        if clash:
+            raise InvalidSpec(f"{clash[0]!r} is both a file and a folder", field="entries")
+        if file and set(files) != {file}:
+            raise InvalidSpec(f"an upload of one file holds just that file, {file!r}", field="file")
+        if upload:
+            self._check_size(total)
+        manifest = {"files": files, **({"file": file} if file else {})}
+        text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        path = self.root / "manifests" / f"{digest}.json"
+        if not path.exists():
+            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.json"
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return digest
+
+    def manifest(self, digest: str) -> dict[str, Any]:
+        path = self.root / "manifests" / f"{digest}.json"
+        if not (is_digest(digest) and path.exists()):
+            raise NotFound(f"no data {digest} is stored here", field="digest")
+        return dict(json.loads(path.read_text()))
+
+    def ingest(self, folder: Path) -> str:
+        """Store a run's output folder; returns its manifest's digest."""
+        files: dict[str, dict[str, Any]] = {}
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                files[rel] = {"link": os.readlink(path)}
+            elif stat.S_ISREG(mode):
+                digest, size = self._store_file(path)
+                files[rel] = {"sha256": digest, "size": size, "x": bool(mode & 0o111)}
+            elif not stat.S_ISDIR(mode):
+                raise InvalidSpec(f"{rel!r} is not a file, a folder or a link", field="output")
+        return self.put_manifest(files, upload=False)
+
+    def materialise(self, digest: str) -> Path:
+        """The manifest's files as a read-only folder, built once; for a one-file upload, the file."""
+        manifest = self.manifest(digest)
+        tree = self.root / "trees" / digest
+        if not tree.exists():
+            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.tree"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for rel, entry in manifest["files"].items():
+                path = tmp / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if "link" in entry:
+                    path.symlink_to(entry["link"])
+                else:
+                    try:
+                        os.link(self._blob(entry["sha256"]), path)
+                    except OSError:
+                        shutil.copyfile(self._blob(entry["sha256"]), path)
+                    path.chmod(0o555 if entry["x"] else 0o444)
+            for folder in sorted((p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+                folder.chmod(0o555)
+            tmp.chmod(0o555)
+            try:
+                tmp.rename(tree)
+            except OSError:  # built meanwhile by another
+                _remove_tree(tmp)
+        return tree / manifest["file"] if manifest.get("file") else tree
+
+
+def _check_path(path: str, where: str) -> None:
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        raise InvalidSpec("must be a relative path without '.', '..' or empty parts", field=where)
+
+
+def _check_link(path: str, target: str, where: str) -> None:
+    depth = len(PurePosixPath(path).parent.parts)
+    for part in PurePosixPath(target).parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            break
+    if not target or target.startswith("/") or depth < 0 or "\0" in target:
+        raise InvalidSpec(f"a link must point inside the data, not to {target!r}", field=where)
+
+
+def _remove_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+    folder.chmod(0o755)
+    shutil.rmtree(folder)

@@ -1,0 +1,117 @@
+"""Data between jobs, on the client's side: uploads of local files, references to jobs' outputs,
+and downloads, all over the controller's DataService, so they work as well from another machine.
+
+    raw = jobnest.upload("data/raw.csv")            # sent when a job that reads it is submitted
+    reduced = client.submit(["reduce", "{inputs.raw}", "{output}"], inputs={"raw": raw})
+    fit = client.submit(["fit", "{inputs.data}"], inputs={"data": reduced.output})
+    fit.result()                                     # the JSON in result.json of fit's output
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidSpec
+from .v1 import jobnest_pb2 as pb
+
+if TYPE_CHECKING:
+    from ._client import Job
+
+CHUNK = 1 << 20
+
+
+class Upload:
+    """A local file or folder to send as a job's input; sent (once per content) at submit."""
+
+    def __init__(self, path: str | os.PathLike[str], digest: str = "") -> None:
+        self.path = Path(path)
+        self.digest = digest  # of its manifest, once sent
+
+    def __repr__(self) -> str:
+        return f"<Upload {self.path}{' ' + self.digest[:12] if self.digest else ''}>"
+
+
+def upload(path: str | os.PathLike[str]) -> Upload:
+    """`path` as a job's input: `inputs={"raw": jobnest.upload("raw.csv")}`."""
+    return Upload(path)
+
+
+class Output:
+    """A job's output: an input for other jobs (`inputs={"x": job.output}`), or files to fetch."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"<Output of job {self.job.uuid[:8]}>"
+
+    @property
+    def digest(self) -> str:
+        """The digest of the output's manifest; "" until the job has succeeded."""
+        return self.job.info.output
+
+    @property
+    def path(self) -> str:
+        """Where the run writes its output, on the controller's machine."""
+        return self.job.info.output_dir
+
+    def download(self, dest: str | os.PathLike[str]) -> Path:
+        """Fetch the output's files into `dest`, once the job has succeeded."""
+        digest = self.job.wait().info.output
+        if not digest:
+            raise InvalidSpec(f"job {self.job.uuid} ended {self.job.info.state}: it has no output", field="job")
+        return self.job.client.download(digest, dest)
+
+
+def walk(root: Path) -> list[pb.ManifestEntry]:
+    """The manifest entries of a file or a folder, with each file's sha256."""
+    if not root.exists():
+        raise InvalidSpec(f"{str(root)!r} does not exist", field="upload")
+    paths = [(root.name, root)] if not root.is_dir() else [
+        (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if not p.is_dir() or p.is_symlink()]
+    entries = []
+    for rel, path in paths:
+        if path.is_symlink():
+            entries.append(pb.ManifestEntry(path=rel, link=os.readlink(path)))
+        elif path.is_file():
+            hasher = hashlib.sha256()
+            with open(path, "rb") as f:
+                while data := f.read(CHUNK):
+                    hasher.update(data)
+            entries.append(pb.ManifestEntry(path=rel, digest=hasher.hexdigest(), size=path.stat().st_size,
+                                            executable=os.access(path, os.X_OK)))
+        else:
+            raise InvalidSpec(f"{str(path)!r} is not a file, a folder or a link", field="upload")
+    return entries
+
+
+def chunks(path: Path, entry: pb.ManifestEntry) -> Iterator[pb.BlobChunk]:
+    """A file as upload chunks: the first names its digest and size."""
+    with open(path, "rb") as f:
+        data = f.read(CHUNK)
+        yield pb.BlobChunk(digest=entry.digest, size=entry.size, data=data)
+        while data := f.read(CHUNK):
+            yield pb.BlobChunk(data=data)
+
+
+def lay_out(manifest: pb.Manifest, dest: Path, read: Any) -> Path:
+    """Write a manifest's files under `dest`, each blob's bytes from `read(digest)` (an iterator
+    of chunks); returns the folder, or for a one-file upload the file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in manifest.entries:
+        path = dest / entry.path  # paths were checked by the controller: relative, no ".."
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if entry.link:
+            path.unlink(missing_ok=True)
+            path.symlink_to(entry.link)
+            continue
+        with open(path, "wb") as f:
+            for data in read(entry.digest):
+                f.write(data)
+        if entry.executable:
+            path.chmod(0o755)
+    return dest / manifest.file if manifest.file else dest

@@ -1,0 +1,188 @@
+"""Data between jobs: outputs stored by content, inputs mounted read-only, uploads and downloads
+over the DataService, result.json, and signatures over input content. Each flow runs on the
+local executor and on Docker."""
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jobnest
+
+from .conftest import Running, make_settings
+from .test_docker import BUSYBOX, ENGINE, remove_containers, require_engine
+from jobnest_controller.app import Controller
+
+
+@pytest.fixture(params=["local", "docker"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
+    """A controller, and the options that send a job to the executor under test."""
+    docker = request.param == "docker"
+    if docker:
+        require_engine()
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[ENGINE] if docker else []))
+    controller.start()
+    try:
+        yield Running(controller), ({"executor": "docker", "image": BUSYBOX} if docker else {})
+    finally:
+        controller.stop(grace=0)
+        if docker:
+            remove_containers(home)
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def test_an_output_is_stored_by_content_and_read_by_the_next_job(where: tuple[Running, dict[str, Any]],
+                                                                   tmp_path: Path) -> None:
+    running, options = where
+    client = running.client()
+    make = client.submit(sh("mkdir -p {output}/sub && echo hello >{output}/sub/greeting && "
+                            "echo '{\"n\": 3}' >{output}/result.json"), **options)
+    read = client.submit(sh("cat {inputs.made}/sub/greeting >{output}/copy; "
+                            "if touch {inputs.made}/new 2>/dev/null; then echo writable; else echo read-only; fi; "
+                            "ls -ld {inputs.made}/sub/greeting"), inputs={"made": make.output}, **options)
+    assert read.wait(timeout=60).state == "succeeded", read.info.reason
+    assert make.result() == {"n": 3}
+    digest = make.info.output
+    files = {e.path: e for e in client.manifest(digest).entries}
+    assert set(files) == {"sub/greeting", "result.json"}
+    assert files["sub/greeting"].size == 6
+    assert (read.output.download(tmp_path / "got") / "copy").read_text() == "hello\n"
+    first, listing = read.logs().splitlines()
+    assert listing.startswith("-r--r--r--")  # stored files are read-only
+    if options:  # a container gets a read-only mount; a local job (run as root here) only file modes
+        assert first == "read-only"
+    assert read.result() is None  # no result.json
+
+
+def test_uploads_travel_over_the_api_and_are_mounted(where: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
+    running, options = where
+    client = running.client()
+    folder = tmp_path / "folder"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "a.txt").write_text("alpha\n")
+    (folder / "run.sh").write_text("echo ran\n")
+    (folder / "run.sh").chmod(0o755)
+    (folder / "link").symlink_to("deep/a.txt")
+    single = tmp_path / "numbers.csv"
+    single.write_bytes(b"1,2\n3,4\n")
+    job = client.submit(sh("cat {inputs.dir}/link {inputs.csv}; {inputs.dir}/run.sh"),
+                        inputs={"dir": jobnest.upload(folder), "csv": jobnest.upload(single)}, **options)
+    assert job.wait(timeout=60).state == "succeeded", job.info.reason
+    assert job.logs() == "alpha\n1,2\n3,4\nran\n"
+    again = client.upload(folder)
+    assert client._unary("Missing", jobnest.v1.jobnest_pb2.BlobRefs(digests=[e.digest for e in
+                         client.manifest(again.digest).entries if e.digest]), stub=client._data).digests == []
+    back = client.download(again.digest, tmp_path / "back")
+    assert (back / "deep" / "a.txt").read_text() == "alpha\n" and os.readlink(back / "link") == "deep/a.txt"
+    assert os.access(back / "run.sh", os.X_OK)
+    assert client.download(client.upload(single).digest, tmp_path / "one").read_bytes() == single.read_bytes()
+
+
+def test_an_upstream_rerun_with_the_same_bytes_keeps_downstream_reuse(where: tuple[Running, dict[str, Any]]
+                                                                       ) -> None:
+    running, options = where
+    client = running.client()
+
+    def pipeline(version: str, text: str) -> tuple[jobnest.Job, jobnest.Job]:
+        up = client.submit(sh(f"sleep 0.3; echo {text} >{{output}}/value"), cache_version=version, **options)
+        down = client.submit(sh("cat {inputs.v}/value; date +%s%N >{output}/when"), inputs={"v": up.output},
+                             name="down", **options)
+        assert down.wait(timeout=60).state == "succeeded", down.info.reason
+        return up, down
+
+    _, first = pipeline("1", "same")
+    up, second = pipeline("2", "same")  # a new upstream run, submitted together with downstream
+    assert not up.reused and second.reused
+    assert second.info.run_uuid == first.info.run_uuid
+    assert "reused run" in client.why(second.uuid)["explanation"]
+    _, third = pipeline("3", "different")
+    assert not third.reused and third.logs() == "different\n"
+    assert client.why(third.uuid)["differing"] == ["inputs"]
+
+
+def test_a_failed_upstream_cancels_its_readers(running: Running) -> None:
+    client = running.client()
+    up = client.submit(sh("exit 4"))
+    down = client.submit(sh("cat {inputs.v}"), inputs={"v": up.output})
+    assert down.wait(timeout=30).state == "cancelled"
+    assert up.uuid in down.info.reason and "failed" in down.info.reason
+
+
+def test_a_batch_names_its_own_jobs_before_they_exist(running: Running) -> None:
+    client = running.client()
+    with client.batch() as batch:
+        count = batch.submit(sh("seq 5 >{output}/numbers"))
+        total = batch.submit(sh("s=0; for n in $(cat {inputs.n}/numbers); do s=$((s+n)); done; "
+                                "echo \"{\\\"sum\\\": $s}\" >{output}/result.json"), inputs={"n": count.output})
+        after = batch.submit(["true"], when=total.succeeded)
+    assert total.result(timeout=30) == {"sum": 15}
+    assert after.wait(timeout=30).state == "succeeded"
+    assert after.info.spawned_by_job_uuid == count.info.spawned_by_job_uuid
+
+
+def stored_jobs(client: jobnest.Client) -> int:
+    return len(list(client.list()))
+
+
+@pytest.mark.parametrize("inputs, argv, field, words", [
+    ({"x": "/data/raw.csv"}, ["true"], "jobs[0].inputs['x']", "must be another job's output"),
+    ({"x": "job:"}, ["true"], "jobs[0].inputs['x']", "must be another job's output"),
+    ({"x": "data:abc"}, ["true"], "jobs[0].inputs['x']", "must be another job's output"),
+    ({"bad-name": "data:" + "0" * 64}, ["true"], "jobs[0].inputs['bad-name']", "letters, digits and _"),
+    ({}, ["cat", "{inputs.y}"], "jobs[0].argv[1]", "no input 'y'"),
+    ({"x": "job:" + "ab" * 16}, ["true"], "jobs[0].inputs['x']", "no job"),
+    ({"x": "data:" + "0" * 64}, ["true"], "jobs[0].inputs['x']", "no upload"),
+    ({"x": "job:@3"}, ["true"], "jobs[0].inputs['x']", "names no job of this request"),
+])
+def test_bad_inputs_are_refused_and_nothing_is_stored(running: Running, inputs: dict[str, str], argv: list[str],
+                                                      field: str, words: str) -> None:
+    client = running.client()
+    with pytest.raises(jobnest.JobnestError, match=words) as caught:
+        client.submit(argv, inputs=inputs)
+    assert caught.value.field is None and str(caught.value).startswith(field + ":")
+    assert stored_jobs(client) == 0
+
+
+def test_a_cycle_through_batch_local_references_is_refused(running: Running) -> None:
+    client = running.client()
+    specs = [client.spec(["true"], inputs={"x": "job:@1"}), client.spec(["true"], when=jobnest.Condition.of("@2", "done")),
+             client.spec(["true"], inputs={"y": "job:@0"})]
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.inputs\['x'\]: a cycle through batch-local "
+                                                  r"references: jobs\[0\] -> jobs\[1\] -> jobs\[2\] -> jobs\[0\]"):
+        client.submit_many(specs)
+    with pytest.raises(jobnest.InvalidSpec, match="cycle"):
+        client.submit_many([client.spec(["true"], when=jobnest.Condition.of("@0", "succeeded"))])
+    assert stored_jobs(client) == 0
+
+
+def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    settings.max_upload = 1000
+    controller = Controller(settings)
+    controller.start()
+    try:
+        client = Running(controller).client()
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"x" * 1001)
+        with pytest.raises(jobnest.InvalidSpec, match=r"inputs\['raw'\]: uploading .*1001 bytes is over the "
+                                                      r"upload limit of 1000"):
+            client.submit(["true"], inputs={"raw": jobnest.upload(big)})
+        folder = tmp_path / "parts"  # each file under the limit, together over it
+        folder.mkdir()
+        for name in "ab":
+            (folder / name).write_bytes(name.encode() * 600)
+        with pytest.raises(jobnest.InvalidSpec, match="1200 bytes is over the upload limit of 1000"):
+            client.upload(folder)
+        assert stored_jobs(client) == 0
+        data = tmp_path / "home" / "data"
+        assert [p for p in data.rglob("*") if p.is_file()] == []
+        assert json.loads(json.dumps(client.upload(tmp_path / "parts" / "a").digest))  # one part alone fits
+    finally:
+        controller.stop(grace=0)

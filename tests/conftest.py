@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,9 @@ from jobnest_controller.app import Controller
 from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, StoreSettings
 
 ADMIN = "test-admin-token-0123456789"
+ENGINE = "unix:///var/run/docker.sock"
+BUSYBOX = "jobnest/busybox:latest"
+JOBNEST_IMAGE = "jobnest/jobnest:latest"
 
 
 class Running:
@@ -45,6 +49,50 @@ def running(tmp_path: Path) -> Iterator[Running]:
         yield Running(controller)
     finally:
         controller.stop(grace=0)
+
+
+def require_engine() -> None:
+    """Docker tests need the engine and images that `make test` sets up: their absence fails."""
+    if subprocess.run(["docker", "image", "inspect", BUSYBOX, JOBNEST_IMAGE], capture_output=True).returncode:
+        pytest.fail("no Docker engine with the project's images; run `make images` (make test does)")
+
+
+@pytest.fixture
+def docker_running(tmp_path: Path) -> Iterator[Running]:
+    require_engine()
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[ENGINE]))
+    controller.start()
+    try:
+        yield Running(controller)
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)
+
+
+def remove_containers(home: Path) -> None:
+    found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=jobnest.controller={home}"],
+                           capture_output=True, text=True).stdout.split()
+    if found:
+        subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
+
+
+@pytest.fixture(params=["local", "docker"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
+    """A controller, and the options that send a job to the executor under test: each test that
+    takes it runs once with local processes and once with containers."""
+    docker = request.param == "docker"
+    if docker:
+        require_engine()
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, docker=[ENGINE] if docker else []))
+    controller.start()
+    try:
+        yield Running(controller), ({"executor": "docker", "image": BUSYBOX} if docker else {})
+    finally:
+        controller.stop(grace=0)
+        if docker:
+            remove_containers(home)
 
 
 def _free_port() -> int:

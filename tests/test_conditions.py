@@ -4,6 +4,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,14 +59,15 @@ def test_a_job_waits_for_its_condition_then_runs(running: Running) -> None:
     assert client.get(second.uuid).started_at >= client.get(first.uuid).finished_at  # type: ignore[operator]
 
 
-def test_a_condition_that_cannot_hold_cancels_and_cascades(running: Running) -> None:
+def test_a_condition_that_cannot_hold_cancels_and_cascades(where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
     client = running.client()
-    reduction = client.submit(["sh", "-c", "sleep 0.3; exit 2"], name="reduction", cpu=0.1)
-    fetch = client.submit(["echo", "fetch"], name="fetch", cpu=0.1, when=reduction.succeeded)
-    fit = client.submit(["echo", "fit"], name="fit", cpu=0.1, when=fetch.succeeded)
-    cleanup = client.submit(["echo", "cleanup"], name="cleanup", cpu=0.1, when=reduction.done)
+    reduction = client.submit(["sh", "-c", "sleep 0.3; exit 2"], name="reduction", cpu=0.1, **options)
+    fetch = client.submit(["echo", "fetch"], name="fetch", cpu=0.1, when=reduction.succeeded, **options)
+    fit = client.submit(["echo", "fit"], name="fit", cpu=0.1, when=fetch.succeeded, **options)
+    cleanup = client.submit(["echo", "cleanup"], name="cleanup", cpu=0.1, when=reduction.done, **options)
     for job in (fetch, fit, cleanup):
-        job.wait(timeout=30)
+        job.wait(timeout=60)
     assert fetch.state == "cancelled" and reduction.uuid in fetch.info.reason and "failed" in fetch.info.reason
     assert fit.state == "cancelled" and fetch.uuid in fit.info.reason
     assert cleanup.state == "succeeded"
@@ -83,22 +85,24 @@ def test_conditions_naming_unknown_or_outside_jobs_are_refused(running: Running)
     assert list(client.list()) == []
 
 
-def test_waiting_conditions_survive_a_controller_kill(tmp_path: Path) -> None:
+def test_jobs_waiting_on_conditions_and_inputs_survive_a_controller_kill(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     proc, address = start_controller(home, "none")
     try:
         client = jobnest.Client(address, ADMIN, driver=False)
-        first = client.submit(["sleep", "2"], cpu=0.1)
+        first = client.submit(["sh", "-c", "sleep 2; echo made >{output}/thing"], cpu=0.1)
         second = client.submit(["echo", "later"], cpu=0.1, when=first.succeeded)
+        reader = client.submit(["cat", "{inputs.x}/thing"], cpu=0.1, inputs={"x": first.output})
         wait_for(lambda: first.state == "running")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc, address = start_controller(home, "none")
         client = jobnest.Client(address, ADMIN, driver=False)
-        client.wait([first.uuid, second.uuid], timeout=30)
+        client.wait([first.uuid, second.uuid, reader.uuid], timeout=30)
         assert client.get(second.uuid).state == "succeeded"
         assert client.job(second.uuid).logs() == "later\n"
+        assert client.job(reader.uuid).logs() == "made\n"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -10,7 +10,7 @@ import pytest
 import jobnest
 from jobnest._client import folder_archive
 
-from .test_docker import JOBNEST_IMAGE, require_engine
+from .conftest import JOBNEST_IMAGE, require_engine
 
 TOKEN = "container-admin-token-0123"
 ROOT = Path(__file__).resolve().parent.parent

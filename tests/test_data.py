@@ -4,7 +4,6 @@ local executor and on Docker."""
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,9 @@ import pytest
 
 import jobnest
 
-from .conftest import Running, make_settings
-from .test_docker import BUSYBOX, ENGINE, remove_containers, require_engine
 from jobnest_controller.app import Controller
 
-
-@pytest.fixture(params=["local", "docker"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
-    """A controller, and the options that send a job to the executor under test."""
-    docker = request.param == "docker"
-    if docker:
-        require_engine()
-    home = tmp_path / "home"
-    controller = Controller(make_settings(home, docker=[ENGINE] if docker else []))
-    controller.start()
-    try:
-        yield Running(controller), ({"executor": "docker", "image": BUSYBOX} if docker else {})
-    finally:
-        controller.stop(grace=0)
-        if docker:
-            remove_containers(home)
+from .conftest import Running, make_settings
 
 
 def sh(script: str) -> list[str]:

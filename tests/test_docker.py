@@ -21,38 +21,8 @@ import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.store import jobs as jobs_table
 
-from .conftest import ADMIN, Running, make_settings, wait_for
-
-ENGINE = "unix:///var/run/docker.sock"
-BUSYBOX = "jobnest/busybox:latest"
-JOBNEST_IMAGE = "jobnest/jobnest:latest"
-
-
-def require_engine() -> None:
-    """Docker tests need the engine and images that `make test` sets up: their absence fails."""
-    if subprocess.run(["docker", "image", "inspect", BUSYBOX, JOBNEST_IMAGE], capture_output=True).returncode:
-        pytest.fail("no Docker engine with the project's images; run `make images` (make test does)")
-
-
-@pytest.fixture
-def docker_running(tmp_path: Path) -> Iterator[Running]:
-    require_engine()
-    home = tmp_path / "home"
-    controller = Controller(make_settings(home, docker=[ENGINE]))
-    controller.start()
-    try:
-        yield Running(controller)
-    finally:
-        controller.stop(grace=0)
-        remove_containers(home)
-
-
-def remove_containers(home: Path) -> None:
-    found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=jobnest.controller={home}"],
-                           capture_output=True, text=True).stdout.split()
-    if found:
-        subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
-
+from .conftest import (ADMIN, BUSYBOX, ENGINE, JOBNEST_IMAGE, Running, make_settings, remove_containers,
+                       require_engine, wait_for)
 
 def in_docker(client: jobnest.Client, argv: list[str], **options: object) -> jobnest.Job:
     return client.submit(argv, executor="docker", image=options.pop("image", BUSYBOX), **options)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,14 +13,16 @@ import jobnest
 from .conftest import ADMIN, Running
 
 
-def test_retries_rerun_a_failed_run_until_it_succeeds(running: Running, tmp_path: Path) -> None:
-    tries = tmp_path / "tries"
-    script = f'echo x >> {tries}; [ "$(wc -l < {tries})" -ge 3 ]'  # fails twice, then succeeds
+def test_retries_rerun_a_failed_run_until_it_succeeds(where: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
+    running, options = where
+    script = 'echo x >> {output}/tries; [ "$(wc -l < {output}/tries)" -ge 3 ]'  # fails twice, then succeeds
     client = running.client()
-    job = client.submit(["sh", "-c", script], retries=2, cpu=0.1).wait(timeout=30)
-    assert job.state == "succeeded" and tries.read_text().count("x") == 3
-    again = client.submit(["sh", "-c", f"echo y >> {tmp_path / 'once'}; exit 1"], retries=1, cpu=0.1).wait(timeout=30)
-    assert again.state == "failed" and (tmp_path / "once").read_text() == "y\ny\n"  # one retry, then it stays failed
+    job = client.submit(["sh", "-c", script], retries=2, cpu=0.1, **options).wait(timeout=60)
+    assert job.state == "succeeded"
+    assert (job.output.download(tmp_path / "out") / "tries").read_text() == "x\nx\nx\n"
+    again = client.submit(["sh", "-c", "echo y >> {output}/once; exit 1"], retries=1, cpu=0.1, **options)
+    assert again.wait(timeout=60).state == "failed"
+    assert Path(again.info.output_dir, "once").read_text() == "y\ny\n"  # one retry, then it stays failed
 
 
 def test_bad_retry_options_are_refused(running: Running) -> None:

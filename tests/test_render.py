@@ -11,7 +11,7 @@ def info(uuid: str, name: str, parent: str = "", state: str = "succeeded", reuse
                    spawned_by_job_uuid=parent * 8 if parent else "", run_uuid=(origin or uuid) * 8 + "r",
                    reused=reused, run_origin_job_uuid=(origin or uuid) * 8, exit_code=0, cpu=cpu, memory=0,
                    created_at=90.0, started_at=started, finished_at=finished, node="local", executor="local",
-                   cpu_enforced=True, output="")
+                   cpu_enforced=True, output="", output_dir="")
 
 
 FIRST = [

@@ -15,7 +15,7 @@ import pytest
 import jobnest
 
 from .conftest import ADMIN, wait_for
-from .test_docker import BUSYBOX, ENGINE, remove_containers, require_engine
+from .conftest import BUSYBOX, ENGINE, remove_containers, require_engine
 
 
 def start_controller(home: Path, docker: str) -> tuple[subprocess.Popen[str], str]:

@@ -146,11 +146,11 @@ class Data:
         manifest = {"files": files, **({"file": file} if file else {})}
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(text.encode()).hexdigest()
-        path = self.root / "manifests" / f"{digest}.json"
-        if not path.exists():
+        kept = self.root / "manifests" / f"{digest}.json"
+        if not kept.exists():
             tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.json"
             tmp.write_text(text)
-            os.replace(tmp, path)
+            os.replace(tmp, kept)
         return digest
 
     def manifest(self, digest: str) -> dict[str, Any]:

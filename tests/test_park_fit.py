@@ -1,0 +1,47 @@
+"""examples/park_fit.py as a test, on local processes and in containers: a failing reduction
+cancels fetch and fit, and the fixed rerun reuses upload and model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jobnest
+
+from .conftest import ADMIN, JOBNEST_IMAGE, Running
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "park_fit.py"
+
+
+def run_example(running: Running, options: dict[str, Any], *args: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                                 dict[str, jobnest.JobInfo]]:
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    if options:  # the steps run in the jobnest image, which has python3
+        env.update(JOBNEST_EXECUTOR="docker", JOBNEST_IMAGE=JOBNEST_IMAGE)
+    done = subprocess.run([sys.executable, str(EXAMPLE), *args], env=env, capture_output=True, text=True, timeout=300)
+    client = running.client()
+    [driver] = [j for j in client.list(roots=True)][-1:]
+    return done, {j.name: j for j in client.list(parent=driver.uuid)}
+
+
+def test_a_failing_reduction_cancels_fetch_and_fit_and_the_fix_reuses_the_rest(
+        where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
+    broken, steps = run_example(running, options, "--broken")
+    assert broken.returncode != 0, broken.stdout + broken.stderr
+    assert {name: j.state for name, j in steps.items()} == {
+        "reduction": "failed", "fetch": "cancelled", "upload": "succeeded", "model": "succeeded", "fit": "cancelled"}
+    assert steps["reduction"].uuid in steps["fetch"].reason and steps["fetch"].uuid in steps["fit"].reason
+    assert "fewer than --min-points" in running.client().job(steps["reduction"].uuid).logs(stream="stderr")
+
+    fixed, steps = run_example(running, options)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert {name for name, j in steps.items() if j.reused} == {"upload", "model"}
+    assert {j.state for j in steps.values()} == {"succeeded"}
+    fit = running.client().job(steps["fit"].uuid).result()
+    assert abs(fit["slope"] - 2.5) < 0.05 and abs(fit["intercept"] - 1.0) < 0.2
+    assert "4 ran, 2 reused" in fixed.stdout
+
+    again, steps = run_example(running, options)
+    assert again.returncode == 0 and all(j.reused for j in steps.values())

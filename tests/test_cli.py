@@ -9,7 +9,6 @@ from pathlib import Path
 from .conftest import ADMIN, Running
 
 
-
 def cli(running: Running, *args: str, token: str = ADMIN) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": token}
     return subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", *args],
@@ -61,3 +60,18 @@ def test_cancel_and_errors(running: Running) -> None:
 def test_token_create(running: Running) -> None:
     token = cli(running, "token", "create", "dana").stdout.strip()
     assert cli(running, "ls", "--json", token=token).returncode == 0
+
+
+def test_download_fetches_a_jobs_output_and_why_names_the_inputs(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    made = client.submit(["sh", "-c", "echo $1 >{output}/value", "-", "one"])
+    read = client.submit(["cat", "{inputs.v}/value"], inputs={"v": made.output}, name="reader").wait(timeout=20)
+    result = cli(running, "download", made.uuid[:8], str(tmp_path / "got"))
+    assert result.returncode == 0 and (tmp_path / "got" / "value").read_text() == "one\n"
+    other = client.submit(["sh", "-c", "echo $1 >{output}/value", "-", "two"])
+    again = client.submit(["cat", "{inputs.v}/value"], inputs={"v": other.output}, name="reader").wait(timeout=20)
+    assert read.logs() == "one\n" and again.logs() == "two\n"
+    why = cli(running, "why", again.uuid).stdout
+    assert f"differs from run {read.info.run_uuid} in inputs" in why and "≠ inputs" in why
+    failed = cli(running, "download", client.submit(["false"]).uuid, str(tmp_path / "none"))
+    assert failed.returncode != 0 and "it has no output" in failed.stderr

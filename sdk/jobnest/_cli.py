@@ -265,6 +265,15 @@ def show(ctx: click.Context, job: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def download(ctx: click.Context, job: str, dest: Path) -> None:
+    """Fetch JOB's output files into the folder DEST, once the job has succeeded."""
+    click.echo(_client(ctx).job(job).output.download(dest))
+
+
+@main.command()
+@click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
 @click.pass_context
 def logs(ctx: click.Context, job: str, follow: bool) -> None:

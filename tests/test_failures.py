@@ -10,7 +10,7 @@ import pytest
 
 import jobnest
 
-from .conftest import ADMIN, Running
+from .conftest import ADMIN, BUSYBOX, Running, remove_containers, require_engine
 
 
 def test_retries_rerun_a_failed_run_until_it_succeeds(where: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
@@ -48,9 +48,10 @@ def test_an_invalidated_result_is_never_reused(running: Running) -> None:
         client.invalidate("0123456789")
 
 
-def test_map_submits_one_job_per_item_in_one_batch(running: Running) -> None:
+def test_map_submits_one_job_per_item_in_one_batch(where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
     client = running.client()
-    jobs = client.map(["sh", "-c", "echo sample {item}"], [f"S{i:03d}" for i in range(100)], cpu=0.05)
+    jobs = client.map(["sh", "-c", "echo sample {item}"], [f"S{i:03d}" for i in range(100)], cpu=0.05, **options)
     client.wait([j.uuid for j in jobs], timeout=60)
     assert [j.logs() for j in jobs[:3]] == ["sample S000\n", "sample S001\n", "sample S002\n"]
     assert {j.state for j in jobs} == {"succeeded"}
@@ -68,24 +69,29 @@ def test_run_each_groups_the_batch_under_the_command(running: Running, tmp_path:
     assert sorted(j.name for j in running.client().list(parent=driver.uuid)) == ["sh", "sh", "sh"]
 
 
-def test_race_keeps_the_first_accepted_and_never_reuses_the_losers(running: Running) -> None:
+def test_race_keeps_the_first_accepted_and_never_reuses_the_losers(where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
     client = running.client()
-    slow = client.submit(["sh", "-c", "sleep 20"], name="slow", cpu=0.1)
-    bad = client.submit(["sh", "-c", "exit 1"], name="bad", cpu=0.1)
-    good = client.submit(["sh", "-c", "sleep 0.5; echo good"], name="good", cpu=0.1)
-    assert jobnest.race([slow, bad, good], timeout=30) == good
-    slow.wait(timeout=30)
+    slow = client.submit(["sh", "-c", "sleep 20"], name="slow", cpu=0.1, **options)
+    bad = client.submit(["sh", "-c", "exit 1"], name="bad", cpu=0.1, **options)
+    good = client.submit(["sh", "-c", "sleep 0.5; echo good"], name="good", cpu=0.1, **options)
+    assert jobnest.race([slow, bad, good], timeout=60) == good
+    slow.wait(timeout=60)
     assert slow.state == "cancelled" and bad.state == "failed"
-    early = client.submit(["echo", "early"], name="early", cpu=0.1)
-    late = client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1)
-    assert jobnest.race([early, late], accept=lambda job: job.name == "late", timeout=30) == late
-    assert not client.submit(["echo", "early"], name="early", cpu=0.1).reused  # the loser was invalidated
-    assert client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1).reused
+    early = client.submit(["echo", "early"], name="early", cpu=0.1, **options)
+    late = client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1, **options)
+    assert jobnest.race([early, late], accept=lambda job: job.name == "late", timeout=60) == late
+    assert not client.submit(["echo", "early"], name="early", cpu=0.1, **options).reused  # the loser was invalidated
+    assert client.submit(["sh", "-c", "sleep 0.5; echo late"], name="late", cpu=0.1, **options).reused
 
 
-def test_a_driver_that_left_is_resumed_without_running_anything_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", "docker"])
+def test_a_driver_that_left_is_resumed_without_running_anything_twice(tmp_path: Path, executor: str) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBNEST_")} | {"JOBNEST_HOME": str(home)}
+    if executor == "docker":
+        require_engine()
+        env |= {"JOBNEST_EXECUTOR": "docker", "JOBNEST_IMAGE": BUSYBOX}
     script = [sys.executable, str(Path(__file__).resolve().parent.parent / "examples" / "resume.py")]
     try:
         left = subprocess.run([*script, "--detach"], env=env, capture_output=True, text=True, timeout=60)
@@ -96,6 +102,8 @@ def test_a_driver_that_left_is_resumed_without_running_anything_twice(tmp_path: 
         client = jobnest.connect(home=str(home), driver=False)
         assert len({j.run_uuid for j in client.list() if j.name == "slow-step"}) == 1  # one run, two jobs
         assert len({j.run_uuid for j in client.list() if j.name == "next-step"}) == 1
+        assert {j.executor for j in client.list() if j.name.endswith("-step")} == {executor}
     finally:
         subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "--home", str(home), "down"],
                        capture_output=True, timeout=30)
+        remove_containers(home)

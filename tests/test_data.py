@@ -2,6 +2,7 @@
 over the DataService, result.json, and signatures over input content. Each flow runs on the
 local executor and on Docker."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 import jobnest
+from jobnest.v1 import jobnest_pb2 as pb
 
 from jobnest_controller.app import Controller
 
@@ -59,7 +61,7 @@ def test_uploads_travel_over_the_api_and_are_mounted(where: tuple[Running, dict[
     assert job.wait(timeout=60).state == "succeeded", job.info.reason
     assert job.logs() == "alpha\n1,2\n3,4\nran\n"
     again = client.upload(folder)
-    assert client._unary("Missing", jobnest.v1.jobnest_pb2.BlobRefs(digests=[e.digest for e in
+    assert client._unary("Missing", pb.BlobRefs(digests=[e.digest for e in
                          client.manifest(again.digest).entries if e.digest]), stub=client._data).digests == []
     back = client.download(again.digest, tmp_path / "back")
     assert (back / "deep" / "a.txt").read_text() == "alpha\n" and os.readlink(back / "link") == "deep/a.txt"
@@ -89,11 +91,12 @@ def test_an_upstream_rerun_with_the_same_bytes_keeps_downstream_reuse(where: tup
     assert client.why(third.uuid)["differing"] == ["inputs"]
 
 
-def test_a_failed_upstream_cancels_its_readers(running: Running) -> None:
+def test_a_failed_upstream_cancels_its_readers(where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
     client = running.client()
-    up = client.submit(sh("exit 4"))
-    down = client.submit(sh("cat {inputs.v}"), inputs={"v": up.output})
-    assert down.wait(timeout=30).state == "cancelled"
+    up = client.submit(sh("exit 4"), **options)
+    down = client.submit(sh("cat {inputs.v}"), inputs={"v": up.output}, **options)
+    assert down.wait(timeout=60).state == "cancelled"
     assert up.uuid in down.info.reason and "failed" in down.info.reason
 
 
@@ -168,3 +171,48 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(tmp_path: Path)
         assert json.loads(json.dumps(client.upload(tmp_path / "parts" / "a").digest))  # one part alone fits
     finally:
         controller.stop(grace=0)
+
+
+def test_the_data_service_refuses_bad_requests_and_keeps_nothing(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    data = client._data
+    call = lambda name, request, **kw: client._unary(name, request, stub=data, **kw)  # noqa: E731
+    good = hashlib.sha256(b"hello").hexdigest()
+
+    def upload(digest: str, size: int, *parts: bytes) -> None:
+        chunks = [pb.BlobChunk(digest=digest, size=size, data=parts[0])] + [pb.BlobChunk(data=p) for p in parts[1:]]
+        call("Upload", iter(chunks))
+
+    with pytest.raises(jobnest.InvalidSpec, match=r"digests: 'nope' is not a sha256"):
+        call("Missing", pb.BlobRefs(digests=["nope"]))
+    with pytest.raises(jobnest.InvalidSpec, match=r"digest: the bytes have sha256"):
+        upload(good, 5, b"jello")
+    with pytest.raises(jobnest.InvalidSpec, match=r"data: more than the 3 bytes announced"):
+        upload(good, 3, b"hel", b"lo")
+    with pytest.raises(jobnest.InvalidSpec, match=r"data: 4 bytes arrived, not the 5 announced"):
+        upload(good, 5, b"hell")
+    with pytest.raises(jobnest.NotFound, match="no blob"):
+        list(client.read_blob(good))
+    entry = pb.ManifestEntry(path="a", digest=good, size=5)
+    with pytest.raises(jobnest.InvalidSpec, match=r"entries\['a'\]: blob .* was not uploaded"):
+        call("PutManifest", pb.Manifest(entries=[entry]))
+    upload(good, 5, b"he", b"llo")
+    assert b"".join(client.read_blob(good)) == b"hello"
+    for entries, words in [
+        ([pb.ManifestEntry(path="../a", digest=good, size=5)], r"entries\['../a'\]: must be a relative path"),
+        ([pb.ManifestEntry(path="/a", digest=good, size=5)], "must be a relative path"),
+        ([pb.ManifestEntry(path="a", digest=good, size=4)], "has 5 bytes, not 4"),
+        ([entry, entry], r"entries\['a'\]: named twice"),
+        ([entry, pb.ManifestEntry(path="a/b", digest=good, size=5)], "'a' is both a file and a folder"),
+        ([pb.ManifestEntry(path="d/l", link="../../etc/passwd")], "a link must point inside the data"),
+        ([pb.ManifestEntry(path="l", link="/etc/passwd")], "a link must point inside the data"),
+    ]:
+        with pytest.raises(jobnest.InvalidSpec, match=words):
+            call("PutManifest", pb.Manifest(entries=entries))
+    assert not list((tmp_path / "home" / "data" / "manifests").iterdir())
+    with pytest.raises(jobnest.NotFound, match="no data"):
+        client.manifest("0" * 64)
+    with pytest.raises(jobnest.Unauthenticated):
+        jobnest.Client(running.address, "").manifest("0" * 64)
+    made = call("PutManifest", pb.Manifest(entries=[entry, pb.ManifestEntry(path="l", link="a")]))
+    assert client.manifest(made.digest) == made

@@ -34,14 +34,15 @@ def test_bad_retry_options_are_refused(running: Running) -> None:
     assert list(client.list()) == []
 
 
-def test_an_invalidated_result_is_never_reused(running: Running) -> None:
+def test_an_invalidated_result_is_never_reused(where: tuple[Running, dict[str, Any]]) -> None:
+    running, options = where
     client = running.client()
-    first = client.submit(["echo", "result"], name="step", cpu=0.1).wait(timeout=30)
-    assert client.submit(["echo", "result"], name="step", cpu=0.1).reused
+    first = client.submit(["echo", "result"], name="step", cpu=0.1, **options).wait(timeout=60)
+    assert client.submit(["echo", "result"], name="step", cpu=0.1, **options).reused
     with pytest.raises(jobnest.Conflict, match="still"):
-        client.invalidate(client.submit(["sleep", "30"], cpu=0.1).info.run_uuid)
+        client.invalidate(client.submit(["sleep", "30"], cpu=0.1, **options).info.run_uuid)
     client.invalidate(first.info.run_uuid[:10])
-    rerun = client.submit(["echo", "result"], name="step", cpu=0.1).wait(timeout=30)
+    rerun = client.submit(["echo", "result"], name="step", cpu=0.1, **options).wait(timeout=60)
     assert not rerun.reused and rerun.info.run_uuid != first.info.run_uuid
     assert "its result was invalidated" in client.why(rerun.uuid)["explanation"]
     with pytest.raises(jobnest.NotFound, match="run_uuid"):

@@ -45,3 +45,18 @@ def test_a_failing_reduction_cancels_fetch_and_fit_and_the_fix_reuses_the_rest(
 
     again, steps = run_example(running, options)
     assert again.returncode == 0 and all(j.reused for j in steps.values())
+
+
+def test_park_fit_runs_as_a_runner_in_a_container(docker_running: Running) -> None:
+    """`jobnest submit --executor docker ... examples/park_fit.py`: the driver itself is a job in a
+    container, and its uploads go through the jobs' socket with its job token."""
+    env = {**os.environ, "JOBNEST_CONTROLLER": docker_running.address, "JOBNEST_TOKEN": ADMIN}
+    result = subprocess.run(
+        [sys.executable, "-c", "from jobnest._cli import main; main()", "submit", "--wait", "--executor", "docker",
+         "--image", JOBNEST_IMAGE, str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runner = result.stdout.split()[0]
+    steps = {j.name: j for j in docker_running.client().list(parent=runner)}
+    assert set(steps) == {"reduction", "fetch", "upload", "model", "fit"}
+    assert {j.executor for j in steps.values()} == {"docker"}
+    assert docker_running.client().job(steps["fit"].uuid).result()["model"] == "line"

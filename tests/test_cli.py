@@ -73,5 +73,12 @@ def test_download_fetches_a_jobs_output_and_why_names_the_inputs(running: Runnin
     assert read.logs() == "one\n" and again.logs() == "two\n"
     why = cli(running, "why", again.uuid).stdout
     assert f"differs from run {read.info.run_uuid} in inputs" in why and "≠ inputs" in why
+    (tmp_path / "in.txt").write_text("uploaded\n")
+    result = cli(running, "run", "--input", f"x={tmp_path / 'in.txt'}", "--", "cat", "{inputs.x}")
+    assert result.returncode == 0 and result.stdout == "uploaded\n", result.stderr
+    bad = cli(running, "run", "--input", "x", "--", "true")
+    assert bad.returncode == 2 and "--input" in bad.stderr and "NAME=PATH" in bad.stderr
+    gone = cli(running, "run", "--input", f"x={tmp_path / 'nowhere'}", "--", "true")
+    assert gone.returncode != 0 and "inputs['x']" in gone.stderr and "does not exist" in gone.stderr
     failed = cli(running, "download", client.submit(["false"]).uuid, str(tmp_path / "none"))
     assert failed.returncode != 0 and "it has no output" in failed.stderr

@@ -13,6 +13,7 @@ import click
 
 from . import _render as render
 from ._client import Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy
+from ._data import upload
 from .errors import JobnestError
 
 
@@ -119,21 +120,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--no-reuse", is_flag=True, help="Always start a new run.")
 @click.option("--retries", type=int, default=0, help="Run a failed attempt again, up to this many times.")
+@click.option("--input", "inputs", multiple=True,
+              help="NAME=PATH: upload a file or folder as input NAME ({inputs.NAME} in COMMAND); repeatable.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job uuid and return.")
 @click.option("--each", type=click.File(), default=None,
               help="One job per line of this file, {item} in COMMAND replaced by the line.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
-        executor: str | None, env: tuple[str, ...], no_reuse: bool, retries: int, detach: bool, each: Any,
-        command: tuple[str, ...]) -> None:
+        executor: str | None, env: tuple[str, ...], no_reuse: bool, retries: int, inputs: tuple[str, ...],
+        detach: bool, each: Any, command: tuple[str, ...]) -> None:
     """Run COMMAND as a job, stream its output, and exit with its exit code."""
+    uploads = {}
+    for item in inputs:
+        key, _, path = item.partition("=")
+        if not (key and path):
+            raise click.BadParameter(f"{item!r} is not NAME=PATH", param_hint="--input")
+        uploads[key] = upload(path)
     variables = {}
     for item in env:  # KEY=VALUE, or KEY alone to pass this shell's value on
         key, _, value = item.partition("=")
         variables[key] = value if "=" in item else os.environ.get(key, "")
     options = dict(name=name, cpu=cpu, memory=memory, image=image, executor=executor, env=variables,
-                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries)
+                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries, inputs=uploads)
     if each is not None:
         _run_each(ctx, list(command), [line.strip() for line in each if line.strip()], options, detach)
         return

@@ -14,6 +14,7 @@ import jobnest
 from jobnest.v1 import jobnest_pb2 as pb
 
 from jobnest_controller.app import Controller
+from jobnest_controller.executors.base import expand
 
 from .conftest import Running, make_settings
 
@@ -168,7 +169,9 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(tmp_path: Path)
         assert stored_jobs(client) == 0
         data = tmp_path / "home" / "data"
         assert [p for p in data.rglob("*") if p.is_file()] == []
-        assert json.loads(json.dumps(client.upload(tmp_path / "parts" / "a").digest))  # one part alone fits
+        assert client.upload(tmp_path / "parts" / "a").digest  # one part alone fits
+        (folder / "b").write_bytes(b"a" * 600)  # the same content twice: stored, and counted, once
+        assert client.upload(folder).digest
     finally:
         controller.stop(grace=0)
 
@@ -206,6 +209,8 @@ def test_the_data_service_refuses_bad_requests_and_keeps_nothing(running: Runnin
         ([entry, pb.ManifestEntry(path="a/b", digest=good, size=5)], "'a' is both a file and a folder"),
         ([pb.ManifestEntry(path="d/l", link="../../etc/passwd")], "a link must point inside the data"),
         ([pb.ManifestEntry(path="l", link="/etc/passwd")], "a link must point inside the data"),
+        ([pb.ManifestEntry(path="a/up", link=".."), pb.ManifestEntry(path="esc", link="a/up/..")],
+         r"entries\['esc'\]: a link must point inside the data, and not through another link"),
     ]:
         with pytest.raises(jobnest.InvalidSpec, match=words):
             call("PutManifest", pb.Manifest(entries=entries))
@@ -216,3 +221,28 @@ def test_the_data_service_refuses_bad_requests_and_keeps_nothing(running: Runnin
         jobnest.Client(running.address, "").manifest("0" * 64)
     made = call("PutManifest", pb.Manifest(entries=[entry, pb.ManifestEntry(path="l", link="a")]))
     assert client.manifest(made.digest) == made
+
+
+def test_stored_data_stays_as_stored(running: Running, tmp_path: Path) -> None:
+    """Changing a run's output folder afterwards changes nothing stored; a file's mode is its own
+    even when another file has the same bytes; a driver, which makes no output, is no input."""
+    client = running.client(driver=True)
+    made = client.submit(sh("echo first >{output}/value")).wait(timeout=20)
+    Path(made.info.output_dir, "value").write_text("changed\n")
+    assert (made.output.download(tmp_path / "got") / "value").read_text() == "first\n"
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    for name, mode in (("run.sh", 0o755), ("copy.txt", 0o644)):
+        (folder / name).write_text("echo hi\n")
+        (folder / name).chmod(mode)
+    modes = client.submit(sh("ls -l {inputs.m} | cut -c1-10"), inputs={"m": jobnest.upload(folder)}).wait(timeout=20)
+    assert modes.logs().split()[-2:] == ["-r--r--r--", "-r-xr-xr-x"]  # copy.txt, run.sh
+    assert client.driver is not None
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.inputs\['x'\]: job .* is a driver program"):
+        client.submit(["true"], inputs={"x": client.driver.output})
+
+
+def test_placeholders_spare_shell_variables() -> None:
+    argv = ["sh", "-c", "echo {output} ${output} {inputs.a}/x ${inputs.a} {inputs.b}", "{output}"]
+    assert expand(argv, {"a": "/in/a"}, "/out") == ["sh", "-c", "echo /out ${output} /in/a/x ${inputs.a} {inputs.b}",
+                                                    "/out"]

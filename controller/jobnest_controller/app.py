@@ -29,6 +29,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 SERVICE = "jobnest.v1.JobService"
+# Above gRPC's 4 MiB default: a program archive (up to 64 MiB) or the manifest of a big output.
+MAX_MESSAGE = 128 * 2**20
 
 
 class Controller:
@@ -73,7 +75,9 @@ class Controller:
                              activity=self.activity, trust_local=trust_local,
                              waiting=self.reconciler.waiting_reason)
         # Watch and Logs streams hold a worker thread each, hence the many workers.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[("grpc.so_reuseport", 0)])
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[
+            ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE)])
         pb_grpc.add_JobServiceServicer_to_server(service, server)
         pb_grpc.add_DataServiceServicer_to_server(DataService(service, self.data), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -4,13 +4,16 @@ A run's output folder is stored when the run succeeds (`ingest`); an upload arri
 over the DataService and is then named by a manifest (`put_manifest`). A manifest is canonical
 JSON, {"files": {path: {"sha256": ..., "size": ..., "x": executable} or {"link": target}}}, plus
 "file" for an upload of a single file; its sha256 is the digest that inputs, outputs and
-signatures name. `materialise` lays a manifest out once as a read-only folder of hard links to
-the blobs, for jobs to mount.
+signatures name. Blobs are copies, never links to a run's files, so nothing done to an output
+folder afterwards changes what was stored. `materialise` lays a manifest out once as a read-only
+folder for jobs to mount: hard links to the blobs, and copies of executables (a file's mode
+belongs to all its links).
 """
 
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Iterator
@@ -33,6 +36,11 @@ class Data:
         self.max_upload = max_upload
         for folder in ("blobs", "manifests", "trees", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        for left in (self.root / "tmp").iterdir():  # by a controller that stopped halfway
+            _remove_tree(left) if left.is_dir() else left.unlink()
+
+    def _tmp(self, digest: str) -> Path:
+        return self.root / "tmp" / f"{digest}.{secrets.token_hex(6)}"
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -56,7 +64,7 @@ class Data:
         if not is_digest(digest):
             raise InvalidSpec(f"{digest!r} is not a sha256 (64 hex digits)", field="digest")
         self._check_size(size)
-        tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.{id(chunks)}"
+        tmp = self._tmp(digest)
         hasher, received = hashlib.sha256(), 0
         try:
             with open(tmp, "wb") as f:
@@ -98,35 +106,31 @@ class Data:
                 yield data
 
     def _store_file(self, path: Path) -> tuple[str, int]:
-        """Keep a file of a run's output as a blob: hard linked when it can be, else copied."""
-        hasher = hashlib.sha256()
-        with open(path, "rb") as f:
-            while data := f.read(CHUNK):
-                hasher.update(data)
-        digest = hasher.hexdigest()
-        if not self._blob(digest).exists():
-            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.out"
-            try:
-                tmp.unlink(missing_ok=True)
-                try:
-                    os.link(path, tmp)
-                except OSError:  # another file system, or not ours to link
-                    shutil.copyfile(path, tmp)
-                self._keep(tmp, digest)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return digest, path.stat().st_size
+        """Keep a file of a run's output as a blob, hashing the copy made (what is stored)."""
+        tmp = self._tmp("out")
+        hasher, size = hashlib.sha256(), 0
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                while data := src.read(CHUNK):
+                    hasher.update(data)
+                    dst.write(data)
+                    size += len(data)
+            digest = hasher.hexdigest()
+            self._keep(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size
 
     # -- manifests -----------------------------------------------------------------------------
 
     def put_manifest(self, files: dict[str, dict[str, Any]], file: str = "", *, upload: bool = True) -> str:
         """Check and keep a manifest; returns its digest. An upload is held to the upload limit."""
-        total = 0
+        sizes = {}  # what the upload holds: each content once
         for path, entry in files.items():
             where = f"entries[{path!r}]"
             _check_path(path, where)
             if "link" in entry:
-                _check_link(path, entry["link"], where)
+                _check_link(path, entry["link"], files, where)
                 continue
             blob = self._blob(entry["sha256"]) if is_digest(entry["sha256"]) else None
             if blob is None or not blob.exists():
@@ -134,7 +138,7 @@ class Data:
             if blob.stat().st_size != entry["size"]:
                 raise InvalidSpec(f"blob {entry['sha256']} has {blob.stat().st_size} bytes, not {entry['size']}",
                                   field=where)
-            total += entry["size"]
+            sizes[entry["sha256"]] = entry["size"]
         folders = {str(p) for path in files for p in PurePosixPath(path).parents}
         clash = sorted(folders & set(files))
         if clash:
@@ -142,13 +146,13 @@ class Data:
         if file and set(files) != {file}:
             raise InvalidSpec(f"an upload of one file holds just that file, {file!r}", field="file")
         if upload:
-            self._check_size(total)
+            self._check_size(sum(sizes.values()))
         manifest = {"files": files, **({"file": file} if file else {})}
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(text.encode()).hexdigest()
         kept = self.root / "manifests" / f"{digest}.json"
         if not kept.exists():
-            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.json"
+            tmp = self._tmp(digest)
             tmp.write_text(text)
             os.replace(tmp, kept)
         return digest
@@ -179,20 +183,22 @@ class Data:
         manifest = self.manifest(digest)
         tree = self.root / "trees" / digest
         if not tree.exists():
-            tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.tree"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = self._tmp(digest)
             tmp.mkdir()
             for rel, entry in manifest["files"].items():
                 path = tmp / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if "link" in entry:
                     path.symlink_to(entry["link"])
+                elif entry["x"]:
+                    shutil.copyfile(self._blob(entry["sha256"]), path)
+                    path.chmod(0o555)
                 else:
                     try:
                         os.link(self._blob(entry["sha256"]), path)
-                    except OSError:
+                    except OSError:  # another file system
                         shutil.copyfile(self._blob(entry["sha256"]), path)
-                    path.chmod(0o555 if entry["x"] else 0o444)
+                        path.chmod(0o444)
             for folder in sorted((p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
                 folder.chmod(0o555)
             tmp.chmod(0o555)
@@ -209,14 +215,22 @@ def _check_path(path: str, where: str) -> None:
         raise InvalidSpec("must be a relative path without '.', '..' or empty parts", field=where)
 
 
-def _check_link(path: str, target: str, where: str) -> None:
-    depth = len(PurePosixPath(path).parent.parts)
-    for part in PurePosixPath(target).parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
+def _check_link(path: str, target: str, files: dict[str, dict[str, Any]], where: str) -> None:
+    """A link must stay inside the data, and not through another link (which could lead out)."""
+    parts = list(PurePosixPath(path).parent.parts)
+    inside = bool(target) and not target.startswith("/") and "\0" not in target
+    for part in PurePosixPath(target).parts if inside else ():
+        through = files.get("/".join(parts), {})
+        if "link" in through or (part == ".." and not parts):
+            inside = False
             break
-    if not target or target.startswith("/") or depth < 0 or "\0" in target:
-        raise InvalidSpec(f"a link must point inside the data, not to {target!r}", field=where)
+        if part == "..":
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    if not inside:
+        raise InvalidSpec(f"a link must point inside the data, and not through another link, not to {target!r}",
+                          field=where)
 
 
 def _remove_tree(folder: Path) -> None:

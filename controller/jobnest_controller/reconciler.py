@@ -5,6 +5,7 @@ scheduler where queued runs go and starts them. The controller calls it in a loo
 directly with their own clock.
 """
 
+import dataclasses
 import logging
 import os
 import socket
@@ -212,7 +213,7 @@ class Reconciler:
         """Claim the runs (queued -> running) before starting them, so none can start twice."""
         if not placements:
             return
-        launches: list[tuple[Executor, Launch]] = []
+        launches: list[tuple[Executor, dict[str, Any], Launch]] = []
         with self.store.write() as tx:
             for run_uuid, node in placements:
                 run = self.store.run_for_start(tx, run_uuid)
@@ -230,23 +231,22 @@ class Reconciler:
                     env["JOBNEST_IMAGE"] = spec["image"]
                 if spec.get("program"):
                     env["JOBNEST_PROGRAM"] = spec["program"]
-                try:
-                    program = self.programs.unpack(spec["program"], Path(executor.workdir(run_uuid))) \
-                        if spec.get("program") else ""
-                    inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
-                except Exception as e:  # fail this run, not the whole pass
-                    self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED,
-                                          f"could not lay out its program or inputs: {e}", finished_at=now)
-                    continue
-                launches.append((executor, Launch(
+                launches.append((executor, spec, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
-                    self.controller_address, spec.get("image_id") or spec.get("image", ""), program, inputs)))
+                    self.controller_address, spec.get("image_id") or spec.get("image", ""))))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         unreached: list[str] = []
-        for executor, launch in launches:
+        for executor, spec, launch in launches:
+            try:  # after the claim is committed: a large input must not hold up every submit
+                program = self.programs.unpack(spec["program"], Path(executor.workdir(launch.run_uuid))) \
+                    if spec.get("program") else ""
+                inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
+            except Exception as e:
+                failed.append((launch.run_uuid, f"could not lay out its program or inputs: {e}"))
+                continue
             try:
-                s = executor.start(launch)
+                s = executor.start(dataclasses.replace(launch, program=program, inputs=inputs))
             except Unavailable as e:
                 log.info("run %s waits: %s", launch.run_uuid, e)
                 unreached.append(launch.run_uuid)

@@ -37,24 +37,22 @@ LOG_CHUNK = 64 * 1024
 
 
 class Activity:
-    """When the service was last used, for the idle shutdown of a local controller."""
+    """When the service was last used, for the idle shutdown of a local controller: never while
+    a call is in flight (a Watch, or an upload of many gigabytes)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.last = clock()
-        self.streams = 0
+        self.calls = 0
         self._lock = threading.Lock()
 
-    def touch(self) -> None:
-        self.last = self.clock()
-
-    def stream(self, delta: int) -> None:
+    def call(self, delta: int) -> None:
         with self._lock:
-            self.streams += delta
+            self.calls += delta
             self.last = self.clock()
 
     def idle_for(self) -> float:
-        return 0.0 if self.streams else self.clock() - self.last
+        return 0.0 if self.calls else self.clock() - self.last
 
 
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +60,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def unary(self: "JobService", request: Any, context: grpc.ServicerContext) -> Any:
-        self.activity.touch()
+        self.activity.call(+1)
         try:
             return method(self, request, context)
         except JobnestError as e:
@@ -70,10 +68,12 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
+        finally:
+            self.activity.call(-1)
 
     @functools.wraps(method)
     def stream(self: "JobService", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        self.activity.stream(+1)
+        self.activity.call(+1)
         try:
             yield from method(self, request, context)
         except JobnestError as e:
@@ -82,7 +82,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
         finally:
-            self.activity.stream(-1)
+            self.activity.call(-1)
 
     return stream if inspect.isgeneratorfunction(method) else unary
 

@@ -18,7 +18,7 @@ from .data import is_digest
 
 MAX_NAME = 200
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-INPUT_USE = re.compile(r"\{inputs\.([^}]*)\}")
+INPUT_USE = re.compile(r"(?<!\$)\{inputs\.([^}]*)\}")  # as executors.base.expand reads them
 
 
 def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: int,

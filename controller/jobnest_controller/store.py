@@ -242,6 +242,11 @@ class Store:
                     rename_refs(spec, lambda ref: job_uuids[int(ref[1:])] if ref.startswith("@") else ref)
                     named |= conditions.jobs_of(spec["when"])
             facts = self._facts(tx.conn, named - set(job_uuids))
+            for i, spec in enumerate(specs):
+                for name, ref in spec.get("inputs", {}).items():
+                    if ref.get("job") in facts and facts[ref["job"]].executor == DRIVER:
+                        raise InvalidSpec(f"job {ref['job']} is a driver program, which makes no output",
+                                          field=f"jobs[{i}].inputs[{name!r}]")
             parent_path = caller.path if caller.kind == "job" else "/"
             job_rows: list[dict[str, Any]] = [{}] * n
             views: list[dict[str, Any]] = [{}] * n
@@ -274,7 +279,7 @@ class Store:
                         "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
                     }
                     views[i] = _view(job_rows[i], run)
-                    facts[job_uuid] = Fact(run["state"], run["uuid"], run["state"], run["output"])
+                    facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
             if run_rows:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)
@@ -285,7 +290,7 @@ class Store:
         """What a condition or an input needs to know of the jobs it names."""
         if not uuids:
             return {}
-        rows = conn.execute(sa.select(jobs.c.uuid, jobs.c.state, runs.c.uuid, runs.c.state, runs.c.output)
+        rows = conn.execute(sa.select(jobs.c.uuid, jobs.c.state, runs.c.uuid, runs.c.executor, runs.c.output)
                             .select_from(JOB_FROM).where(jobs.c.uuid.in_(uuids))).all()
         return {uuid: Fact(*rest) for uuid, *rest in rows}
 
@@ -620,7 +625,7 @@ def _may_reuse(spec: dict[str, Any]) -> bool:
 class Fact(NamedTuple):
     state: str  # the job's
     run_uuid: str
-    run_state: str
+    executor: str
     output: str
 
 

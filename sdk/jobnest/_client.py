@@ -39,6 +39,7 @@ from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+MAX_MESSAGE = 128 * 2**20  # as the controller allows: a program archive, the manifest of a big output
 LOCAL_IDLE_TIMEOUT = float(os.environ.get("JOBNEST_LOCAL_IDLE_TIMEOUT", "300"))
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -120,7 +121,8 @@ class Client:
     def __init__(self, address: str, token: str = "", *, driver: bool = True) -> None:
         self.address = address
         self._token = token
-        self._channel = grpc.insecure_channel(_target(address))
+        self._channel = grpc.insecure_channel(_target(address), options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])
         self._stub = pb_grpc.JobServiceStub(self._channel)
         self._data = pb_grpc.DataServiceStub(self._channel)
         self._record_driver = driver and not os.environ.get("JOBNEST_JOB")

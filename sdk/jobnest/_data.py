@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidSpec
+from .errors import Conflict, InvalidSpec
 from .v1 import jobnest_pb2 as pb
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Output:
         """Fetch the output's files into `dest`, once the job has succeeded."""
         digest = self.job.wait().info.output
         if not digest:
-            raise InvalidSpec(f"job {self.job.uuid} ended {self.job.info.state}: it has no output", field="job")
+            raise Conflict(f"job {self.job.uuid} ended {self.job.info.state}: it has no output", field="job")
         return self.job.client.download(digest, dest)
 
 
@@ -71,7 +71,7 @@ def walk(root: Path) -> list[pb.ManifestEntry]:
     """The manifest entries of a file or a folder, with each file's sha256."""
     if not root.exists():
         raise InvalidSpec(f"{str(root)!r} does not exist", field="upload")
-    paths = [(root.name, root)] if not root.is_dir() else [
+    paths = [(root.name, root.resolve())] if not root.is_dir() else [  # a link given: what it names
         (p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if not p.is_dir() or p.is_symlink()]
     entries = []
     for rel, path in paths:
@@ -100,18 +100,25 @@ def chunks(path: Path, entry: pb.ManifestEntry) -> Iterator[pb.BlobChunk]:
 
 def lay_out(manifest: pb.Manifest, dest: Path, read: Any) -> Path:
     """Write a manifest's files under `dest`, each blob's bytes from `read(digest)` (an iterator
-    of chunks); returns the folder, or for a one-file upload the file."""
+    of chunks) and checked against its digest; returns the folder, or for a one-file upload the file."""
     dest.mkdir(parents=True, exist_ok=True)
     for entry in manifest.entries:
-        path = dest / entry.path  # paths were checked by the controller: relative, no ".."
+        if entry.path.startswith("/") or ".." in entry.path.split("/"):
+            raise InvalidSpec(f"{entry.path!r} is not a path inside the data", field="entries")
+        path = dest / entry.path
         path.parent.mkdir(parents=True, exist_ok=True)
         if entry.link:
             path.unlink(missing_ok=True)
             path.symlink_to(entry.link)
             continue
+        hasher = hashlib.sha256()
         with open(path, "wb") as f:
             for data in read(entry.digest):
+                hasher.update(data)
                 f.write(data)
+        if hasher.hexdigest() != entry.digest:
+            raise Conflict(f"{entry.path}: the bytes received have sha256 {hasher.hexdigest()}, not {entry.digest}",
+                           field="entries")
         if entry.executable:
             path.chmod(0o755)
     return dest / manifest.file if manifest.file else dest

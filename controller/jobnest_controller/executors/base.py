@@ -1,5 +1,6 @@
 """The interface every executor implements, and what it reports back to the reconciler."""
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,14 +25,14 @@ class Launch:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> its data: a read-only folder or file
 
 
-def expand(argv: list[str], inputs: dict[str, str], output: str) -> list[str]:
-    """argv with `{inputs.NAME}` and `{output}` replaced by the paths the job sees."""
-    def one(arg: str) -> str:
-        for name, path in inputs.items():
-            arg = arg.replace(f"{{inputs.{name}}}", path)
-        return arg.replace("{output}", output)
+PLACEHOLDER = re.compile(r"(?<!\$)\{(output|inputs\.[A-Za-z_][A-Za-z0-9_]*)\}")
 
-    return [one(arg) for arg in argv]
+
+def expand(argv: list[str], inputs: dict[str, str], output: str) -> list[str]:
+    """argv with `{inputs.NAME}` and `{output}` replaced by the paths the job sees; `${output}`
+    is left alone for the shell."""
+    paths = {"output": output, **{f"inputs.{name}": path for name, path in inputs.items()}}
+    return [PLACEHOLDER.sub(lambda m: paths.get(m[1], m[0]), arg) for arg in argv]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@
 FROM jobnest/debian:bookworm
 COPY build/wheels /tmp/wheels
 RUN python3 -m venv /opt/jobnest \
- && /opt/jobnest/bin/pip install --no-index --find-links /tmp/wheels 'jobnest[postgres,docker]' \
+ && /opt/jobnest/bin/pip install --no-index --find-links /tmp/wheels 'jobnest[postgres,docker,kubernetes]' \
  && rm -rf /tmp/wheels /root/.cache
 ENV PATH=/opt/jobnest/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 EXPOSE 7070

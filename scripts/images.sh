@@ -58,7 +58,7 @@ app_inputs=$( (docker image inspect jobnest/debian:bookworm --format '{{.Id}}'; 
 have=$(docker image inspect jobnest/jobnest:latest --format '{{ index .Config.Labels "jobnest.inputs" }}' 2>/dev/null || true)
 if [ "$have" != "$app_inputs" ]; then
     rm -rf build/wheels
-    .venv/bin/python -m pip wheel -q '.[postgres,docker]' -w build/wheels 2> >(grep -v '^WARNING: Location' >&2)
+    .venv/bin/python -m pip wheel -q '.[postgres,docker,kubernetes]' -w build/wheels 2> >(grep -v '^WARNING: Location' >&2)
     rm -rf build/lib build/bdist.*  # setuptools' leftovers
     DOCKER_BUILDKIT=0 docker build -q --label "jobnest.inputs=$app_inputs" -t jobnest/jobnest:latest . >/dev/null
     echo "built jobnest/jobnest:latest ($app_inputs)"

@@ -16,7 +16,7 @@ import click
 from jobnest.errors import JobnestError
 
 from .app import Controller
-from .settings import NodeSettings, ServerSettings, Settings, StoreSettings, default_home
+from .settings import KubernetesSettings, NodeSettings, ServerSettings, Settings, StoreSettings, default_home
 
 
 @click.command()
@@ -44,11 +44,26 @@ from .settings import NodeSettings, ServerSettings, Settings, StoreSettings, def
               help="Executor for jobs that name none.")
 @click.option("--max-upload", type=click.IntRange(min=0), envvar="JOBNEST_MAX_UPLOAD", default=2**30,
               show_envvar=True, help="The most bytes one upload may hold.")
+@click.option("--k8s-namespace", envvar="JOBNEST_K8S_NAMESPACE", default="", show_envvar=True,
+              help="Run Pods in this Kubernetes namespace (enables the kubernetes executor).")
+@click.option("--k8s-kubeconfig", envvar="JOBNEST_K8S_KUBECONFIG", default="", show_envvar=True,
+              help="Kubeconfig file (default: the in-cluster service account, else ~/.kube/config).")
+@click.option("--k8s-pvc", envvar="JOBNEST_K8S_PVC", default="", show_envvar=True,
+              help="PersistentVolumeClaim holding --home, which job Pods mount their data from.")
+@click.option("--k8s-service-account", envvar="JOBNEST_K8S_SERVICE_ACCOUNT", default="", show_envvar=True,
+              help="Service account of job Pods.")
+@click.option("--k8s-node-selector", envvar="JOBNEST_K8S_NODE_SELECTOR", default="", show_envvar=True,
+              help="key=value[,key=value]: labels a node needs to run job Pods.")
+@click.option("--k8s-cpu-quota", type=click.FloatRange(min=0.001), envvar="JOBNEST_K8S_CPU_QUOTA", default=8.0,
+              show_envvar=True, help="Cores of Kubernetes runs in flight at most.")
+@click.option("--k8s-memory-quota", type=click.IntRange(min=1), envvar="JOBNEST_K8S_MEMORY_QUOTA",
+              default=32 * 2**30, show_envvar=True, help="Bytes of memory of Kubernetes runs in flight at most.")
 @click.option("--idle-timeout", type=float, envvar="JOBNEST_IDLE_TIMEOUT", default=0.0, show_envvar=True,
               help="Exit after this many idle seconds (0: never).")
 def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, store_url: str,
          cpu: float | None, memory: int | None, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
-         max_upload: int, idle_timeout: float) -> None:
+         max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
+         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups)
@@ -60,9 +75,18 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
             raise click.BadParameter("must be at least 0.001 cores", param_hint="--cpu")
     if memory is not None:
         node.memory = memory
+    selector = {}
+    for item in filter(None, k8s_node_selector.split(",")):
+        key, _, value = item.partition("=")
+        if not key or "=" not in item:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--k8s-node-selector")
+        selector[key.strip()] = value.strip()
+    kubernetes = KubernetesSettings(namespace=k8s_namespace, kubeconfig=k8s_kubeconfig, pvc=k8s_pvc,
+                                    service_account=k8s_service_account, node_selector=selector,
+                                    cpu_quota_millis=round(k8s_cpu_quota * 1000), memory_quota=k8s_memory_quota)
     settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,
                                                          advertise=advertise),
-                        store=StoreSettings(store_url), node=node, idle_timeout=idle_timeout,
+                        store=StoreSettings(store_url), node=node, kubernetes=kubernetes, idle_timeout=idle_timeout,
                         default_executor=default_executor, max_upload=max_upload,
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])
     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -52,12 +52,32 @@ class NodeSettings:
 
 
 @dataclass
+class KubernetesSettings:
+    namespace: str = ""
+    """Namespace to run Pods in; empty: no Kubernetes executor."""
+    kubeconfig: str = ""
+    """Kubeconfig file; empty: the in-cluster service account, else ~/.kube/config."""
+    pvc: str = ""
+    """PersistentVolumeClaim holding the controller's home: Pods mount their output, inputs and
+    program from it (empty: none, for runs that need no data)."""
+    service_account: str = ""
+    """Service account for job Pods; empty: the namespace's default."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    """Labels a node must have to run job Pods."""
+    cpu_quota_millis: int = 8000
+    """Cluster quota: total cpu of the runs in flight, in millicores."""
+    memory_quota: int = 32 * 2**30
+    """Cluster quota: total memory of the runs in flight, in bytes."""
+
+
+@dataclass
 class Settings:
     home: str = field(default_factory=default_home)
     """State folder: the socket, the SQLite store and the runs' work dirs."""
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     default_executor: str = "local"
     """Executor for jobs that name none."""
     docker: list[str] = field(default_factory=lambda: ["auto"])

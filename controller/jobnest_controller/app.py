@@ -47,6 +47,9 @@ class Controller:
         if settings.docker:
             from .executors.docker import DockerExecutor  # only where Docker is wanted
             self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home))
+        if settings.kubernetes.namespace:
+            from .executors.kubernetes import KubernetesExecutor  # only where Kubernetes is wanted
+            self.executors["kubernetes"] = KubernetesExecutor(str(home), settings.kubernetes, controller_id=str(home))
         if settings.default_executor not in self.executors:
             raise JobnestError(f"default executor {settings.default_executor!r} is not configured "
                                f"(configured: {', '.join(self.executors)})")
@@ -147,4 +150,6 @@ class Controller:
             self._loop.join(timeout=5)
         for sock in (self.settings.server.socket, self.settings.server.jobs_socket):
             Path(sock).unlink(missing_ok=True)
+        for executor in self.executors.values():
+            executor.close()
         self.store.close()

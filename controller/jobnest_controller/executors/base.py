@@ -82,3 +82,6 @@ class Executor(Protocol):
 
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         """stream name -> file path of a run's logs."""
+
+    def close(self) -> None:
+        """The controller stops: end any threads of the executor's own (runs go on)."""

@@ -281,6 +281,9 @@ class DockerExecutor:
         except Exception as e:  # not running any more, or the node is away: poll() tells
             log.debug("stopping run %s: %s", run["uuid"], e)
 
+    def close(self) -> None:
+        pass  # its threads end with their runs' processes or containers
+
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}

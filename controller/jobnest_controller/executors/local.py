@@ -109,6 +109,9 @@ class LocalExecutor:
         if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
             _kill_group(pid, sig)
 
+    def close(self) -> None:
+        pass  # its threads end with their runs' processes or containers
+
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the venv: PostgreSQL server binaries (the tests start a
 # throwaway cluster themselves) and a user to run them as when we are root; a running Docker
-# engine with the project's images.
+# engine with the project's images; a real helm for the chart tests.
 set -euo pipefail
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "installing PostgreSQL server binaries"
@@ -11,3 +11,4 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres
 fi
 bash "$(dirname "$0")/images.sh"
+bash "$(dirname "$0")/helm.sh"

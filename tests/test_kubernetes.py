@@ -60,7 +60,7 @@ def test_a_pod_asks_for_the_share_and_mounts_its_data_from_the_claim(tmp_path: P
     assert spec["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "jobnest-data"}}]
     labels = pod["metadata"]["labels"]
     assert labels["jobnest.run"] == "ab" * 16 and len(labels["jobnest.controller"]) <= 63
-    assert pod["metadata"]["name"] == f"jobnest-{'ab' * 16}" and pod["metadata"]["namespace"] == "jobs"
+    assert pod["metadata"]["name"] == f"jobnest-{'ab' * 16}-1" and pod["metadata"]["namespace"] == "jobs"
 
 
 def test_without_a_claim_the_output_is_scratch_and_inputs_are_refused(tmp_path: Path) -> None:

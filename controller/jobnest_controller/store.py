@@ -561,8 +561,8 @@ class Store:
 
     def run_for_start(self, tx: Tx, run_uuid: str) -> dict[str, Any]:
         row = tx.conn.execute(
-            sa.select(runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis, runs.c.memory)
-            .where(runs.c.uuid == run_uuid)
+            sa.select(runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis, runs.c.memory,
+                      runs.c.attempt).where(runs.c.uuid == run_uuid)
         ).mappings().one()
         return {**row, "spec": json.loads(row["spec"])}
 

@@ -23,6 +23,7 @@ class Launch:
     image: str = ""  # for container executors: the image's content id
     program: str = ""  # a runner's unpacked program folder, to be its working directory
     inputs: dict[str, str] = field(default_factory=dict)  # name -> its data: a read-only folder or file
+    attempt: int = 1  # a failed run's retries are attempts 2, 3, ...
 
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{(output|inputs\.[A-Za-z_][A-Za-z0-9_]*)\}")

@@ -64,8 +64,8 @@ class KubernetesExecutor:
         self._api_client = api_client
         self._api: Any = None
         self._lock = threading.Lock()
-        self._pods: dict[str, Any] = {}  # run uuid -> its Pod as last seen (a V1Pod)
-        self._synced = False  # the first list is in: a run missing from _pods has no Pod
+        self._pods: dict[str, Any] = {}  # Pod name -> the Pod as last seen (a V1Pod)
+        self._synced = False  # the first list is in: a Pod missing from _pods is not there
         self._down: tuple[str, float] | None = None  # why the API is unreachable, and since when
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()
@@ -141,7 +141,7 @@ class KubernetesExecutor:
                 if not version:
                     listed = api.list_namespaced_pod(self.namespace, label_selector=self.selector)
                     with self._lock:
-                        self._pods = {_run_of(p): p for p in listed.items if _run_of(p)}
+                        self._pods = {p.metadata.name: p for p in listed.items}
                     version = listed.metadata.resource_version
                     self._synced, self._down = True, None
                     self.notify()
@@ -151,14 +151,11 @@ class KubernetesExecutor:
                 for event in stream:
                     pod = event["object"]
                     version = pod.metadata.resource_version or version
-                    run = _run_of(pod)
-                    if not run:
-                        continue
                     with self._lock:
                         if event["type"] == "DELETED":
-                            self._pods.pop(run, None)
-                        else:
-                            self._pods[run] = pod
+                            self._pods.pop(pod.metadata.name, None)
+                        elif event["type"] in ("ADDED", "MODIFIED"):
+                            self._pods[pod.metadata.name] = pod
                     self.notify()
                     if self._closed.is_set():
                         return
@@ -219,7 +216,7 @@ class KubernetesExecutor:
             spec["nodeSelector"] = dict(self.settings.node_selector)
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": _pod_name(launch.run_uuid), "namespace": self.namespace,
+            "metadata": {"name": f"jobnest-{launch.run_uuid}-{launch.attempt}", "namespace": self.namespace,
                          "labels": {RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id,
                                     "app.kubernetes.io/managed-by": "jobnest"}},
             "spec": spec,
@@ -248,15 +245,16 @@ class KubernetesExecutor:
             self._failed(e)
             raise Unavailable(f"the Kubernetes API is unreachable: {_brief(e)}") from e
         with self._lock:
-            self._pods.setdefault(launch.run_uuid, created)
+            self._pods.setdefault(created.metadata.name, created)
         return Started(0, self.workdir(launch.run_uuid), False, body["metadata"]["name"])
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         if not self._synced:
             return None  # cannot tell yet
         uuid = run["uuid"]
+        name = self._pod_of(run)
         with self._lock:
-            pod = self._pods.get(uuid)
+            pod = self._pods.get(name)
         if pod is None:
             self._deleting.discard(uuid)
             self._logs.pop(uuid, None)
@@ -285,17 +283,29 @@ class KubernetesExecutor:
             return Exited(None, f"the Pod failed: {pod.status.reason or 'no exit code'}")
         return Exited(code, f"exit code {code}")
 
+    def _pod_of(self, run: dict[str, Any]) -> str:
+        """The name of a run's Pod: recorded when it started, else (the controller stopped before
+        it could record it) the newest Pod labelled with the run."""
+        if run["handle"]:
+            return str(run["handle"])
+        with self._lock:
+            found = sorted((str(p.metadata.creation_timestamp or ""), n) for n, p in self._pods.items()
+                           if (p.metadata.labels or {}).get(RUN_LABEL) == run["uuid"])
+        return found[-1][1] if found else ""
+
     def _end(self, run: dict[str, Any]) -> None:
         self._deleting.discard(run["uuid"])
-        self._ended_pods.append(_pod_name(run["uuid"]))
+        if self._pod_of(run):
+            self._ended_pods.append(self._pod_of(run))
 
     def _copy_logs(self, run: dict[str, Any], follow: bool) -> None:
         path = Path(run["workdir"] or self.workdir(run["uuid"])) / "stdout.log"
+        name = self._pod_of(run)
 
         def copy() -> None:
             try:
-                response = self._core().read_namespaced_pod_log(_pod_name(run["uuid"]), self.namespace,
-                                                                follow=follow, _preload_content=False)
+                response = self._core().read_namespaced_pod_log(name, self.namespace, follow=follow,
+                                                                _preload_content=False)
                 with open(path, "wb") as f:
                     for data in response.stream(64 * 1024):
                         f.write(data)
@@ -311,9 +321,10 @@ class KubernetesExecutor:
 
     def stop(self, run: dict[str, Any], now: float) -> None:
         """Delete the Pod (SIGTERM, then SIGKILL after the grace period); poll() sees it go."""
-        if run["uuid"] not in self._deleting:
+        name = self._pod_of(run)
+        if name and run["uuid"] not in self._deleting:
             self._deleting.add(run["uuid"])
-            self._delete(_pod_name(run["uuid"]))
+            self._delete(name)
 
     def _delete(self, name: str) -> None:
         try:
@@ -326,14 +337,6 @@ class KubernetesExecutor:
 
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         return {"stdout": str(Path(run["workdir"] or self.workdir(run["uuid"])) / "stdout.log")}
-
-
-def _pod_name(run_uuid: str) -> str:
-    return f"jobnest-{run_uuid}"
-
-
-def _run_of(pod: Any) -> str:
-    return str((pod.metadata.labels or {}).get(RUN_LABEL, ""))
 
 
 def _container_state(pod: Any) -> Any:

@@ -65,6 +65,7 @@ class KubernetesExecutor:
         self._api: Any = None
         self._lock = threading.Lock()
         self._pods: dict[str, Any] = {}  # Pod name -> the Pod as last seen (a V1Pod)
+        self._made: dict[str, float] = {}  # Pod name -> when this executor created it
         self._synced = False  # the first list is in: a Pod missing from _pods is not there
         self._down: tuple[str, float] | None = None  # why the API is unreachable, and since when
         self._watcher: threading.Thread | None = None
@@ -139,9 +140,11 @@ class KubernetesExecutor:
             try:
                 api = self._core()
                 if not version:
+                    asked = time.monotonic()
                     listed = api.list_namespaced_pod(self.namespace, label_selector=self.selector)
-                    with self._lock:
-                        self._pods = {p.metadata.name: p for p in listed.items}
+                    with self._lock:  # a Pod made while the list was under way is kept: the watch follows it
+                        made_since = {n: p for n, p in self._pods.items() if self._made.get(n, 0.0) >= asked}
+                        self._pods = made_since | {p.metadata.name: p for p in listed.items}
                     version = listed.metadata.resource_version
                     self._synced, self._down = True, None
                     self.notify()
@@ -149,6 +152,7 @@ class KubernetesExecutor:
                     api.list_namespaced_pod, self.namespace, label_selector=self.selector,
                     resource_version=version, timeout_seconds=WATCH_SECONDS)
                 for event in stream:
+                    self._down = None
                     pod = event["object"]
                     version = pod.metadata.resource_version or version
                     with self._lock:
@@ -160,11 +164,10 @@ class KubernetesExecutor:
                     if self._closed.is_set():
                         return
             except self._k8s.client.exceptions.ApiException as e:
-                if e.status == 410:  # our place in the history is gone: list afresh
-                    version = ""
-                    continue
-                self._failed(e)
-                self._closed.wait(RETRY_DOWN)
+                version = ""  # list afresh: on 410 our place in the history is gone, else the API was away
+                if e.status != 410:
+                    self._failed(e)
+                    self._closed.wait(RETRY_DOWN)
             except Exception as e:  # cannot connect, or no configuration to connect with
                 self._failed(e)
                 version = ""
@@ -241,10 +244,10 @@ class KubernetesExecutor:
                 raise Unavailable(f"the Kubernetes API could not take the Pod now: {_brief(e)}") from e
             else:  # refused: a bad image name, a quota of the namespace, ...
                 raise JobnestError(f"Kubernetes refused the Pod: {_brief(e)}") from e
-        except Exception as e:
-            self._failed(e)
+        except Exception as e:  # the run waits; the watch tells when the API is back
             raise Unavailable(f"the Kubernetes API is unreachable: {_brief(e)}") from e
         with self._lock:
+            self._made[created.metadata.name] = time.monotonic()
             self._pods.setdefault(created.metadata.name, created)
         return Started(0, self.workdir(launch.run_uuid), False, body["metadata"]["name"])
 
@@ -258,6 +261,8 @@ class KubernetesExecutor:
         if pod is None:
             self._deleting.discard(uuid)
             self._logs.pop(uuid, None)
+            with self._lock:
+                self._made.pop(name, None)
             if not run["handle"]:
                 return Exited(None, "the controller stopped before the run started", started=False)
             return Exited(None, "lost: its Pod is gone")
@@ -295,14 +300,18 @@ class KubernetesExecutor:
 
     def _end(self, run: dict[str, Any]) -> None:
         self._deleting.discard(run["uuid"])
-        if self._pod_of(run):
-            self._ended_pods.append(self._pod_of(run))
+        name = self._pod_of(run)
+        if name:
+            self._ended_pods.append(name)
+            with self._lock:
+                self._made.pop(name, None)
 
     def _copy_logs(self, run: dict[str, Any], follow: bool) -> None:
         path = Path(run["workdir"] or self.workdir(run["uuid"])) / "stdout.log"
         name = self._pod_of(run)
 
         def copy() -> None:
+            response = None
             try:
                 response = self._core().read_namespaced_pod_log(name, self.namespace, follow=follow,
                                                                 _preload_content=False)
@@ -312,6 +321,9 @@ class KubernetesExecutor:
                         f.flush()
             except Exception as e:  # the Pod went away first: what was copied stays
                 log.info("log copy for run %s stopped: %s", run["uuid"], _brief(e))
+            finally:
+                if response is not None:
+                    response.release_conn()
 
         thread = threading.Thread(target=copy, name=f"log-{run['uuid'][:8]}", daemon=True)
         self._logs[run["uuid"]] = thread

@@ -159,7 +159,7 @@ def test_custom_values_reach_the_controller_flags_and_the_pod() -> None:
     assert flags(container) == {
         "--home": "/var/lib/jobnest", "--listen": "0.0.0.0:7070", "--advertise": "jobnest.example.com:443",
         "--executor": "local", "--docker": "none", "--max-upload": "4096", "--k8s-namespace": "jobs",
-        "--k8s-pvc": "shared-state", "--k8s-service-account": "runner",
+        "--k8s-service-account": "runner",  # no --k8s-pvc: the claim is not visible in namespace "jobs"
         "--k8s-node-selector": "example.com/gpu=none,pool=batch", "--k8s-cpu-quota": "2.5",
         "--k8s-memory-quota": str(8 * 2**30)}
     pod = objects["Deployment", "jobnest"]["spec"]["template"]["spec"]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import jobnest
+from jobnest.errors import JobnestError
 from jobnest_controller.app import Controller
 from jobnest_controller.executors.base import Launch
 from jobnest_controller.executors.kubernetes import KubernetesExecutor
@@ -23,10 +24,12 @@ from .kube_emulator import KubeEmulator, kube, rbac_pair  # noqa: F401  (kube: t
 from .test_chart import render
 
 NS = "jobs"
+ADVERTISE = "jobnest.jobs.svc:7070"  # what Pods would be told; nothing here calls it
 
 
 def start_controller(home: Path, emulator: KubeEmulator) -> Controller:
     settings = make_settings(home)
+    settings.server.advertise = ADVERTISE
     settings.kubernetes = KubernetesSettings(namespace=NS, kubeconfig=str(emulator.kubeconfig(home.parent / "kubeconfig")),
                                              cpu_quota_millis=2000, memory_quota=2**30)
     controller = Controller(settings)
@@ -103,7 +106,10 @@ def test_a_run_is_a_pod_whose_end_the_emulated_kubelet_decides(cluster: tuple[Ru
     ({"phase": "Pending", "containerStatuses": [container({"waiting": {"reason": "ErrImagePull",
                                                                        "message": "pull access denied"}})]},
      "failed", "could not start: ErrImagePull: pull access denied"),
-    ({"phase": "Failed", "reason": "Evicted"}, "failed", "the Pod failed: Evicted"),
+    ({"phase": "Failed", "reason": "Evicted", "message": "the node was low on memory",
+      "containerStatuses": [container({"terminated": {"exitCode": 137, "reason": "Error"}})]},
+     "failed", "the Pod was evicted: the node was low on memory"),
+    ({"phase": "Failed", "reason": "UnexpectedAdmissionError"}, "failed", "the Pod failed: UnexpectedAdmissionError"),
 ])
 def test_pod_phases_and_reasons_become_run_states(cluster: tuple[Running, KubeEmulator], status: dict[str, Any],
                                                   state: str, reason: str) -> None:
@@ -184,8 +190,16 @@ def test_a_restarted_controller_adopts_its_pods_and_learns_how_they_ended(kube: 
         controller.stop(grace=0)
 
 
+def test_a_pod_is_refused_the_controllers_unix_socket(kube: KubeEmulator, tmp_path: Path) -> None:  # noqa: F811
+    executor = KubernetesExecutor(str(tmp_path), KubernetesSettings(namespace=NS), "x", api_client=kube.api_client())
+    with pytest.raises(JobnestError, match="--advertise"):
+        executor.start(Launch("ab" * 16, "kubernetes", ["true"], {}, "", 100, 0, "unix:///x/jobs.sock", BUSYBOX))
+    assert kube.requests == []
+
+
 def test_an_unreachable_api_leaves_runs_queued_with_the_reason(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home")
+    settings.server.advertise = ADVERTISE
     settings.kubernetes = KubernetesSettings(namespace=NS, kubeconfig=str(tmp_path / "missing-kubeconfig"))
     controller = Controller(settings)
     controller.start()
@@ -221,6 +235,7 @@ def test_a_small_pipeline_on_a_real_cluster(tmp_path: Path) -> None:
     """Opt-in, on a real cluster: JOBNEST_TEST_NAMESPACE (default "default") and an image the
     cluster can pull (JOBNEST_TEST_IMAGE, default busybox)."""
     settings = make_settings(tmp_path / "home")
+    settings.server.advertise = ADVERTISE  # these jobs do not call back
     settings.kubernetes = KubernetesSettings(namespace=os.environ.get("JOBNEST_TEST_NAMESPACE", "default"),
                                              kubeconfig=os.environ["KUBECONFIG"])
     controller = Controller(settings)

@@ -49,7 +49,9 @@ class Controller:
             self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home))
         if settings.kubernetes.namespace:
             from .executors.kubernetes import KubernetesExecutor  # only where Kubernetes is wanted
-            self.executors["kubernetes"] = KubernetesExecutor(str(home), settings.kubernetes, controller_id=str(home))
+            # Releases of the chart share the home's path: the address tells them apart.
+            self.executors["kubernetes"] = KubernetesExecutor(
+                str(home), settings.kubernetes, controller_id=f"{home} {settings.server.advertise}")
         if settings.default_executor not in self.executors:
             raise JobnestError(f"default executor {settings.default_executor!r} is not configured "
                                f"(configured: {', '.join(self.executors)})")

@@ -104,9 +104,10 @@ class KubernetesExecutor:
 
     def nodes(self) -> list[Node]:
         """The cluster quota, as one node, while the API answers."""
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, name="k8s-watch", daemon=True)
-            self._watcher.start()
+        with self._lock:  # gRPC threads ask too
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="k8s-watch", daemon=True)
+                self._watcher.start()
         if self._down is not None or not self._synced:
             return []
         return [Node("kubernetes", self.settings.cpu_quota_millis, self.settings.memory_quota)]
@@ -118,8 +119,7 @@ class KubernetesExecutor:
 
     def tidy(self) -> None:
         """Delete the Pods of runs whose end the last pass recorded: it is committed now."""
-        while self._ended_pods:
-            self._delete(self._ended_pods.pop())
+        self._ended_pods = [name for name in self._ended_pods if not self._delete(name)]
 
     def resolve_image(self, image: str) -> str:
         """The image as given: the cluster pulls it, so a digest (name@sha256:...) pins its content."""
@@ -198,7 +198,9 @@ class KubernetesExecutor:
         if launch.memory:
             resources["requests"]["memory"] = resources.setdefault("limits", {})["memory"] = str(launch.memory)
         container = {
-            "name": "job", "image": launch.image, "command": expand(launch.argv, seen, OUTPUT),
+            # Images are loaded onto nodes as often as pulled: a `:latest` must not force a pull.
+            "name": "job", "image": launch.image, "imagePullPolicy": "IfNotPresent",
+            "command": expand(launch.argv, seen, OUTPUT),
             "env": [{"name": k, "value": v} for k, v in env.items()], "resources": resources,
             "volumeMounts": mounts,
         }
@@ -219,7 +221,7 @@ class KubernetesExecutor:
             spec["nodeSelector"] = dict(self.settings.node_selector)
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"jobnest-{launch.run_uuid}-{launch.attempt}", "namespace": self.namespace,
+            "metadata": {"name": _pod_name(launch.run_uuid, launch.attempt), "namespace": self.namespace,
                          "labels": {RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id,
                                     "app.kubernetes.io/managed-by": "jobnest"}},
             "spec": spec,
@@ -232,6 +234,9 @@ class KubernetesExecutor:
             raise JobnestError(f"{path} is not on the claim, which holds {self.home}") from None
 
     def start(self, launch: Launch) -> Started:
+        if launch.controller.startswith("unix://"):
+            raise JobnestError("a Pod cannot reach the controller's unix socket: serve TCP and --advertise "
+                               "an address Pods reach")
         (Path(self.workdir(launch.run_uuid)) / "out").mkdir(parents=True, exist_ok=True)
         body = self.pod(launch)
         ApiException = self._k8s.client.exceptions.ApiException
@@ -282,29 +287,25 @@ class KubernetesExecutor:
         self._end(run)
         terminated = state.terminated if state else None
         code = terminated.exit_code if terminated else None
+        if pod.status.reason == "Evicted":
+            return Exited(code, f"the Pod was evicted: {pod.status.message or ''}".rstrip(": "))
         if terminated is not None and terminated.reason == "OOMKilled":
             return Exited(code, "out of memory")
         if code is None:
             return Exited(None, f"the Pod failed: {pod.status.reason or 'no exit code'}")
         return Exited(code, f"exit code {code}")
 
-    def _pod_of(self, run: dict[str, Any]) -> str:
-        """The name of a run's Pod: recorded when it started, else (the controller stopped before
-        it could record it) the newest Pod labelled with the run."""
-        if run["handle"]:
-            return str(run["handle"])
-        with self._lock:
-            found = sorted((str(p.metadata.creation_timestamp or ""), n) for n, p in self._pods.items()
-                           if (p.metadata.labels or {}).get(RUN_LABEL) == run["uuid"])
-        return found[-1][1] if found else ""
+    @staticmethod
+    def _pod_of(run: dict[str, Any]) -> str:
+        """The name of a run's Pod: one per attempt, so a retry never meets the last one's."""
+        return str(run["handle"]) or _pod_name(run["uuid"], run["attempt"])
 
     def _end(self, run: dict[str, Any]) -> None:
         self._deleting.discard(run["uuid"])
         name = self._pod_of(run)
-        if name:
-            self._ended_pods.append(name)
-            with self._lock:
-                self._made.pop(name, None)
+        self._ended_pods.append(name)
+        with self._lock:
+            self._made.pop(name, None)
 
     def _copy_logs(self, run: dict[str, Any], follow: bool) -> None:
         path = Path(run["workdir"] or self.workdir(run["uuid"])) / "stdout.log"
@@ -333,22 +334,29 @@ class KubernetesExecutor:
 
     def stop(self, run: dict[str, Any], now: float) -> None:
         """Delete the Pod (SIGTERM, then SIGKILL after the grace period); poll() sees it go."""
-        name = self._pod_of(run)
-        if name and run["uuid"] not in self._deleting:
-            self._deleting.add(run["uuid"])
-            self._delete(name)
+        if run["uuid"] not in self._deleting and self._delete(self._pod_of(run)):
+            self._deleting.add(run["uuid"])  # else asked again at the next pass
 
-    def _delete(self, name: str) -> None:
+    def _delete(self, name: str) -> bool:
+        """Delete a Pod; False if the API could not be asked (gone already counts as done)."""
         try:
             self._core().delete_namespaced_pod(name, self.namespace, grace_period_seconds=KILL_GRACE)
         except self._k8s.client.exceptions.ApiException as e:
-            if e.status != 404:  # gone already is what we wanted
-                log.warning("could not delete Pod %s: %s", name, _brief(e))
+            if e.status == 404:
+                return True
+            log.warning("could not delete Pod %s: %s", name, _brief(e))
+            return False
         except Exception as e:
             log.warning("could not delete Pod %s: %s", name, _brief(e))
+            return False
+        return True
 
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         return {"stdout": str(Path(run["workdir"] or self.workdir(run["uuid"])) / "stdout.log")}
+
+
+def _pod_name(run_uuid: str, attempt: int) -> str:
+    return f"jobnest-{run_uuid}-{attempt}"
 
 
 def _container_state(pod: Any) -> Any:

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test bench protos images setup clean
+.PHONY: run test bench protos images setup clean shim
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -15,14 +15,23 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) examples/pipeline.py
 
-test: $(STAMP)
+SHIM := build/shim/libjobnest_exec.so
+
+shim: $(SHIM)
+
+$(SHIM): shim/libjobnest_exec.c shim/exports.map
+	mkdir -p build/shim
+	$${CC:-cc} -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ shim/libjobnest_exec.c -ldl \
+		-Wl,--version-script=shim/exports.map
+
+test: $(STAMP) $(SHIM)
 	bash scripts/test-setup.sh
 	$(PY) -m pytest -q
 
 images: $(STAMP)
 	bash scripts/images.sh
 
-bench: $(STAMP) images
+bench: $(STAMP) images $(SHIM)
 	$(PY) bench/run.py
 
 protos: $(STAMP)

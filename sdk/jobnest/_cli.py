@@ -14,6 +14,7 @@ import click
 from . import _render as render
 from ._client import Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy
 from ._data import upload
+from ._exec import exec_remote, write_shims
 from .errors import JobnestError
 
 
@@ -322,6 +323,22 @@ def invalidate(ctx: click.Context, run: str) -> None:
     """Mark RUN's result bad (a run uuid or prefix, as `show` prints): it is never reused again."""
     _client(ctx).invalidate(run)
     click.echo(f"run {run} will not be reused")
+
+
+@main.command("exec-remote", context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_remote_command(command: tuple[str, ...]) -> NoReturn:
+    """Run COMMAND as a child job, as if here: its output and exit code (the shim's helper)."""
+    exec_remote(list(command))
+
+
+@main.command("exec-shims")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("programs", nargs=-1, required=True)
+def exec_shims(folder: Path, programs: tuple[str, ...]) -> None:
+    """Write a wrapper per PROGRAM into FOLDER that runs it as a job; put FOLDER first on PATH."""
+    for wrapper in write_shims(folder, list(programs)):
+        click.echo(wrapper)
 
 
 @main.group()

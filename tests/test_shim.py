@@ -1,0 +1,154 @@
+"""The exec-redirection shim (LD_PRELOAD) and its PATH-mode wrappers, with real programs: bash,
+make, a C program calling every wrapped exec variant, and a real controller."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import jobnest
+
+from .conftest import ADMIN, BUSYBOX, Running
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM = ROOT / "build" / "shim" / "libjobnest_exec.so"
+HELPER = str(Path(sys.executable).parent / "jobnest")
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> Path:
+    """A folder of small programs: `say` prints its arguments and exits 3, `greet` prints them,
+    `slow` takes a second."""
+    if not SHIM.exists():
+        pytest.fail(f"no shim at {SHIM.relative_to(ROOT)}: run `make shim` (make test does)")
+    folder = tmp_path / "tools"
+    folder.mkdir()
+    for name, body in (("say", 'echo "$@"; exit 3'), ("greet", 'echo "$@"'), ("slow", 'sleep 1; echo "$@"')):
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def shim_env(running: Running | None, tools: Path, redirect: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBNEST_")}
+    env |= {"LD_PRELOAD": str(SHIM), "JOBNEST_EXEC_HELPER": HELPER, "PATH": f"{tools}:{env['PATH']}"}
+    if redirect is not None:
+        env["JOBNEST_EXEC_REDIRECT"] = redirect
+    if running is not None:
+        env |= {"JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    return env | extra
+
+
+def sh(env: dict[str, str], script: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_every_exec_variant_of_a_whitelisted_program_becomes_a_child_job(running: Running, tools: Path,
+                                                                         tmp_path: Path) -> None:
+    program = tmp_path / "every_exec"
+    subprocess.run(["cc", "-O1", "-o", str(program), str(ROOT / "tests" / "shim" / "every_exec.c")], check=True)
+    env = {"LD_PRELOAD": str(SHIM), "JOBNEST_EXEC_REDIRECT": "say", "JOBNEST_EXEC_HELPER": HELPER,
+           "PATH": f"{tools}:/usr/bin:/bin"}
+    client = running.client()
+    caller = client.submit([str(program), str(tools / "say"), "/bin/echo"], env=env, name="caller")
+    assert caller.wait(timeout=120).state == "succeeded", caller.logs(stream=None)
+    variants = ["execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle", "posix_spawn", "posix_spawnp"]
+    report = [line for line in caller.logs().splitlines() if ": " in line]
+    assert report == [f"{v} {name}: {code}" for v in variants for name, code in (("say", 3), ("echo", 0))]
+    children = list(client.list(parent=caller.uuid))
+    assert [c.name for c in children] == ["say"] * len(variants)  # echo ran here, not as a job
+    assert sorted(client.job(c.uuid).logs() for c in children) == sorted(f"{v}\n" for v in variants)
+    assert {c.exit_code for c in children} == {3}
+    tree = subprocess.run([HELPER, "tree", caller.uuid], env={**os.environ, "JOBNEST_CONTROLLER": running.address,
+                                                              "JOBNEST_TOKEN": ADMIN}, capture_output=True, text=True)
+    assert tree.stdout.count("say") == len(variants)
+
+
+def test_a_pipeline_in_bash_runs_the_whitelisted_stage_as_one_job_and_a_rerun_reuses_it(
+        running: Running, tools: Path, tmp_path: Path) -> None:
+    env = shim_env(running, tools, "wc,greet")
+    first = sh(env, 'printf "a\\nb\\n" | wc -l')
+    assert first.returncode == 0 and first.stdout.strip() == "2", first.stderr
+    [job] = running.client().list()
+    assert job.name == "wc" and job.state == "succeeded"
+    assert sh(env, 'printf "a\\nb\\n" | wc -l').stdout.strip() == "2"
+    assert [j.reused for j in running.client().list()] == [False, True]
+    # The tool's binary is part of the signature: the same script reuses, a changed tool runs.
+    runs = [sh(env, "greet hello", cwd=tmp_path) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0] and runs[1].stdout == "hello\n"
+    (tools / "greet").write_text('#!/bin/sh\necho "$@" again\n')
+    assert sh(env, "greet hello", cwd=tmp_path).stdout == "hello again\n"
+    greets = [j for j in running.client().list() if j.name == "greet"]
+    assert [j.reused for j in greets] == [False, True, False]
+    assert running.client().why(greets[2].uuid)["differing"] == ["cache_version"]
+
+
+def test_make_runs_whitelisted_recipes_as_concurrent_jobs(running: Running, tools: Path, tmp_path: Path) -> None:
+    (tmp_path / "Makefile").write_text("all: a b\na:\n\tslow a\nb:\n\tslow b\n")
+    done = subprocess.run(["make", "-s", "-j2"], env=shim_env(running, tools, "slow"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and sorted(done.stdout.split()) == ["a", "b"], done.stderr
+    a, b = sorted(running.client().list(), key=lambda j: j.started_at or 0)
+    assert a.name == b.name == "slow"
+    assert b.started_at < a.finished_at  # they overlapped  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("redirect, words", [
+    ("", "JOBNEST_EXEC_REDIRECT is malformed: it is empty"),
+    ("wc,,say", "it has an empty name"),
+    ("/usr/bin/wc", "give program names, not paths"),
+])
+def test_a_bad_whitelist_fails_every_exec_loudly(tools: Path, redirect: str, words: str) -> None:
+    done = sh(shim_env(None, tools, redirect), "/bin/echo never")
+    assert done.returncode != 0 and words in done.stderr and "never" not in done.stdout
+
+
+def test_a_missing_helper_or_controller_is_a_clear_failure_and_fallback_runs_locally(tools: Path) -> None:
+    missing = sh(shim_env(None, tools, "wc", JOBNEST_EXEC_HELPER="/nowhere/jobnest"), "wc -l </dev/null")
+    assert missing.returncode != 0 and "cannot run the redirect helper /nowhere/jobnest: not found" in missing.stderr
+    gone = {"JOBNEST_CONTROLLER": "127.0.0.1:9", "JOBNEST_TOKEN": ADMIN}  # nothing listens on port 9
+    started = time.monotonic()
+    refused = sh(shim_env(None, tools, "wc", **gone), 'printf "a\\n" | wc -l')
+    assert refused.returncode != 0 and "cannot reach the controller" in refused.stderr
+    assert "JOBNEST_EXEC_FALLBACK=local" in refused.stderr and time.monotonic() - started < 30
+    local = sh(shim_env(None, tools, "wc", JOBNEST_EXEC_FALLBACK="local", **gone), 'printf "a\\nb\\n" | wc -l')
+    assert local.returncode == 0 and local.stdout.strip() == "2" and "running wc here" in local.stderr
+
+
+def test_path_mode_wrappers_run_programs_as_jobs_without_the_shim(running: Running, tmp_path: Path) -> None:
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    made = subprocess.run([HELPER, "exec-shims", str(tmp_path / "shims"), "wc"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert made.returncode == 0 and made.stdout.strip() == str(tmp_path / "shims" / "wc"), made.stderr
+    env["PATH"] = f"{tmp_path / 'shims'}:{env['PATH']}"
+    done = sh(env, 'printf "a\\nb\\n" | wc -l')
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
+    assert [j.name for j in running.client().list()] == ["wc"]
+    bad = subprocess.run([HELPER, "exec-shims", str(tmp_path / "shims"), "no-such-tool"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "'no-such-tool' is not a program on PATH" in bad.stderr
+
+
+def test_the_job_runs_in_the_callers_folder_with_only_the_variables_asked_for(running: Running, tools: Path,
+                                                                            tmp_path: Path) -> None:
+    (tmp_path / "here.txt").write_text("local file\n")
+    (tools / "show").write_text('#!/bin/sh\ncat here.txt; echo "[$KEEP][$DROP]"\n')
+    (tools / "show").chmod(0o755)
+    env = shim_env(running, tools, "show", KEEP="kept", DROP="dropped", JOBNEST_EXEC_ENV="KEEP")
+    done = sh(env, "show", cwd=tmp_path)
+    assert done.stdout == "local file\n[kept][]\n", done.stderr
+    [job] = running.client().list()
+    assert isinstance(job, jobnest.JobInfo) and job.name == "show"
+
+
+def test_with_an_image_the_call_runs_in_a_container_that_sees_the_callers_folder(docker_running: Running,
+                                                                                  tools: Path, tmp_path: Path) -> None:
+    (tmp_path / "here.txt").write_text("local file\n")
+    env = shim_env(docker_running, tools, "cat", JOBNEST_EXEC_IMAGE=BUSYBOX)
+    done = sh(env, "cat here.txt", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout == "local file\n", done.stderr
+    [job] = docker_running.client().list()
+    assert job.executor == "docker" and job.name == "cat"

@@ -14,6 +14,8 @@ share a GIL and the controller's RSS is its own. Three controllers are used in t
   100k children with the same argv are submitted, all reusing that run (so none is queued and the
   reconciler stays idle). Times listing the subtree over gRPC and reads the controller's VmRSS.
 
+It also times the exec-redirection shim's cost on execs it does not redirect (no controller).
+
 `--quick` divides every count by 10 for a smoke test. The table is also written to docs/bench.md.
 """
 
@@ -266,6 +268,31 @@ def bench_workflows(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
+def bench_shim(n: int, rows: list, notes: list) -> None:
+    """n execs of /bin/true from a bash loop: plain, with an empty library preloaded (the floor:
+    what loading any library costs) and with the shim preloaded (a whitelist in force that does
+    not name `true`); best of 7 alternating rounds each."""
+    shim = ROOT / "build" / "shim" / "libjobnest_exec.so"
+    empty = Path(tempfile.mkdtemp(prefix="jobnest-bench-")) / "libempty.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-s", "-nostartfiles", "-o", str(empty), "-x", "c", "-"],
+                   input=b"void jobnest_bench_empty(void) {}\n", check=True)
+    loop = ["bash", "-c", f"for i in $(seq {n}); do /bin/true; done"]
+    envs = {"plain": dict(os.environ), "empty": {**os.environ, "LD_PRELOAD": str(empty)},
+            "shim": {**os.environ, "LD_PRELOAD": str(shim), "JOBNEST_EXEC_REDIRECT": "wc,bwa"}}
+    best = dict.fromkeys(envs, float("inf"))
+    for _ in range(7):
+        for name, env in envs.items():
+            best[name] = min(best[name], timed(lambda: subprocess.run(loop, env=env, check=True)))
+    shutil.rmtree(empty.parent)
+    overhead = (best["shim"] / best["plain"] - 1) * 100
+    rows.append((f"shim overhead on a non-redirected exec ({n} x /bin/true), %", overhead, "< 5%", overhead < 5))
+    per = {name: t / n * 1e6 for name, t in best.items()}
+    notes.append(f"Shim: an exec of /bin/true from bash took {per['plain']:.0f} µs plain, {per['empty']:.0f} µs with "
+                 f"an empty library preloaded and {per['shim']:.0f} µs with the shim (best of 7 rounds of {n}): "
+                 f"loading any library costs {(best['empty'] / best['plain'] - 1) * 100:.1f}% here, the shim "
+                 f"{(best['shim'] / best['empty'] - 1) * 100:.1f}% more.")
+
+
 def render(rows: list, markdown: bool) -> str:
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
@@ -297,7 +324,8 @@ def main() -> None:
                         ("local", lambda: bench_local(500 // k, rows, notes)),
                         ("tree", lambda: bench_tree(100000 // k, rows, notes)),
                         ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes)),
-                        ("workflows", lambda: bench_workflows(1000 // k, rows, notes))]:
+                        ("workflows", lambda: bench_workflows(1000 // k, rows, notes)),
+                        ("shim", lambda: bench_shim(1000 // k, rows, notes))]:
         try:
             fn()
         except Exception as e:  # report the other sections still

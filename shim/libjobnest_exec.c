@@ -18,7 +18,7 @@
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdlib.h>
-#include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define LIST_MAX 4096
@@ -27,29 +27,48 @@
 
 extern char **environ;
 
-static __typeof__(execve) *real_execve;
-static __typeof__(execvpe) *real_execvpe;
-static __typeof__(posix_spawn) *real_posix_spawn;
-static __typeof__(posix_spawnp) *real_posix_spawnp;
+static void *real_execvpe, *real_posix_spawn, *real_posix_spawnp;
 
 enum { OFF, ON, MALFORMED };
 static int mode = OFF;
-static char whitelist[LIST_MAX + 3];  /* ",wc,samtools,": a name matches as ",name," */
+static char whitelist[LIST_MAX + 1];  /* "wc,samtools" */
 static const char *problem = "";
 static const char *helper = "jobnest";
 
-#define REAL(name) real_##name = (__typeof__(real_##name))dlsym(RTLD_NEXT, #name)
+/* The real function, looked up the first time it is needed: a program that never execs (most
+ * of those the shim is loaded into) pays nothing for it. */
+#define REAL(name) ((__typeof__(&name))lookup(&real_##name, #name))
+
+static void *lookup(void **slot, const char *name) {
+    if (*slot == NULL)
+        *slot = dlsym(RTLD_NEXT, name);
+    return *slot;
+}
+
+/* String helpers of its own, so that loading the shim binds as few libc symbols as it can. */
+static size_t length(const char *s) {
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+static int same(const char *a, const char *b) {
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
 
 static void say(const char *a, const char *b, const char *c) {
     const char *parts[] = {"jobnest shim: ", a, b, c, "\n"};
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
-        if (parts[i] && write(2, parts[i], strlen(parts[i])) < 0)
+        if (parts[i] && write(2, parts[i], length(parts[i])) < 0)
             return;
 }
 
 /* Check the whitelist: names separated by single commas, no slashes, spaces or empty names. */
 static int parse(const char *list) {
-    size_t n = strlen(list);
+    size_t n = length(list);
     if (n == 0) { problem = "it is empty"; return MALFORMED; }
     if (n > LIST_MAX) { problem = "it is too long"; return MALFORMED; }
     size_t run = 0;
@@ -66,31 +85,55 @@ static int parse(const char *list) {
             run++;
         }
     }
-    whitelist[0] = ',';
-    memcpy(whitelist + 1, list, n);
-    whitelist[n + 1] = ',';
-    whitelist[n + 2] = '\0';
+    for (size_t i = 0; i <= n; i++)
+        whitelist[i] = list[i];
     return ON;
 }
 
+/* getenv without a call into libc: the constructor runs in every process the shim is loaded
+ * into, and most never exec, so it touches nothing it does not need. */
+static const char *env(const char *name) {
+    for (char **entry = environ; entry && *entry; entry++) {
+        const char *e = *entry, *n = name;
+        while (*n && *e == *n)
+            e++, n++;
+        if (*n == '\0' && *e == '=')
+            return e + 1;
+    }
+    return NULL;
+}
+
 __attribute__((constructor)) static void init(void) {
-    int saved = errno;
-    REAL(execve);
-    REAL(execvpe);
-    REAL(posix_spawn);
-    REAL(posix_spawnp);
-    const char *list = getenv("JOBNEST_EXEC_REDIRECT");
-    if (list != NULL && getenv("JOBNEST_EXEC_IN_HELPER") == NULL)
+    const char *list = env("JOBNEST_EXEC_REDIRECT");
+    if (list != NULL && env("JOBNEST_EXEC_IN_HELPER") == NULL)
         mode = parse(list);
-    const char *given = getenv("JOBNEST_EXEC_HELPER");
+    const char *given = env("JOBNEST_EXEC_HELPER");
     if (given != NULL && *given)
         helper = given;
-    errno = saved;
 }
 
 static const char *base(const char *path) {
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
+    const char *name = path;
+    for (const char *p = path; *p; p++)
+        if (*p == '/')
+            name = p + 1;
+    return name;
+}
+
+/* Whether `name` is one of the names of the whitelist. */
+static int listed(const char *name) {
+    for (const char *p = whitelist; *p;) {
+        const char *n = name;
+        while (*p && *p != ',' && *p == *n)
+            p++, n++;
+        if ((*p == ',' || *p == '\0') && *n == '\0')
+            return 1;
+        while (*p && *p != ',')
+            p++;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
 }
 
 /* Whether `path` is to be redirected; a malformed whitelist redirects nothing but is reported. */
@@ -98,15 +141,7 @@ static int wanted(const char *path) {
     if (mode == OFF || path == NULL)
         return 0;
     const char *name = base(path);
-    size_t n = strlen(name);
-    if (n == 0 || n > NAME_MAX_LEN || strcmp(name, base(helper)) == 0)  /* never the helper itself */
-        return 0;
-    char needle[NAME_MAX_LEN + 3];
-    needle[0] = ',';
-    memcpy(needle + 1, name, n);
-    needle[n + 1] = ',';
-    needle[n + 2] = '\0';
-    return strstr(whitelist, needle) != NULL;
+    return *name && !same(name, base(helper)) && listed(name);  /* never the helper itself */
 }
 
 static size_t count(char *const list[]) {
@@ -140,11 +175,13 @@ static int run(const char *path, char *const argv[], char *const envp[], int sea
             errno = EINVAL;
             return -1;
         }
-        return search ? real_execvpe(path, argv, envp) : real_execve(path, argv, envp);
+        if (search)
+            return REAL(execvpe)(path, argv, envp);
+        return (int)syscall(SYS_execve, path, argv, envp);  /* all glibc's execve does */
     }
     char *args[count(argv) + 5], *env[count(envp) + 2];
     helper_call(path, argv, envp, args, env);
-    real_execvpe(helper, args, env);
+    REAL(execvpe)(helper, args, env);
     int error = errno;
     say("cannot run the redirect helper ", helper, error == ENOENT ? ": not found (set JOBNEST_EXEC_HELPER)"
                                                                    : ": it failed to start");
@@ -159,11 +196,12 @@ static int spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t 
             say("JOBNEST_EXEC_REDIRECT is malformed: ", problem, "");
             return EINVAL;
         }
-        return (search ? real_posix_spawnp : real_posix_spawn)(pid, path, actions, attr, argv, envp);
+        return search ? REAL(posix_spawnp)(pid, path, actions, attr, argv, envp)
+                      : REAL(posix_spawn)(pid, path, actions, attr, argv, envp);
     }
     char *args[count(argv) + 5], *env[count(envp) + 2];
     helper_call(path, argv, envp, args, env);
-    int error = real_posix_spawnp(pid, helper, actions, attr, args, env);
+    int error = REAL(posix_spawnp)(pid, helper, actions, attr, args, env);
     if (error != 0)
         say("cannot run the redirect helper ", helper, error == ENOENT ? ": not found (set JOBNEST_EXEC_HELPER)"
                                                                        : ": it failed to start");

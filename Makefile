@@ -16,15 +16,11 @@ run: $(STAMP)
 	$(PY) examples/pipeline.py
 
 SHIM := build/shim/libjobnest_exec.so
-# Loaded into every process of a tool, so it is made cheap to load: stripped, no start files,
-# its few libc symbols bound once at load (a forked child then binds nothing), two segments.
 
 shim: $(SHIM)
 
-$(SHIM): shim/libjobnest_exec.c shim/exports.map Makefile
-	mkdir -p build/shim
-	$${CC:-cc} -shared -fPIC -O2 -Wall -Wextra -Werror -fno-tree-loop-distribute-patterns -s -nostartfiles -o $@ shim/libjobnest_exec.c \
-		-Wl,--version-script=shim/exports.map -Wl,-z,now -Wl,-z,norelro -Wl,-z,noseparate-code
+$(SHIM): shim/libjobnest_exec.c shim/exports.map scripts/build-shim.sh
+	bash scripts/build-shim.sh $@
 
 test: $(STAMP) $(SHIM)
 	bash scripts/test-setup.sh

@@ -8,8 +8,8 @@
  * another helper). Anything else goes to the real function untouched.
  *
  * The environment is read once, in the constructor. Between interception and the real call
- * there is no heap: new argv and envp arrays live on the stack. errno is what the real call
- * left. Only the wrapped symbols are exported (exports.map). The helper's own process marks
+ * there is no heap: new argv and envp arrays live on the stack (up to ENTRIES_MAX entries).
+ * errno is what the real call left. Only the wrapped symbols are exported (exports.map). The helper's own process marks
  * itself (JOBNEST_EXEC_IN_HELPER) so that nothing it runs is redirected again.
  */
 #define _GNU_SOURCE
@@ -18,32 +18,28 @@
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdlib.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define LIST_MAX 4096
 #define NAME_MAX_LEN 255
+#define PATH_LEN 4096
+#define ENTRIES_MAX 8192  /* argv and envp entries a redirected call may have: they go on the stack */
 #define IN_HELPER "JOBNEST_EXEC_IN_HELPER=1"
 
 extern char **environ;
 
-static void *real_execvpe, *real_posix_spawn, *real_posix_spawnp;
+static void *real_execve, *real_execvpe, *real_posix_spawn, *real_posix_spawnp;
 
 enum { OFF, ON, MALFORMED };
 static int mode = OFF;
 static char whitelist[LIST_MAX + 1];  /* "wc,samtools" */
 static const char *problem = "";
-static const char *helper = "jobnest";
+static char helper[PATH_LEN] = "jobnest";
 
-/* The real function, looked up the first time it is needed: a program that never execs (most
- * of those the shim is loaded into) pays nothing for it. */
-#define REAL(name) ((__typeof__(&name))lookup(&real_##name, #name))
-
-static void *lookup(void **slot, const char *name) {
-    if (*slot == NULL)
-        *slot = dlsym(RTLD_NEXT, name);
-    return *slot;
-}
+/* The next definition of a wrapped function (libc's, or another preloaded library's), looked up
+ * in the constructor: a forked child then calls it without the loader. */
+#define REAL(name) ((__typeof__(&name))real_##name)
+#define LOOK_UP(name) (real_##name = dlsym(RTLD_NEXT, #name))
 
 /* String helpers of its own, so that loading the shim binds as few libc symbols as it can. */
 static size_t length(const char *s) {
@@ -104,12 +100,19 @@ static const char *env(const char *name) {
 }
 
 __attribute__((constructor)) static void init(void) {
+    int saved = errno;
+    LOOK_UP(execve);
+    LOOK_UP(execvpe);
+    LOOK_UP(posix_spawn);
+    LOOK_UP(posix_spawnp);
     const char *list = env("JOBNEST_EXEC_REDIRECT");
     if (list != NULL && env("JOBNEST_EXEC_IN_HELPER") == NULL)
         mode = parse(list);
-    const char *given = env("JOBNEST_EXEC_HELPER");
-    if (given != NULL && *given)
-        helper = given;
+    const char *given = env("JOBNEST_EXEC_HELPER");  /* copied: a program may rewrite its environment */
+    if (given != NULL && *given && length(given) < PATH_LEN)
+        for (size_t i = 0; i <= length(given); i++)
+            helper[i] = given[i];
+    errno = saved;
 }
 
 static const char *base(const char *path) {
@@ -136,12 +139,15 @@ static int listed(const char *name) {
     return 0;
 }
 
-/* Whether `path` is to be redirected; a malformed whitelist redirects nothing but is reported. */
-static int wanted(const char *path) {
+/* Whether `path` is to be redirected; a malformed whitelist redirects nothing but is reported.
+ * A path the real call would not run (Python tries each folder of PATH in turn) is left to it. */
+static int wanted(const char *path, int search) {
     if (mode == OFF || path == NULL)
         return 0;
     const char *name = base(path);
-    return *name && !same(name, base(helper)) && listed(name);  /* never the helper itself */
+    if (!*name || same(name, base(helper)) || !listed(name))  /* never the helper itself */
+        return 0;
+    return (search && name == path) || access(path, X_OK) == 0;
 }
 
 static size_t count(char *const list[]) {
@@ -152,13 +158,21 @@ static size_t count(char *const list[]) {
 }
 
 /* The helper's argv (helper exec-remote -- path args...) and envp (envp plus the mark), built
- * into the caller's stack arrays. */
-static void helper_call(const char *path, char *const argv[], char *const envp[], char **args, char **env) {
+ * into the caller's stack arrays. A name without a slash that was not to be searched for is a
+ * file here: the helper gets it as ./name. */
+static void helper_call(const char *path, int search, char *const argv[], char *const envp[], char **args,
+                        char **env, char *here) {
     size_t argc = count(argv), envc = count(envp);
-    args[0] = (char *)helper;
+    args[0] = helper;
     args[1] = "exec-remote";
     args[2] = "--";
     args[3] = (char *)path;
+    if (!search && base(path) == path) {
+        here[0] = '.', here[1] = '/';
+        for (size_t i = 0; i <= length(path); i++)
+            here[2 + i] = path[i];
+        args[3] = here;
+    }
     for (size_t i = 1; i < argc; i++)
         args[3 + i] = argv[i];
     args[argc < 1 ? 4 : 3 + argc] = NULL;
@@ -168,19 +182,28 @@ static void helper_call(const char *path, char *const argv[], char *const envp[]
     env[envc + 1] = NULL;
 }
 
+static int too_many(char *const argv[], char *const envp[]) {
+    if (count(argv) < ENTRIES_MAX && count(envp) < ENTRIES_MAX)
+        return 0;
+    say("too many arguments or variables to redirect a call", "", "");
+    return 1;
+}
+
 static int run(const char *path, char *const argv[], char *const envp[], int search) {
-    if (!wanted(path)) {
+    if (!wanted(path, search)) {
         if (mode == MALFORMED && path != NULL) {
             say("JOBNEST_EXEC_REDIRECT is malformed: ", problem, "");
             errno = EINVAL;
             return -1;
         }
-        if (search)
-            return REAL(execvpe)(path, argv, envp);
-        return (int)syscall(SYS_execve, path, argv, envp);  /* all glibc's execve does */
+        return search ? REAL(execvpe)(path, argv, envp) : REAL(execve)(path, argv, envp);
     }
-    char *args[count(argv) + 5], *env[count(envp) + 2];
-    helper_call(path, argv, envp, args, env);
+    if (too_many(argv, envp)) {
+        errno = E2BIG;
+        return -1;
+    }
+    char *args[count(argv) + 5], *env[count(envp) + 2], here[NAME_MAX_LEN + 3];
+    helper_call(path, search, argv, envp, args, env, here);
     REAL(execvpe)(helper, args, env);
     int error = errno;
     say("cannot run the redirect helper ", helper, error == ENOENT ? ": not found (set JOBNEST_EXEC_HELPER)"
@@ -191,7 +214,7 @@ static int run(const char *path, char *const argv[], char *const envp[], int sea
 
 static int spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[], int search) {
-    if (!wanted(path)) {
+    if (!wanted(path, search)) {
         if (mode == MALFORMED && path != NULL) {
             say("JOBNEST_EXEC_REDIRECT is malformed: ", problem, "");
             return EINVAL;
@@ -199,8 +222,10 @@ static int spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t 
         return search ? REAL(posix_spawnp)(pid, path, actions, attr, argv, envp)
                       : REAL(posix_spawn)(pid, path, actions, attr, argv, envp);
     }
-    char *args[count(argv) + 5], *env[count(envp) + 2];
-    helper_call(path, argv, envp, args, env);
+    if (too_many(argv, envp))
+        return E2BIG;
+    char *args[count(argv) + 5], *env[count(envp) + 2], here[NAME_MAX_LEN + 3];
+    helper_call(path, search, argv, envp, args, env, here);
     int error = REAL(posix_spawnp)(pid, helper, actions, attr, args, env);
     if (error != 0)
         say("cannot run the redirect helper ", helper, error == ENOENT ? ": not found (set JOBNEST_EXEC_HELPER)"

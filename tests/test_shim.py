@@ -2,6 +2,7 @@
 make, a C program calling every wrapped exec variant, and a real controller."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 
 import jobnest
 
-from .conftest import ADMIN, BUSYBOX, Running
+from .conftest import ADMIN, BUSYBOX, Running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = ROOT / "build" / "shim" / "libjobnest_exec.so"
@@ -84,6 +85,13 @@ def test_a_pipeline_in_bash_runs_the_whitelisted_stage_as_one_job_and_a_rerun_re
     greets = [j for j in running.client().list() if j.name == "greet"]
     assert [j.reused for j in greets] == [False, True, False]
     assert running.client().why(greets[2].uuid)["differing"] == ["cache_version"]
+    # So are the files its arguments name: a changed input runs again.
+    (tmp_path / "data.txt").write_text("1\n2\n")
+    counts = [sh(env, "wc -l data.txt", cwd=tmp_path).stdout for _ in range(2)]
+    (tmp_path / "data.txt").write_text("1\n2\n3\n")
+    counts.append(sh(env, "wc -l data.txt", cwd=tmp_path).stdout)
+    assert counts == ["2 data.txt\n", "2 data.txt\n", "3 data.txt\n"]
+    assert [j.reused for j in running.client().list() if j.name == "wc"][-3:] == [False, True, False]
 
 
 def test_make_runs_whitelisted_recipes_as_concurrent_jobs(running: Running, tools: Path, tmp_path: Path) -> None:
@@ -152,3 +160,24 @@ def test_with_an_image_the_call_runs_in_a_container_that_sees_the_callers_folder
     assert done.returncode == 0 and done.stdout == "local file\n", done.stderr
     [job] = docker_running.client().list()
     assert job.executor == "docker" and job.name == "cat"
+
+
+def test_a_stopped_caller_cancels_its_job_and_exits_128_plus_the_signal(running: Running, tools: Path) -> None:
+    (tools / "slow").write_text('#!/bin/sh\nsleep 30\n')
+    caller = subprocess.Popen(["bash", "-c", "slow"], env=shim_env(running, tools, "slow"), stderr=subprocess.PIPE)
+    client = running.client()
+    job = wait_for(lambda: next((client.job(j.uuid) for j in client.list() if j.state == "running"), None))
+    caller.send_signal(signal.SIGTERM)
+    assert caller.wait(timeout=30) == 128 + signal.SIGTERM
+    assert job.wait(timeout=30).state == "cancelled"
+
+
+def test_pythons_search_of_path_is_left_alone_until_it_finds_the_program(running: Running, tools: Path,
+                                                                         tmp_path: Path) -> None:
+    """subprocess tries execve in each folder of PATH: only the path that exists is redirected."""
+    env = shim_env(running, tools, "greet")
+    env["PATH"] = f"{tmp_path / 'nothing-here'}:{env['PATH']}"
+    done = subprocess.run([sys.executable, "-c", "import subprocess; subprocess.run(['greet', 'from python'])"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "from python\n", done.stderr
+    assert [j.name for j in running.client().list()] == ["greet"]

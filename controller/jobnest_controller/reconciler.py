@@ -233,7 +233,8 @@ class Reconciler:
                     env["JOBNEST_PROGRAM"] = spec["program"]
                 launches.append((executor, spec, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
-                    self.controller_address, spec.get("image_id") or spec.get("image", ""), attempt=run["attempt"])))
+                    self.controller_address, spec.get("image_id") or spec.get("image", ""), attempt=run["attempt"],
+                    mount_cwd=spec.get("labels", {}).get("jobnest.cwd") == "mount")))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         unreached: list[str] = []

@@ -51,10 +51,10 @@ def exec_remote(command: list[str]) -> NoReturn:
         options.update(image=image, executor=os.environ.get("JOBNEST_EXEC_EXECUTOR", "docker"))
         path, tool = name, ""  # by name: the image has its own PATH
     else:
-        path = prog if "/" in prog else shutil.which(prog)
-        if path is None or not os.access(path, os.X_OK) or os.path.isdir(path):
+        found = prog if "/" in prog else shutil.which(prog)
+        if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
             _fail(127, f"{prog}: command not found")
-        path = os.path.abspath(path)
+        path = os.path.abspath(found)
         tool = _sha256(Path(path))
     # The signature holds the tool's binary and the files its arguments name, as they are now:
     # the same call on the same files reuses; an upgraded tool or a changed input runs again.

@@ -18,6 +18,8 @@ from jobnest_controller.app import Controller
 from jobnest_controller.executors.base import Launch
 from jobnest_controller.executors.kubernetes import KubernetesExecutor
 from jobnest_controller.settings import KubernetesSettings
+from jobnest_controller.states import State
+from jobnest_controller.store import Kind, Store
 
 from .conftest import BUSYBOX, Running, make_settings, wait_for
 from .kube_emulator import KubeEmulator, kube, rbac_pair  # noqa: F401  (kube: the fixture)
@@ -188,6 +190,27 @@ def test_a_restarted_controller_adopts_its_pods_and_learns_how_they_ended(kube: 
         assert [r.method for r in kube.requests].count("POST") == 1  # adopted, not started again
     finally:
         controller.stop(grace=0)
+
+
+def test_an_end_the_store_failed_to_record_keeps_its_pod_until_it_is_recorded(
+        cluster: tuple[Running, KubeEmulator], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection (the store's write of an end fails once): the Pod must not be deleted
+    before its end is stored, or the next pass would find it gone and call the run lost."""
+    running, emulator = cluster
+    original, failed = Store.transition, []
+
+    def flaky(self: Store, tx: Any, kind: Kind, uuid: str, expected: State, new: State, reason: str,
+              **values: Any) -> bool:
+        if new is State.SUCCEEDED and not failed:
+            failed.append(uuid)
+            raise JobnestError("the store is away (injected)")
+        return original(self, tx, kind, uuid, expected, new, reason, **values)
+
+    monkeypatch.setattr(Store, "transition", flaky)
+    job = submit(running, ["true"])
+    emulator.set_pod_status(NS, pod_of(emulator, job)["metadata"]["name"], ended_status(0))
+    assert job.wait(timeout=20).state == "succeeded" and failed == [job.info.run_uuid]
+    wait_for(lambda: not emulator.pods(NS))
 
 
 def test_a_pod_is_refused_the_controllers_unix_socket(kube: KubeEmulator, tmp_path: Path) -> None:  # noqa: F811

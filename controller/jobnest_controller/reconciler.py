@@ -69,8 +69,6 @@ class Reconciler:
         runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts. And while every node
         is full, nothing is planned at all: nothing could be placed (the usual state of a backlog).
         """
-        for executor in self.executors.values():
-            executor.tidy()  # the last pass's ends are committed: what they leave can go
         active = self.store.active_runs()
         ended = self._observe(active, now)
         running = [r for r in active if r["uuid"] not in ended]
@@ -168,6 +166,8 @@ class Reconciler:
                         state, values, reason = State.QUEUED, _retry(run, exited), ""
                         log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
                     self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, reason, **values)
+            for executor in self.executors.values():
+                executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
         return {run["uuid"] for run, _, _ in ended}
 
     def _store_output(self, run: dict[str, Any]) -> tuple[str, str]:

@@ -60,7 +60,7 @@ class Executor(Protocol):
         """The nodes this executor places runs on, with their capacity."""
 
     def tidy(self) -> None:
-        """Called at the start of each reconciler pass, once the last pass's ends are stored."""
+        """Called once the ends that poll() reported are stored: remove what the runs left."""
 
     def why_no_nodes(self) -> str:
         """Why `nodes()` came back empty, for the runs that wait on this executor."""

@@ -90,8 +90,8 @@ class DockerExecutor:
         return up
 
     def tidy(self) -> None:
-        """Remove the containers whose end the last pass recorded: it is committed now, so a
-        crash in between never loses an exit code."""
+        """Remove the containers whose end was just stored: never before, so a crash in between
+        never loses an exit code."""
         while self._ended_containers:
             self._remove_later(*self._ended_containers.pop())
 

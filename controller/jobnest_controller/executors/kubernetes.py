@@ -118,7 +118,8 @@ class KubernetesExecutor:
         return "waiting: the Kubernetes API has not answered yet"
 
     def tidy(self) -> None:
-        """Delete the Pods of runs whose end the last pass recorded: it is committed now."""
+        """Delete the Pods of runs whose end was just stored (one that could not be deleted is
+        tried again next time)."""
         self._ended_pods = [name for name in self._ended_pods if not self._delete(name)]
 
     def resolve_image(self, image: str) -> str:

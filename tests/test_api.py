@@ -47,6 +47,7 @@ def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc
     (pb.JobSpec(argv=["echo", "a\0b"]), "jobs[0].argv[1]", "NUL"),
     (pb.JobSpec(argv=["true"], env={"A": "x\0"}), "jobs[0].env['A']", "NUL"),
     (pb.JobSpec(argv=["true"], driver=True), "jobs[0].driver_pid", "process id"),
+    (pb.JobSpec(argv=["true"], mount_cwd=True), "jobs[0].mount_cwd", "needs a cwd"),
 ])
 def test_bad_specs_are_refused_and_store_nothing(running: Running, spec: pb.JobSpec, field: str, words: str) -> None:
     running.client().submit(["true"], name="already-there").wait(timeout=20)

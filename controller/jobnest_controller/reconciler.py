@@ -234,7 +234,7 @@ class Reconciler:
                 launches.append((executor, spec, Launch(
                     run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
                     self.controller_address, spec.get("image_id") or spec.get("image", ""), attempt=run["attempt"],
-                    mount_cwd=spec.get("labels", {}).get("jobnest.cwd") == "mount")))
+                    mount_cwd=spec.get("mount_cwd", False))))
         started: list[tuple[str, dict[str, Any]]] = []
         failed: list[tuple[str, str]] = []
         unreached: list[str] = []

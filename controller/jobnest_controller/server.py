@@ -142,7 +142,6 @@ class JobService(pb_grpc.JobServiceServicer):
         job_specs = [specs.validate(m, i, max_cpu_millis=max_cpu, max_memory=max_memory,
                                     executors=set(self.executors), default_executor=self.default_executor)
                      for i, m in enumerate(request.jobs)]
-        specs.levels(job_specs)  # refuses a cycle through "@N" references
         images: dict[tuple[str, str], str] = {}
         for i, (spec, msg) in enumerate(zip(job_specs, request.jobs)):
             named = {}  # a reference as given -> the full uuid; "@N" stays for the store
@@ -407,6 +406,7 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             program=spec.get("program", ""), when=json.dumps(spec["when"]) if "when" in spec else "",
             retries=spec.get("retries", 0), memory_on_oom=spec.get("memory_on_oom", 1.0),
             inputs={k: f"job:{v['job']}" if "job" in v else f"data:{v['data']}" for k, v in spec.get("inputs", {}).items()},
+            mount_cwd=spec.get("mount_cwd", False),
         ))
     return msg
 

@@ -15,10 +15,10 @@ from jobnest.v1 import jobnest_pb2 as pb
 
 from . import conditions
 from .data import is_digest
+from .executors.base import PLACEHOLDER
 
 MAX_NAME = 200
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-INPUT_USE = re.compile(r"(?<!\$)\{inputs\.([^}]*)\}")  # as executors.base.expand reads them
 
 
 def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: int,
@@ -77,6 +77,10 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         "timeout": msg.timeout, "cache_version": msg.cache_version, "labels": dict(msg.labels),
         "no_reuse": msg.no_reuse, "program": msg.program, "retries": msg.retries, "memory_on_oom": memory_on_oom,
     }
+    if msg.mount_cwd:
+        if msg.cwd in ("", "/"):
+            raise bad("mount_cwd", "needs a cwd to mount, other than /")
+        spec["mount_cwd"] = True
     if msg.when:
         try:
             spec["when"] = conditions.parse(msg.when)
@@ -95,9 +99,9 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
             raise bad(f"inputs[{key!r}]", "must be another job's output (job:UUID, or job:@N for job N of the "
                                           f"same request) or an upload (data:DIGEST), got {value!r}")
     for i, arg in enumerate(argv):
-        for name in INPUT_USE.findall(arg):
-            if name not in inputs:
-                raise bad(f"argv[{i}]", f"names {{inputs.{name}}}, but the job has no input {name!r}")
+        for name in PLACEHOLDER.findall(arg):
+            if name.startswith("inputs.") and name[7:] not in inputs:
+                raise bad(f"argv[{i}]", f"names {{{name}}}, but the job has no input {name[7:]!r}")
     if inputs:
         spec["inputs"] = inputs
         # A job waits for the jobs whose outputs it reads to succeed.

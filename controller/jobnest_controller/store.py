@@ -235,7 +235,7 @@ class Store:
                 if tx.conn.execute(self._claim_request, claim).first() is None:
                     known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
                     return self.get_jobs(json.loads(known)), None
-            batch_order = levels(specs)  # before "@N" references become the uuids they name
+            batch_order = levels(specs)  # before "@N" references become the uuids they name; refuses cycles
             named: set[str] = set()
             for spec in specs:
                 if "when" in spec:
@@ -279,7 +279,8 @@ class Store:
                         "cpu_millis": spec["cpu_millis"], "memory": spec["memory"],
                     }
                     views[i] = _view(job_rows[i], run)
-                    facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
+                    if len(batch_order) > 1:  # jobs of later levels name it
+                        facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
             if run_rows:
                 self._insert_many(tx.conn, runs, run_rows)
             self._insert_many(tx.conn, jobs, job_rows)

@@ -185,7 +185,7 @@ class Client:
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",
                                  "executor", "timeout", "cache_version", "labels", "program", "when", "retries",
-                                 "memory_on_oom", "inputs"}
+                                 "memory_on_oom", "inputs", "mount_cwd"}
         if unknown:
             raise InvalidSpec(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         spec = pb.JobSpec(
@@ -198,6 +198,7 @@ class Client:
             when=merged["when"].to_json() if merged.get("when") is not None else "",
             retries=merged.get("retries", 0), memory_on_oom=merged.get("memory_on_oom", 0),
             inputs={name: self._input(name, value) for name, value in merged.get("inputs", {}).items()},
+            mount_cwd=bool(merged.get("mount_cwd", False)),
         )
         if "cpu" in merged:
             spec.cpu = float(merged["cpu"])

@@ -78,15 +78,16 @@ def walk(root: Path) -> list[pb.ManifestEntry]:
         if path.is_symlink():
             entries.append(pb.ManifestEntry(path=rel, link=os.readlink(path)))
         elif path.is_file():
-            hasher = hashlib.sha256()
-            with open(path, "rb") as f:
-                while data := f.read(CHUNK):
-                    hasher.update(data)
-            entries.append(pb.ManifestEntry(path=rel, digest=hasher.hexdigest(), size=path.stat().st_size,
+            entries.append(pb.ManifestEntry(path=rel, digest=file_sha256(path), size=path.stat().st_size,
                                             executable=os.access(path, os.X_OK)))
         else:
             raise InvalidSpec(f"{str(path)!r} is not a file, a folder or a link", field="upload")
     return entries
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def chunks(path: Path, entry: pb.ManifestEntry) -> Iterator[pb.BlobChunk]:

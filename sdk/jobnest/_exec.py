@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ._client import connect
-from ._data import upload
+from ._data import file_sha256, upload
 from .errors import JobnestError, Unavailable
 
 # Runs the program with the uploaded stdin: sh -c SCRIPT sh STDIN PROG ARGS...
@@ -44,7 +44,7 @@ def exec_remote(command: list[str]) -> NoReturn:
     prog, args = command[0], command[1:]
     name = os.path.basename(prog)
     image = os.environ.get("JOBNEST_EXEC_IMAGE", "")
-    options: dict[str, object] = {"name": name, "cwd": os.getcwd(), "labels": {"jobnest.cwd": "mount"}}
+    options: dict[str, object] = {"name": name, "cwd": os.getcwd(), "mount_cwd": True}
     options["env"] = {k: os.environ[k] for k in filter(None, os.environ.get("JOBNEST_EXEC_ENV", "").split(","))
                       if k in os.environ}
     if image:  # the program is looked up in the image, whose content id the signature holds
@@ -55,10 +55,10 @@ def exec_remote(command: list[str]) -> NoReturn:
         if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
             _fail(127, f"{prog}: command not found")
         path = os.path.abspath(found)
-        tool = _sha256(Path(path))
+        tool = file_sha256(Path(path))
     # The signature holds the tool's binary and the files its arguments name, as they are now:
     # the same call on the same files reuses; an upgraded tool or a changed input runs again.
-    files = {a: _sha256(Path(a)) for a in args if os.path.isfile(a)}
+    files = {a: file_sha256(Path(a)) for a in args if os.path.isfile(a)}
     options["cache_version"] = "exec " + hashlib.sha256(repr((tool, sorted(files.items()))).encode()).hexdigest()
     options["reuse"] = os.environ.get("JOBNEST_EXEC_REUSE", "1") != "0"
     try:
@@ -98,11 +98,6 @@ def exec_remote(command: list[str]) -> NoReturn:
     if info.state != "succeeded" and info.exit_code is None:
         print(f"jobnest exec: {name} {info.state}: {info.reason}", file=sys.stderr)
     sys.exit(1 if info.exit_code is None else info.exit_code)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stdin() -> Path | None:

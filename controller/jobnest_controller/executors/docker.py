@@ -146,7 +146,7 @@ class DockerExecutor:
             folder = host.parent if host.is_file() else host  # a one-file upload: its folder
             binds.append((str(folder), f"{INPUTS}/{name}", "ro"))
             seen[name] = f"{INPUTS}/{name}" + (f"/{host.name}" if folder != host else "")
-        if launch.mount_cwd and launch.cwd not in ("", "/") and Path(launch.cwd).is_dir():  # asked for by the exec helper
+        if launch.mount_cwd and Path(launch.cwd).is_dir():
             binds.append((launch.cwd, launch.cwd, "rw"))
         if launch.controller.startswith("unix://"):
             binds.append((launch.controller.removeprefix("unix://"), JOBS_SOCKET, "rw"))

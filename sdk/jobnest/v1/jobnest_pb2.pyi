@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when", "retries", "memory_on_oom", "inputs")
+    __slots__ = ("name", "argv", "env", "cwd", "image", "cpu", "memory", "priority", "no_reuse", "executor", "timeout", "cache_version", "labels", "driver", "driver_pid", "driver_host", "program_archive", "program", "when", "retries", "memory_on_oom", "inputs", "mount_cwd")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class JobSpec(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_ON_OOM_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_CWD_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -73,7 +74,8 @@ class JobSpec(_message.Message):
     retries: int
     memory_on_oom: float
     inputs: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ..., inputs: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    mount_cwd: bool
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ..., inputs: _Optional[_Mapping[str, str]] = ..., mount_cwd: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state", "output_dir")

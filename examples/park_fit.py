@@ -41,9 +41,7 @@ def main() -> None:
         fit = step("fit", "{inputs.data}", "{inputs.model}", inputs={"data": fetch.output, "model": model.output},
                    when=fetch.succeeded & model.succeeded)
     client.wait([job.uuid for job in (reduction, fetch, upload, model, fit)])
-    root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
-    assert root is not None
-    print(root.tree())
+    print(client.tree())
     if fit.state != "succeeded":
         sys.exit(f"fit {fit.state}: {fit.info.reason}")
     print("fit:", fit.result())

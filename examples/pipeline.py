@@ -35,9 +35,7 @@ def sub_runner(client: jobnest.Client) -> None:
 def driver(client: jobnest.Client) -> None:
     top = client.submit([*PROGRAM, "runner"], name="pipeline", cpu=0.1)
     top.wait()
-    root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
-    assert root is not None
-    print(root.tree())
+    print(client.tree())
     if top.state != "succeeded":
         sys.exit(f"pipeline {top.state}: {top.info.reason}")
 

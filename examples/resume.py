@@ -21,9 +21,7 @@ def main() -> None:
         print(f"submitted {slow.uuid[:8]} and {after.uuid[:8]}; run again without --detach to pick them up")
         return
     after.wait()
-    root = client.driver or jobnest.current_job()  # the driver, or the job this runs as
-    assert root is not None
-    print(root.tree())
+    print(client.tree())
     if after.state != "succeeded":
         sys.exit(f"next-step {after.state}: {after.info.reason}")
 

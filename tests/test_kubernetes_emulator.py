@@ -253,7 +253,8 @@ def test_the_charts_role_grants_exactly_what_the_executor_used(cluster: tuple[Ru
 
 
 @pytest.mark.cluster
-@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="needs a real cluster: set KUBECONFIG")
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"),
+                    reason="opt-in: no Kubernetes cluster can run on these machines (nor in CI); set KUBECONFIG")
 def test_a_small_pipeline_on_a_real_cluster(tmp_path: Path) -> None:
     """Opt-in, on a real cluster: JOBNEST_TEST_NAMESPACE (default "default") and an image the
     cluster can pull (JOBNEST_TEST_IMAGE, default busybox)."""

@@ -256,6 +256,13 @@ class Client:
             self._driver_token = response.driver_token
             _finish_at_exit(self)
 
+    def tree(self) -> str:
+        """The tree of the work this program did: under the job it runs as, or its driver job."""
+        uuid = os.environ.get("JOBNEST_JOB") or (self._driver.uuid if self._driver else "")
+        if not uuid:
+            raise JobnestError("this program has submitted nothing and runs in no job: it has no tree")
+        return Job(self, uuid).tree()
+
     @property
     def driver(self) -> "Job | None":
         """The job that records this program, once it has submitted something."""

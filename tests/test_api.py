@@ -245,7 +245,7 @@ def test_scheduler_reason_is_shown(running: Running) -> None:
     assert waiting.info.reason == "waiting for cpu: needs 1 cores, most free is 0.5 of 2 on local"
     full = client.submit(["sleep", "32"], cpu=0.5)
     wait_for(lambda: full.state == "running")
-    wait_for(lambda: waiting.info.reason == "waiting for cpu: every node is fully used")
+    wait_for(lambda: waiting.info.reason == "waiting for cpu: needs 1 cores, most free is 0 of 2 on local")
     big.cancel()
     wait_for(lambda: waiting.state == "running")
     waiting.cancel()

@@ -43,7 +43,6 @@ def test_a_run_claimed_but_never_started_is_queued_again(parts, tmp_path: Path) 
     run = store.get_job(job)["run_uuid"]
     with store.write() as tx:  # what a controller killed between claim and start leaves behind
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "", workdir=executor.workdir(run))
-    reconciler.poke()
     row = run_until_done(store, reconciler, job)
     assert row["state"] == "succeeded" and mark.read_text() == "x\n"
 

@@ -138,7 +138,7 @@ def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     run = store.get_job(a)["run_uuid"]
     with store.write() as tx:
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
-        token = store.new_run_token(tx, run)
+        token = store.new_run_tokens(tx, {run: "/nowhere"})[run]
     caller = store.authenticate(token)
     assert caller.kind == "job" and caller.job_uuid == a
     with store.write() as tx:

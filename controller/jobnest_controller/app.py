@@ -78,7 +78,7 @@ class Controller:
                              admin_token=self.settings.server.admin_token,
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
-                             waiting=self.reconciler.waiting_reason)
+                             reconciler=self.reconciler)
         # Watch and Logs streams hold a worker thread each, hence the many workers.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[
             ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -125,9 +125,8 @@ class Controller:
             self._wake.wait(self.settings.tick if live else 0.5)
 
     def wake(self) -> None:
-        """Something was submitted or cancelled. A busy loop sees it at its next pass, so a burst
-        of submissions is planned once, not once a call."""
-        self.reconciler.poke()
+        """Something was submitted or cancelled, or capacity was lent. A busy loop sees it at its
+        next pass, so a burst of submissions is planned once, not once a call."""
         if not self._busy:
             self._wake.set()
 
@@ -154,4 +153,5 @@ class Controller:
             Path(sock).unlink(missing_ok=True)
         for executor in self.executors.values():
             executor.close()
+        self.reconciler.close()
         self.store.close()

@@ -3,12 +3,13 @@
 A condition is JSON: {"job": UUID, "is": PREDICATE}, {"and": [...]}, {"or": [...]} or
 {"not": ...}, with the predicates succeeded, failed, cancelled and done. It is evaluated in
 three values: true (the job may run), false (it never can: the job is cancelled, naming the job
-that decided it) or open (it waits). The reconciler calls `evaluate` as job states change.
+that decided it) or open (it waits). The store calls `evaluate` once at submit; the reconciler
+keeps the conditions of held jobs in a `Tracker` and tells it as jobs end.
 """
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobnest.errors import InvalidSpec
 
@@ -18,6 +19,13 @@ PREDICATES = ("succeeded", "failed", "cancelled", "done")
 MAX_NODES = 100_000
 
 Outcome = tuple[bool | None, str | None]  # (value, the job that decided it)
+
+
+class Decision(NamedTuple):
+    key: str  # the condition's, as given to `Tracker.add`
+    value: bool
+    job: str  # the job whose end decided it
+    state: str  # how that job ended
 
 
 def parse(text: str) -> dict[str, Any]:
@@ -87,3 +95,101 @@ def evaluate(tree: dict[str, Any], states: dict[str, str]) -> Outcome:
     if any(value is None for value, _ in outcomes):
         return None, None
     return (not deciding), outcomes[-1][1]
+
+
+class _Term:
+    """One node of a tracked condition: a job predicate (a leaf), or an operator over its children."""
+
+    __slots__ = ("op", "parent", "key", "left", "true", "value", "decider", "is_")
+
+    def __init__(self, op: str, parent: "_Term | None", key: str, children: int = 0, is_: str = "") -> None:
+        self.op, self.parent, self.key, self.is_ = op, parent, key, is_
+        self.left = children  # children still open (for "and", "or")
+        self.true = 0
+        self.value: bool | None = None
+        self.decider: tuple[str, str] = ("", "")  # (job, state) of the end that decided it
+
+
+class Tracker:
+    """Many conditions evaluated as jobs end, each end touching only the terms that name that job.
+
+    An "and" counts its children still open, and is decided by the first false one or the last
+    true one; an "or" the other way round; a "not" flips its child. So a condition over N jobs
+    costs O(N) in all, not O(N) every time one of them ends. Keys name the conditions (the
+    reconciler uses held runs' uuids)."""
+
+    def __init__(self) -> None:
+        self._leaves: dict[str, list[_Term]] = {}  # job uuid -> the open leaves that name it
+        self._roots: dict[str, _Term] = {}  # key -> its condition, while it is open
+
+    def __len__(self) -> int:
+        return len(self._roots)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._roots
+
+    def add(self, key: str, tree: dict[str, Any], states: dict[str, str]) -> list[Decision]:
+        """Track `tree` under `key`, with the states of the jobs it names as known now; returns
+        the decision if that already decides it."""
+        ended: list[tuple[_Term, str, str]] = []  # leaves over jobs that ended already
+        self._roots[key] = self._build(tree, None, key, states, ended)
+        decided: list[Decision] = []
+        for leaf, job, state in ended:
+            self._settle(leaf, job, state, decided)
+        return decided
+
+    def discard(self, key: str) -> None:
+        """Stop tracking `key`; its leaves go when the jobs they name end."""
+        self._roots.pop(key, None)
+
+    def ended(self, job: str, state: str) -> list[Decision]:
+        """`job` ended in `state`: the conditions that decides."""
+        decided: list[Decision] = []
+        for leaf in self._leaves.pop(job, []):
+            self._settle(leaf, job, state, decided)
+        return decided
+
+    def _build(self, tree: dict[str, Any], parent: _Term | None, key: str, states: dict[str, str],
+               ended: list[tuple[_Term, str, str]]) -> _Term:
+        if "job" in tree:
+            job = tree["job"]
+            leaf = _Term("job", parent, key, is_=tree["is"])
+            state = states.get(job, "")
+            if state and State(state).terminal:
+                ended.append((leaf, job, state))
+            else:
+                self._leaves.setdefault(job, []).append(leaf)
+            return leaf
+        if "not" in tree:
+            term = _Term("not", parent, key, 1)
+            self._build(tree["not"], term, key, states, ended)
+            return term
+        op = next(iter(tree))
+        term = _Term(op, parent, key, len(tree[op]))
+        for part in tree[op]:
+            self._build(part, term, key, states, ended)
+        return term
+
+    def _settle(self, leaf: _Term, job: str, state: str, decided: list[Decision]) -> None:
+        if leaf.value is not None or leaf.key not in self._roots:
+            return
+        value: bool = True if leaf.is_ == "done" else state == leaf.is_
+        term: _Term | None = leaf
+        decider = (job, state)
+        while term is not None:
+            term.value, term.decider = value, decider
+            parent = term.parent
+            if parent is None:
+                del self._roots[term.key]
+                decided.append(Decision(term.key, value, *decider))
+                return
+            if parent.value is not None:
+                return  # decided already by another child
+            if parent.op == "not":
+                value = not value
+            else:
+                parent.left -= 1
+                settles = value is (parent.op == "or")  # true settles an or, false an and
+                if not settles and parent.left:
+                    return  # still open
+            term = parent

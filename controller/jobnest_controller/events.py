@@ -1,10 +1,14 @@
-"""In-process fan-out of job state changes to `Watch` and `Logs` streams.
+"""In-process fan-out of what a committed write changed.
 
-The store publishes after each commit; every subscriber gets its own queue and filters it.
+Job state changes go to `Watch` and `Logs` streams and to the reconciler's conditions; the runs a
+write touched (made, moved, asked to stop) go to the reconciler, which reads them again to keep
+its scheduling index in step with the store. The store publishes after each commit, while it
+still holds its write lock, so subscribers see changes in commit order.
 """
 
 import queue
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -21,6 +25,7 @@ class Bus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: set[queue.SimpleQueue[JobEvent]] = set()
+        self._run_subscribers: set[queue.SimpleQueue[str]] = set()
 
     def subscribe(self) -> "queue.SimpleQueue[JobEvent]":
         q: queue.SimpleQueue[JobEvent] = queue.SimpleQueue()
@@ -32,11 +37,21 @@ class Bus:
         with self._lock:
             self._subscribers.discard(q)
 
-    def publish(self, events: list[JobEvent]) -> None:
-        if not events:
-            return
+    def subscribe_runs(self) -> "queue.SimpleQueue[str]":
+        """A queue of the uuids of runs that committed writes touched."""
+        q: queue.SimpleQueue[str] = queue.SimpleQueue()
         with self._lock:
-            subscribers = list(self._subscribers)
+            self._run_subscribers.add(q)
+        return q
+
+    def publish(self, events: list[JobEvent], runs: Iterable[str] = ()) -> None:
+        with self._lock:
+            subscribers, run_subscribers = list(self._subscribers), list(self._run_subscribers)
         for q in subscribers:
             for event in events:
                 q.put(event)
+        if run_subscribers:
+            runs = list(runs)
+            for rq in run_subscribers:
+                for run in runs:
+                    rq.put(run)

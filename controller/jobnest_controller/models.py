@@ -1,9 +1,10 @@
 """The store's schema: jobs (what was asked), runs (what executed) and user tokens.
 
-SQLModel declares the tables; the hot paths in `store.py` use their SQLAlchemy Core tables
-(`Job.__table__`) directly.
+SQLModel declares the tables; the store's hot paths use their SQLAlchemy Core tables (`jobs`,
+`runs`, ... at the end) directly.
 """
 
+import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 
@@ -19,8 +20,11 @@ class Job(SQLModel, table=True):
     path: str = Field(index=True)
     run_uuid: str = Field(index=True)
     reused: bool = False
-    state: str = Field(index=True)
+    # A job's state is its run's, unless it ended apart from it (cancelled alone, or its
+    # condition never held): then these hold its own end state, reason and time.
+    end_state: str = ""
     reason: str = ""
+    finished_at: float | None = None
     desired: str = "run"  # "run" or "cancel"
     spec: str  # JSON of the JobSpec as submitted
     cpu_millis: int  # what this job asked for; its run may have been started by another job
@@ -79,3 +83,10 @@ class UserToken(SQLModel, table=True):
     name: str
     token_hash: str = Field(unique=True, index=True)
     created_at: float
+
+
+# The SQLAlchemy Core tables behind the models, which the store's hot paths use.
+jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
+runs: sa.Table = Run.__table__  # type: ignore[attr-defined]
+user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
+requests: sa.Table = Request.__table__  # type: ignore[attr-defined]

@@ -1,33 +1,75 @@
 """The reconciler: moves runs toward what the store says they should be.
 
-Each `tick(now)` observes running runs (exits, cancels, timeouts, dead drivers), then asks the
-scheduler where queued runs go and starts them. The controller calls it in a loop; tests call it
-directly with their own clock.
+Each `tick(now)` observes running runs (exits, cancels, timeouts, dead drivers), records their
+ends, decides the conditions those ends settle, plans where queued runs go and claims them, all in
+one write transaction; then it starts what it claimed. The controller calls it in a loop; tests
+call it directly with their own clock.
+
+What it decides from is kept in memory (`Index`): each executor's queue of ready runs, the held
+runs and the conditions they wait on. It is loaded from the store at the first pass and changed by
+the writes that change the store (the store publishes the runs each write touched, and job ends),
+so a pass costs what happened, not the size of the backlog. After a crash, or a pass that failed,
+it is loaded again: the store stays the truth.
 """
 
 import dataclasses
 import logging
 import os
 import socket
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from jobnest.errors import Unavailable
 
-from . import conditions
+from .conditions import Decision, Tracker, jobs_of
 from .data import Data
-from .executors.base import Executor, Exited, Launch
+from .executors.base import Executor, Exited, Launch, Started
 from .programs import Programs
-from .scheduler import Node, Pending, charge, plan
-from .states import State
-from .store import DRIVER, Kind, Store
+from .scheduler import Pending, Plan, Queue, charge, plan, reason
+from .states import Kind, State
+from .store import DRIVER, Store, Tx
 
 log = logging.getLogger(__name__)
-# Runs planned per pass, from the head of the queue: the rest cannot start before these anyway
-# on nodes of this size, and planning a huge backlog every pass would starve the server.
-PLAN_WINDOW = 2000
-FULL_PLAN_EVERY = 1.0
-ALL_FULL = "waiting for cpu: every node is fully used"
+STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
+
+
+@dataclasses.dataclass(slots=True)
+class Held:
+    executor: str
+    run: Pending
+    job: str  # the job whose condition holds the run
+
+
+class Index:
+    """The queued runs as the reconciler decides from them: ready ones in each executor's queue,
+    held ones with their conditions in a tracker."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, Queue] = {}
+        self.where: dict[str, str] = {}  # ready run -> its executor
+        self.held: dict[str, Held] = {}
+        self.tracker = Tracker()
+
+    def __len__(self) -> int:
+        return len(self.where) + len(self.held)
+
+    def queue(self, executor: str) -> Queue:
+        return self.queues.setdefault(executor, Queue())
+
+    def ready(self, executor: str, run: Pending) -> None:
+        if run.uuid not in self.where:
+            self.where[run.uuid] = executor
+            self.queue(executor).add(run)
+
+    def forget(self, uuid: str) -> None:
+        executor = self.where.pop(uuid, None)
+        if executor is not None:
+            self.queues[executor].remove(uuid)
+        if self.held.pop(uuid, None) is not None:
+            self.tracker.discard(uuid)
 
 
 class Reconciler:
@@ -39,99 +81,162 @@ class Reconciler:
         self.executors = executors
         self.controller_address = controller_address
         self.host = socket.gethostname()
-        self._dirty = True  # something was submitted or cancelled since the last plan
-        self._queued = 0  # queued runs left after the last plan
-        self._planned_seq = 0  # the newest queued run the last plan saw
-        self._full_plan_at = float("-inf")
-        # Why each queued run waits, as of the last plan. Kept here, not in the store: it is an
-        # explanation recomputed every plan, and writing it for every queued run cost as much
-        # as storing the runs.
-        self._waiting: dict[str, str] = {}
-        self._all_full = False
-        self._conditions: dict[str, tuple[dict[str, Any], set[str]]] = {}  # job -> (condition, jobs it names)
-        self._conditions_checked_at = float("-inf")
-        self._changes = store.bus.subscribe()  # job state changes, to know which conditions to look at
+        # Subscribed before the index is loaded, so that no change falls between.
+        self._touched = store.bus.subscribe_runs()
+        self._changes = store.bus.subscribe()
+        self._index: Index | None = None  # loaded at the first pass
+        self._decided: list[Decision] = []  # conditions settled, to apply in the next write
+        self._plans: dict[str, Plan] = {}  # the last plan of each executor, for the reasons runs wait
+        self._reasons: dict[tuple[str, tuple[int, int]], str] = {}
+        # Runs whose job waits on jobs of its own subtree (a runner in `wait()`): their cpu is
+        # lent to those jobs meanwhile, or a runner holding every core would wait forever.
+        self._lent: dict[str, int] = {}
+        self._lent_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(STARTS_AT_ONCE, thread_name_prefix="start")
+
+    # -- what the server asks ------------------------------------------------------------------
 
     def waiting_reason(self, run_uuid: str) -> str:
-        """Why a queued run has not started, or "" if the scheduler has not looked at it yet."""
-        return ALL_FULL if self._all_full else self._waiting.get(run_uuid, "")
+        """Why a queued run has not started, or "" if the reconciler has not looked at it yet."""
+        index = self._index
+        if index is None:
+            return ""
+        if run_uuid in index.held:
+            return "waiting for its condition: the jobs it waits on (when=, inputs=) have not ended"
+        name = index.where.get(run_uuid)
+        run = index.queues[name].runs.get(run_uuid) if name is not None else None
+        last = self._plans.get(name or "")
+        if run is None or name is None:
+            return ""
+        if name not in self.executors:
+            return f"waiting: no executor named {name!r} is configured"
+        if last is None:
+            return ""
+        if not last.nodes:
+            return self.executors[name].why_no_nodes()
+        key = (name, run.shape)
+        if key not in self._reasons:
+            self._reasons[key] = reason(last.nodes, run.shape, last.reserved)
+        return self._reasons[key]
 
-    def poke(self) -> None:
-        """Something was submitted or cancelled: plan again at the next tick."""
-        self._dirty = True
+    def lend(self, run_uuid: str, delta: int) -> None:
+        """The job of `run_uuid` began (+1) or ended (-1) a wait on jobs of its own subtree."""
+        with self._lent_lock:
+            count = self._lent.get(run_uuid, 0) + delta
+            if count > 0:
+                self._lent[run_uuid] = count
+            else:
+                self._lent.pop(run_uuid, None)
+
+    def lends(self, run_uuid: str) -> bool:
+        return run_uuid in self._lent
+
+    # -- a pass --------------------------------------------------------------------------------
 
     def tick(self, now: float) -> int:
-        """One pass; returns the number of runs still live (queued or running).
+        """One pass; returns the number of runs still live (queued, held or running)."""
+        try:
+            return self._tick(now)
+        except Exception:
+            self._index = None  # it may no longer match the store: load it afresh next pass
+            raise
 
-        Placement is planned only when it could change. When capacity freed up (a run ended), the
-        head of the whole queue is planned again. When only submissions came, just the new runs
-        are: the older ones did not fit before and capacity has not grown since. A full plan also
-        runs every `FULL_PLAN_EVERY` seconds to refresh reasons and counts. And while every node
-        is full, nothing is planned at all: nothing could be placed (the usual state of a backlog).
-        """
+    def _tick(self, now: float) -> int:
+        index = self._absorb(now)
         active = self.store.active_runs()
         ended = self._observe(active, now)
-        running = [r for r in active if r["uuid"] not in ended]
-        nodes = {name: charge(ex.nodes(), [r for r in running if r["executor"] == name])
-                 for name, ex in self.executors.items()}
-        self._all_full = all(nodes.values()) and not any(n.cpu_free > 0 for ns in nodes.values() for n in ns)
-        changes = bool(self._conditions) and not self._changes.empty()  # only matter while jobs wait on them
-        if ended or self._dirty or changes or now - self._full_plan_at >= FULL_PLAN_EVERY:
-            self._decide_conditions(now)
-        if self._all_full:
-            return len(running) + max(self._queued, 1)  # the queue is unknown, and waits
-        if ended or now - self._full_plan_at >= FULL_PLAN_EVERY:
-            self._dirty = False
-            self._full_plan_at = now
-            self._queued = self._schedule(nodes, now, after_seq=0)
-        elif self._dirty:
-            self._dirty = False
-            self._queued += self._schedule(nodes, now, after_seq=self._planned_seq)
-        return len(running) + self._queued
+        gone = {run["uuid"] for run, _, _ in ended}
+        running = [run for run in active if run["uuid"] not in gone]
+        # Outputs are stored before the write, which would hold up every submit meanwhile.
+        outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
+        launches: list[tuple[Executor, dict[str, Any], Launch]] = []
+        if ended or self._decided or index.where:
+            with self.store.write() as tx:
+                self._record_ends(tx, ended, outputs, now)
+                self._settle(tx, index, now)
+                launches = self._claim(tx, self._plan(index, running, now), now)
+        if ended:
+            for executor in self.executors.values():
+                executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
+        self._launch(launches, now)
+        return len(running) + len(launches) + len(index)
 
-    # -- conditions ----------------------------------------------------------------------------
+    # -- the index -----------------------------------------------------------------------------
 
-    def _decide_conditions(self, now: float) -> None:
-        """Release held runs whose condition holds; cancel jobs whose condition never can.
-
-        Only conditions that are new or that name a job whose state changed since the last look
-        are evaluated, except every `FULL_PLAN_EVERY` seconds, when all are."""
-        changed = set()
+    def _absorb(self, now: float) -> Index:
+        """Bring the index up to date with what was written since the last pass."""
+        touched: set[str] = set()
+        while not self._touched.empty():
+            touched.add(self._touched.get_nowait())
+        index = self._index
+        if index is None:
+            index = Index()
+            self._decided = []
+            self._add(index, self.store.queued_runs(), now)
+            self._index = index
+        elif touched:
+            rows = self.store.queued_runs(list(touched))
+            for uuid in touched - {row["uuid"] for row in rows}:
+                index.forget(uuid)  # no longer queued
+            self._add(index, rows, now)
         while not self._changes.empty():
-            changed.add(self._changes.get_nowait().uuid)
-        held = self.store.held_runs()
-        everything = now - self._conditions_checked_at >= FULL_PLAN_EVERY
-        due = []
-        for run_uuid, job_uuid in held:
-            known = self._conditions.get(job_uuid)
-            if known is None:  # parsed once per job, not once per pass
-                tree = self.store.condition_of(job_uuid)
-                known = self._conditions[job_uuid] = (tree, conditions.jobs_of(tree))
-                due.append((run_uuid, job_uuid))
-            elif everything or known[1] & changed:
-                due.append((run_uuid, job_uuid))
-        if everything:
-            self._conditions_checked_at = now
-        held_jobs = {job for _, job in held}
-        self._conditions = {job: c for job, c in self._conditions.items() if job in held_jobs}
-        if not due:
-            return
-        states = self.store.job_states(set().union(*(self._conditions[job][1] for _, job in due)))
-        released = []
-        for run_uuid, job_uuid in due:
-            value, decider = conditions.evaluate(self._conditions[job_uuid][0], states)
-            if value:
-                released.append(run_uuid)
-            elif value is False:
-                self.store.cancel(job_uuid, f"condition cannot hold: job {decider} {states[decider or '']}", now)
-        if released:
-            self.store.release(released, now)
-            self._full_plan_at = float("-inf")  # they are older than the newest run planned: plan all
+            event = self._changes.get_nowait()
+            if index.tracker and State(event.state).terminal:
+                self._decided += index.tracker.ended(event.uuid, event.state)
+        return index
+
+    def _add(self, index: Index, rows: list[dict[str, Any]], now: float) -> None:
+        """Queued runs, new or changed: ready ones join their queue, held ones the tracker."""
+        new_held = []
+        for row in rows:
+            uuid = row["uuid"]
+            run = Pending(uuid, row["cpu_millis"], row["memory"], row["priority"], row["seq"], row["owner"], now)
+            if row["desired"] == "run":
+                if uuid in index.held:
+                    index.forget(uuid)
+                index.ready(row["executor"], run)
+            elif row["desired"] == "hold" and uuid not in index.held:
+                index.forget(uuid)
+                index.held[uuid] = Held(row["executor"], run, row["origin_job_uuid"])
+                new_held.append(uuid)
+            elif row["desired"] not in ("run", "hold"):
+                index.forget(uuid)  # asked to stop: it ends at once, being queued
+        if new_held:
+            trees = self.store.conditions_of([index.held[uuid].job for uuid in new_held])
+            named = set().union(*(jobs_of(tree) for tree in trees.values()))
+            states = self.store.job_states(named)
+            for uuid in new_held:
+                self._decided += index.tracker.add(uuid, trees[index.held[uuid].job], states)
+
+    def _settle(self, tx: Tx, index: Index, now: float) -> None:
+        """Apply the decided conditions: release held runs whose condition holds, cancel the
+        jobs of those whose condition never can. What that ends decides more, in the same write."""
+        seen = 0
+        while True:
+            for event in tx.events[seen:]:
+                if index.tracker and State(event.state).terminal:
+                    self._decided += index.tracker.ended(event.uuid, event.state)
+            seen = len(tx.events)
+            if not self._decided:
+                return
+            decided, self._decided = self._decided, []
+            release = [d.key for d in decided if d.value and d.key in index.held]
+            doomed = [(d.key, f"condition cannot hold: job {d.job} {d.state}") for d in decided
+                      if not d.value and d.key in index.held]
+            ready = set(self.store.release(tx, release, now))
+            for uuid in release:
+                held = index.held[uuid]
+                index.forget(uuid)
+                if uuid in ready:
+                    index.ready(held.executor, dataclasses.replace(held.run, ready_at=now))
+            for uuid, _ in doomed:
+                index.forget(uuid)
+            self.store.cancel_runs(tx, doomed, now)
 
     # -- running runs --------------------------------------------------------------------------
 
-    def _observe(self, active: list[dict[str, Any]], now: float) -> set[str]:
-        """Record the runs that ended; returns their uuids."""
+    def _observe(self, active: list[dict[str, Any]], now: float) -> list[tuple[dict[str, Any], State, Exited]]:
+        """The runs that ended, and how."""
         ended: list[tuple[dict[str, Any], State, Exited]] = []
         for run in active:
             if run["executor"] == DRIVER:
@@ -149,26 +254,23 @@ class Reconciler:
             exited = executor.poll(run)
             if exited is not None:
                 ended.append((run, *_outcome(run, exited, timeout)))
-        if ended:
-            # Outputs are stored before the write, which would hold up every submit meanwhile.
-            outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
-            with self.store.write() as tx:
-                for run, state, exited in ended:
-                    values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
-                    reason = exited.reason
-                    if not state.terminal:  # it never started: queued again, the scheduler says why
-                        values, reason = {"started_at": None, "node": "", "pid": 0, "handle": ""}, ""
-                    elif state is State.SUCCEEDED:
-                        values["output"], problem = outputs[run["uuid"]]
-                        if problem:
-                            state, reason = State.FAILED, f"could not store its output: {problem}"
-                    if state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
-                        state, values, reason = State.QUEUED, _retry(run, exited), ""
-                        log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
-                    self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, reason, **values)
-            for executor in self.executors.values():
-                executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
-        return {run["uuid"] for run, _, _ in ended}
+        return ended
+
+    def _record_ends(self, tx: Tx, ended: list[tuple[dict[str, Any], State, Exited]],
+                     outputs: dict[str, tuple[str, str]], now: float) -> None:
+        for run, state, exited in ended:
+            values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
+            why = exited.reason
+            if not state.terminal:  # it never started: queued again, the scheduler says why
+                values, why = {"started_at": None, "node": "", "pid": 0, "handle": ""}, ""
+            elif state is State.SUCCEEDED:
+                values["output"], problem = outputs[run["uuid"]]
+                if problem:
+                    state, why = State.FAILED, f"could not store its output: {problem}"
+            if state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
+                state, values, why = State.QUEUED, _retry(run, exited), ""
+                log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
+            self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, why, **values)
 
     def _store_output(self, run: dict[str, Any]) -> tuple[str, str]:
         """(the digest of a succeeded run's output, "") or ("", what kept it from being stored)."""
@@ -180,93 +282,102 @@ class Reconciler:
 
     # -- queued runs ---------------------------------------------------------------------------
 
-    def _schedule(self, nodes: dict[str, list[Node]], now: float, after_seq: int) -> int:
-        """Plan and start the queued runs newer than `after_seq`; returns how many stay queued."""
-        pending = self.store.pending_runs(PLAN_WINDOW, after_seq)
-        if not pending:
-            return 0
-        self._planned_seq = max(self._planned_seq, max(r["seq"] for r in pending))
-        placements: list[tuple[str, str]] = []
-        reasons: dict[str, str] = {}
-        for name, executor_nodes in nodes.items():
-            mine = [Pending(r["uuid"], r["cpu_millis"], r["memory"], r["priority"], r["seq"])
-                    for r in pending if r["executor"] == name]
-            result = plan(executor_nodes, mine)
-            placements += result.placements
-            if executor_nodes:
-                reasons.update(result.unplaced)
-            else:
-                reasons.update(dict.fromkeys(result.unplaced, self.executors[name].why_no_nodes()))
-        for run in pending:
-            if run["executor"] not in self.executors:
-                reasons[run["uuid"]] = f"waiting: no executor named {run['executor']!r} is configured"
-        if after_seq == 0:
-            self._waiting = reasons  # swapped whole: readers on other threads see one plan or the other
-        else:
-            self._waiting.update(reasons)
-        for run_uuid, _ in placements:
-            self._waiting.pop(run_uuid, None)
-        self._start(placements, now)
-        return len(pending) - len(placements)
+    def _plan(self, index: Index, running: list[dict[str, Any]], now: float) -> list[tuple[str, str]]:
+        """Where ready runs start now, executor by executor; they leave the queue."""
+        with self._lent_lock:
+            lent = set(self._lent)
+        placements = []
+        for name, executor in self.executors.items():
+            mine = [r for r in running if r["executor"] == name and r["uuid"] not in lent]
+            usage: dict[str, int] = {}
+            for r in mine:
+                usage[r["owner"]] = usage.get(r["owner"], 0) + r["cpu_millis"]
+            queue = index.queue(name)
+            result = plan(charge(executor.nodes(), mine), queue, usage, now)
+            self._plans[name] = result
+            for run_uuid, node in result.placements:
+                index.forget(run_uuid)
+                placements.append((run_uuid, node))
+        self._reasons = {}
+        return placements
 
-    def _start(self, placements: list[tuple[str, str]], now: float) -> None:
-        """Claim the runs (queued -> running) before starting them, so none can start twice."""
+    def _claim(self, tx: Tx, placements: list[tuple[str, str]], now: float
+               ) -> list[tuple[Executor, dict[str, Any], Launch]]:
+        """Claim the placed runs (queued -> running) before they start, so none can start twice."""
         if not placements:
+            return []
+        by_node: dict[str, list[str]] = {}
+        for run_uuid, node in placements:
+            by_node.setdefault(node, []).append(run_uuid)
+        claimed = []
+        for node, uuids in by_node.items():  # a run cancelled meanwhile is no longer queued
+            claimed += self.store.transition_many(tx, Kind.RUN, uuids, State.QUEUED, State.RUNNING, "",
+                                                  node=node, started_at=now)
+        node_of = dict(placements)
+        runs = self.store.runs_for_start(tx, claimed)
+        workdirs = {uuid: self.executors[runs[uuid]["executor"]].workdir(uuid) for uuid in claimed}
+        tokens = self.store.new_run_tokens(tx, workdirs)
+        launches = []
+        for run_uuid in claimed:
+            run = runs[run_uuid]
+            spec = run["spec"]
+            # The SDK in the job gives its children the job's executor, image and program by
+            # default, so a runner's whole nest runs the way the runner does.
+            env = {**spec.get("env", {}), "JOBNEST_TOKEN": tokens[run_uuid], "JOBNEST_JOB": run["origin_job_uuid"],
+                   "JOBNEST_RUN": run_uuid, "JOBNEST_EXECUTOR": run["executor"]}
+            if spec.get("image"):
+                env["JOBNEST_IMAGE"] = spec["image"]
+            if spec.get("program"):
+                env["JOBNEST_PROGRAM"] = spec["program"]
+            launches.append((self.executors[run["executor"]], spec, Launch(
+                run_uuid, node_of[run_uuid], spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"],
+                run["memory"], self.controller_address, spec.get("image_id") or spec.get("image", ""),
+                attempt=run["attempt"], mount_cwd=spec.get("mount_cwd", False))))
+        return launches
+
+    def _launch(self, launches: list[tuple[Executor, dict[str, Any], Launch]], now: float) -> None:
+        """Start the claimed runs, several at once, after the claim is committed (a large input
+        or a slow engine must not hold up every submit); then record how each went."""
+        if not launches:
             return
-        launches: list[tuple[Executor, dict[str, Any], Launch]] = []
-        with self.store.write() as tx:
-            for run_uuid, node in placements:
-                run = self.store.run_for_start(tx, run_uuid)
-                executor = self.executors[run["executor"]]
-                if not self.store.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.RUNNING, "",
-                                             node=node, started_at=now, workdir=executor.workdir(run_uuid)):
-                    continue  # cancelled meanwhile
-                token = self.store.new_run_token(tx, run_uuid)
-                spec = run["spec"]
-                # The SDK in the job gives its children the job's executor, image and program by
-                # default, so a runner's whole nest runs the way the runner does.
-                env = {**spec.get("env", {}), "JOBNEST_TOKEN": token, "JOBNEST_JOB": run["origin_job_uuid"],
-                       "JOBNEST_RUN": run_uuid, "JOBNEST_EXECUTOR": run["executor"]}
-                if spec.get("image"):
-                    env["JOBNEST_IMAGE"] = spec["image"]
-                if spec.get("program"):
-                    env["JOBNEST_PROGRAM"] = spec["program"]
-                launches.append((executor, spec, Launch(
-                    run_uuid, node, spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"], run["memory"],
-                    self.controller_address, spec.get("image_id") or spec.get("image", ""), attempt=run["attempt"],
-                    mount_cwd=spec.get("mount_cwd", False))))
-        started: list[tuple[str, dict[str, Any]]] = []
-        failed: list[tuple[str, str]] = []
+        outcomes: Iterable[Started | Exception] = (
+            map(self._start_one, launches) if len(launches) == 1 else self._pool.map(self._start_one, launches))
+        started: list[tuple[str, Started]] = []
+        failed: dict[str, list[str]] = {}
         unreached: list[str] = []
-        for executor, spec, launch in launches:
-            try:  # after the claim is committed: a large input must not hold up every submit
-                program = self.programs.unpack(spec["program"], Path(executor.workdir(launch.run_uuid))) \
-                    if spec.get("program") else ""
-                inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
-            except Exception as e:
-                failed.append((launch.run_uuid, f"could not lay out its program or inputs: {e}"))
-                continue
-            try:
-                s = executor.start(dataclasses.replace(launch, program=program, inputs=inputs))
-            except Unavailable as e:
-                log.info("run %s waits: %s", launch.run_uuid, e)
+        for (_, _, launch), outcome in zip(launches, list(outcomes)):
+            if isinstance(outcome, Started):
+                started.append((launch.run_uuid, outcome))
+            elif isinstance(outcome, Unavailable):
+                log.info("run %s waits: %s", launch.run_uuid, outcome)
                 unreached.append(launch.run_uuid)
-                continue
-            except Exception as e:  # one run that cannot start must not hold up the others
-                log.warning("run %s could not start: %s", launch.run_uuid, e)
-                failed.append((launch.run_uuid, f"could not start: {e}"))
-                continue
-            started.append((launch.run_uuid, {"pid": s.pid, "handle": s.handle, "workdir": s.workdir,
-                                              "cpu_enforced": s.cpu_enforced}))
+            else:
+                failed.setdefault(str(outcome), []).append(launch.run_uuid)
         with self.store.write() as tx:
-            for run_uuid, values in started:
-                self.store.set_run_values(tx, run_uuid, values)
-            for run_uuid, reason in failed:
-                self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.FAILED, reason,
-                                      finished_at=now)
-            for run_uuid in unreached:
-                self.store.transition(tx, Kind.RUN, run_uuid, State.RUNNING, State.QUEUED, "",
-                                      started_at=None, node="")
+            self.store.set_started(tx, started)
+            for why, uuids in failed.items():
+                self.store.transition_many(tx, Kind.RUN, uuids, State.RUNNING, State.FAILED, why, finished_at=now)
+            self.store.transition_many(tx, Kind.RUN, unreached, State.RUNNING, State.QUEUED, "",
+                                       started_at=None, node="")
+
+    def _start_one(self, launch_of: tuple[Executor, dict[str, Any], Launch]) -> Started | Exception:
+        executor, spec, launch = launch_of
+        try:
+            program = self.programs.unpack(spec["program"], Path(executor.workdir(launch.run_uuid))) \
+                if spec.get("program") else ""
+            inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
+        except Exception as e:
+            return Exception(f"could not lay out its program or inputs: {e}")
+        try:
+            return executor.start(dataclasses.replace(launch, program=program, inputs=inputs))
+        except Unavailable as e:
+            return e
+        except Exception as e:  # one run that cannot start must not hold up the others
+            log.warning("run %s could not start: %s", launch.run_uuid, e)
+            return Exception(f"could not start: {e}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
 
 def _retry(run: dict[str, Any], exited: Exited) -> dict[str, Any]:

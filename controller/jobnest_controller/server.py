@@ -27,9 +27,10 @@ from . import conditions, specs
 from .data import Data
 from .executors.base import Executor
 from .programs import Programs
-from .scheduler import charge
+from .reconciler import Reconciler
+from .scheduler import charge, cores
 from .states import State
-from .store import LIST_FIELDS, VIEW, Caller, Store
+from .store import DRIVER, LIST_FIELDS, VIEW, Caller, Store
 
 log = logging.getLogger(__name__)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
@@ -91,7 +92,7 @@ class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, data: Data, *,
                  admin_token: str,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
-                 waiting: Callable[[str], str], clock: Callable[[], float] = time.time) -> None:
+                 reconciler: Reconciler, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executors = executors
         self.programs = programs
@@ -101,7 +102,8 @@ class JobService(pb_grpc.JobServiceServicer):
         self.wake = wake
         self.activity = activity
         self.trust_local = trust_local  # served on the owner's socket: no token means its owner
-        self.waiting = waiting  # run uuid -> why the scheduler has not started it
+        self.reconciler = reconciler
+        self.waiting = reconciler.waiting_reason  # run uuid -> why the scheduler has not started it
         self.clock = clock
 
     # -- who is calling ------------------------------------------------------------------------
@@ -187,7 +189,22 @@ class JobService(pb_grpc.JobServiceServicer):
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.Job:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
-        return job_message(self.store.get_job(uuid), self.waiting, with_spec=True)
+        job = self.store.get_job(uuid)
+        msg = job_message(job, self.waiting, with_spec=True)
+        if msg.reason.startswith("waiting for cpu"):
+            msg.reason += self._runner_note(job["spawned_by_job_uuid"])
+        return msg
+
+    def _runner_note(self, parent: str) -> str:
+        """Which runner above a job waiting for cpu holds cpu without waiting on its children."""
+        while parent:
+            job = self.store.get_job(parent)
+            if job["state"] == "running" and job["executor"] != DRIVER and not self.reconciler.lends(job["run_uuid"]):
+                return (f"; its runner {job['name']} ({job['uuid'][:8]}) holds {cores(job['cpu_millis'])} cores and is "
+                        "not waiting on its children (a job lends its cpu to its subtree while it waits on it "
+                        "with wait())")
+            parent = job["spawned_by_job_uuid"]
+        return ""
 
     @_rpc
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> Iterator[pb.ListChunk]:
@@ -232,6 +249,11 @@ class JobService(pb_grpc.JobServiceServicer):
         if not uuids and subtree is None:
             raise InvalidSpec("give job uuids or a subtree to watch", field="uuids")
         events = self.store.bus.subscribe()  # before the snapshot, so no change falls between
+        # A job waiting on jobs of its subtree (a runner in wait()) lends them its cpu meanwhile.
+        lends = caller.kind == "job" and bool(caller.run_uuid) and any(u != caller.job_uuid for u in uuids)
+        if lends:
+            self.reconciler.lend(caller.run_uuid, +1)
+            self.wake()
         try:
             open_uuids = set(uuids)  # a watch of uuids ends once they have all ended
             for uuid in uuids:
@@ -249,6 +271,8 @@ class JobService(pb_grpc.JobServiceServicer):
                     if State(e.state).terminal:
                         open_uuids.discard(e.uuid)
         finally:
+            if lends:
+                self.reconciler.lend(caller.run_uuid, -1)
             self.store.bus.unsubscribe(events)
 
     @_rpc

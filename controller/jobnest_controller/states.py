@@ -6,6 +6,13 @@
 from enum import Enum
 
 
+class Kind(str, Enum):
+    """What a transition moves: a job (on its own, apart from its run) or a run (and its jobs)."""
+
+    JOB = "job"
+    RUN = "run"
+
+
 class State(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"

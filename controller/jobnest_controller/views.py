@@ -1,0 +1,158 @@
+"""Jobs as clients see them: one job, a listing, a uuid prefix resolved.
+
+A job's state, reason, exit code and times are its run's, unless the job ended apart from its
+run (cancelled alone while other jobs still want the run, or its condition never held): then
+they are the job's own. `Store` takes `Views` as a part; the server and the CLI's listings read
+through it.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from jobnest.errors import InvalidSpec, NotFound
+
+from .models import jobs, runs
+
+if TYPE_CHECKING:
+    from .store import Store
+
+_apart = jobs.c.end_state != ""
+STATE = sa.case((_apart, jobs.c.end_state), else_=runs.c.state)
+# A job that ended before its shared run started never started.
+_started = sa.case((_apart & (runs.c.started_at > jobs.c.finished_at), None), else_=runs.c.started_at)
+VIEW: dict[str, sa.ColumnElement[Any]] = {
+    "uuid": jobs.c.uuid, "name": jobs.c.name, "owner": jobs.c.owner,
+    "spawned_by_job_uuid": sa.func.coalesce(jobs.c.spawned_by_job_uuid, ""), "state": STATE,
+    "reason": sa.case((_apart, jobs.c.reason), else_=runs.c.reason),
+    "run_uuid": jobs.c.run_uuid, "reused": jobs.c.reused, "run_origin_job_uuid": runs.c.origin_job_uuid,
+    "exit_code": sa.case((_apart, 0), else_=sa.func.coalesce(runs.c.exit_code, 0)),
+    "has_exit_code": sa.type_coerce(sa.and_(~_apart, runs.c.exit_code.is_not(None)), sa.Boolean),
+    "cpu_millis": jobs.c.cpu_millis, "memory": jobs.c.memory, "created_at": jobs.c.created_at,
+    "started_at": sa.func.coalesce(_started, 0.0),
+    "finished_at": sa.func.coalesce(sa.case((_apart, jobs.c.finished_at), else_=runs.c.finished_at), 0.0),
+    "node": runs.c.node, "executor": runs.c.executor, "cpu_enforced": runs.c.cpu_enforced,
+    "signature": runs.c.signature,
+    "output": runs.c.output, "run_state": runs.c.state,
+    "output_dir": sa.case((runs.c.workdir != "", runs.c.workdir + "/out"), else_=""),
+}
+VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
+# Listings leave out what only `Get` needs: 64 bytes a job add up over 100k jobs.
+LIST_FIELDS = [name for name in VIEW if name != "signature"]
+LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
+JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+IN_CHUNK = 5000  # uuids per IN list: well under every database's limit on parameters
+
+
+def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def view(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """`VIEW` of a job just stored (so in step with its run), from its row and its run's."""
+    return {
+        "uuid": job["uuid"], "name": job["name"], "owner": job["owner"],
+        "spawned_by_job_uuid": job["spawned_by_job_uuid"] or "", "state": run["state"],
+        "reason": run["reason"], "run_uuid": run["uuid"], "reused": job["reused"],
+        "run_origin_job_uuid": run["origin_job_uuid"], "exit_code": run["exit_code"] or 0,
+        "has_exit_code": run["exit_code"] is not None, "cpu_millis": job["cpu_millis"], "memory": job["memory"],
+        "created_at": job["created_at"], "started_at": run["started_at"] or 0.0,
+        "finished_at": run["finished_at"] or 0.0, "node": run["node"], "executor": run["executor"],
+        "cpu_enforced": run["cpu_enforced"], "signature": run["signature"],
+        "output": run["output"] or "", "output_dir": run["workdir"] + "/out" if run["workdir"] else "",
+        "run_state": run["state"],
+    }
+
+
+class Views:
+    def get_job(self: "Store", uuid: str) -> dict[str, Any]:
+        """A job as `VIEW`, with its spec and path."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JOB_FROM).where(jobs.c.uuid == uuid)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"no job {uuid}", field="uuid")
+        return dict(row)
+
+    def get_jobs(self: "Store", uuids: list[str], conn: Connection | None = None) -> list[dict[str, Any]]:
+        """Jobs as `VIEW`, in the order of `uuids`; on `conn` when given (a write not committed yet)."""
+        if conn is None:
+            with self.read() as conn:
+                return self.get_jobs(uuids, conn)
+        by_uuid = {}
+        for chunk in chunks(uuids):
+            rows = conn.execute(sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where(jobs.c.uuid.in_(chunk)))
+            by_uuid.update((r["uuid"], dict(r)) for r in rows.mappings())
+        return [by_uuid[u] for u in uuids]
+
+    def job_states(self: "Store", uuids: set[str], conn: Connection | None = None) -> dict[str, str]:
+        if conn is None:
+            with self.read() as conn:
+                return self.job_states(uuids, conn)
+        found: dict[str, str] = {}
+        for chunk in chunks(list(uuids)):
+            found.update(conn.execute(sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM)
+                                      .where(jobs.c.uuid.in_(chunk))).all())
+        return found
+
+    def list_jobs(self: "Store", *, subtree_path: str | None = None, parent: str | None = None,
+                  states: list[str] | None = None, roots: bool = False, limit: int = 0,
+                  chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
+        """Jobs as `LIST_FIELDS` rows (tuples), in chunks, by subtree, parent and state.
+
+        A subtree comes in tree order (each job before its children, siblings in submit order),
+        straight off the path index; anything else in submit order.
+        """
+        query = sa.select(*LIST_COLUMNS).select_from(JOB_FROM)
+        if subtree_path:
+            query = query.where(jobs.c.path.like(subtree_path + "%")).order_by(jobs.c.path)
+        else:
+            query = query.order_by(jobs.c.seq)
+        if parent:
+            query = query.where(jobs.c.spawned_by_job_uuid == parent)
+        if roots:
+            query = query.where(jobs.c.spawned_by_job_uuid.is_(None))
+        if states:
+            query = query.where(STATE.in_(states))
+        if limit:
+            query = query.limit(limit)
+        with self.read() as conn:
+            yield from conn.execution_options(yield_per=chunk).execute(query).partitions(chunk)
+
+    def resolve(self: "Store", ref: str) -> str:
+        """The full uuid of the job that `ref` (a uuid or a unique prefix of 4+ characters) names."""
+        if len(ref) == 32:
+            return ref
+        if len(ref) < 4 or not all(c in "0123456789abcdef" for c in ref):
+            raise InvalidSpec(f"{ref!r} is not a job uuid or a prefix of one (4+ hex digits)", field="uuid")
+        with self.read() as conn:
+            found = conn.execute(sa.select(jobs.c.uuid).where(jobs.c.uuid.like(ref + "%")).limit(2)).scalars().all()
+        if not found:
+            raise NotFound(f"no job {ref}", field="uuid")
+        if len(found) > 1:
+            raise InvalidSpec(f"{ref!r} names more than one job; give more of the uuid", field="uuid")
+        return found[0]
+
+    def job_path(self: "Store", uuid: str) -> str:
+        with self.read() as conn:
+            path = conn.execute(sa.select(jobs.c.path).where(jobs.c.uuid == uuid)).scalar()
+        if path is None:
+            raise NotFound(f"no job {uuid}", field="uuid")
+        return path
+
+    def run_of(self: "Store", job_uuid: str) -> dict[str, Any]:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == job_uuid)
+            ).mappings().first()
+        if row is None:
+            raise NotFound(f"no job {job_uuid}", field="uuid")
+        return dict(row)
+
+    def run_counts(self: "Store") -> dict[str, int]:
+        with self.read() as conn:
+            return dict(conn.execute(sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state)).all())

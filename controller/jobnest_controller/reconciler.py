@@ -28,7 +28,7 @@ from .conditions import Decision, Tracker, jobs_of
 from .data import Data
 from .executors.base import Executor, Exited, Launch, Started
 from .programs import Programs
-from .scheduler import Pending, Plan, Queue, charge, plan, reason
+from .scheduler import Node, Pending, Plan, Queue, charge, plan, reason
 from .states import Kind, State
 from .store import DRIVER, Store, Tx
 
@@ -149,12 +149,13 @@ class Reconciler:
         running = [run for run in active if run["uuid"] not in gone]
         # Outputs are stored before the write, which would hold up every submit meanwhile.
         outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
+        nodes = {name: executor.nodes() for name, executor in self.executors.items()}  # asked every pass
         launches: list[tuple[Executor, dict[str, Any], Launch]] = []
         if ended or self._decided or index.where:
             with self.store.write() as tx:
                 self._record_ends(tx, ended, outputs, now)
                 self._settle(tx, index, now)
-                launches = self._claim(tx, self._plan(index, running, now), now)
+                launches = self._claim(tx, self._plan(index, nodes, running, now), now)
         if ended:
             for executor in self.executors.values():
                 executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
@@ -282,18 +283,19 @@ class Reconciler:
 
     # -- queued runs ---------------------------------------------------------------------------
 
-    def _plan(self, index: Index, running: list[dict[str, Any]], now: float) -> list[tuple[str, str]]:
+    def _plan(self, index: Index, nodes: dict[str, list[Node]], running: list[dict[str, Any]], now: float
+              ) -> list[tuple[str, str]]:
         """Where ready runs start now, executor by executor; they leave the queue."""
         with self._lent_lock:
             lent = set(self._lent)
         placements = []
-        for name, executor in self.executors.items():
+        for name in self.executors:
             mine = [r for r in running if r["executor"] == name and r["uuid"] not in lent]
             usage: dict[str, int] = {}
             for r in mine:
                 usage[r["owner"]] = usage.get(r["owner"], 0) + r["cpu_millis"]
             queue = index.queue(name)
-            result = plan(charge(executor.nodes(), mine), queue, usage, now)
+            result = plan(charge(nodes[name], mine), queue, usage, now)
             self._plans[name] = result
             for run_uuid, node in result.placements:
                 index.forget(run_uuid)

@@ -24,7 +24,7 @@ $(SHIM): shim/libjobnest_exec.c shim/exports.map scripts/build-shim.sh
 
 test: $(STAMP) $(SHIM)
 	bash scripts/test-setup.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 images: $(STAMP)
 	bash scripts/images.sh

@@ -261,7 +261,12 @@ def test_a_container_made_but_never_started_is_replaced(tmp_path: Path) -> None:
     home = tmp_path / "home"
     store = Store(f"sqlite:///{tmp_path / 'db'}")
     executor = DockerExecutor(str(home / "runs"), [ENGINE], controller_id=str(home))
-    reconciler = Reconciler(store, {"docker": executor}, "unix:///nowhere", Programs(str(tmp_path / "p")),
+    # The executor bind-mounts the controller's socket path into the container, and the engine
+    # refuses a bind source that does not exist. `echo` never calls it, so a file of the test's own
+    # stands in for the socket (no path of this machine's).
+    jobs_sock = tmp_path / "jobs.sock"
+    jobs_sock.touch()
+    reconciler = Reconciler(store, {"docker": executor}, f"unix://{jobs_sock}", Programs(str(tmp_path / "p")),
                             Data(str(tmp_path / "d"), 2**20))
     image_id = executor.resolve_image(BUSYBOX)
     [job] = ids(store.submit(Caller("admin", "me"), "", [spec("echo", "fresh", executor="docker", image=BUSYBOX,

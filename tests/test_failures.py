@@ -52,8 +52,13 @@ def test_an_invalidated_result_is_never_reused(where: tuple[Running, dict[str, A
 def test_map_submits_one_job_per_item_in_one_batch(where: tuple[Running, dict[str, Any]]) -> None:
     running, options = where
     client = running.client()
-    jobs = client.map(["sh", "-c", "echo sample {item}"], [f"S{i:03d}" for i in range(100)], cpu=0.05, **options)
-    client.wait([j.uuid for j in jobs], timeout=60)
+    items = [f"S{i:03d}" for i in range(100)]
+    jobs = client.map(["sh", "-c", "echo sample {item}"], items, cpu=0.05, **options)
+    # The slower executor sets the limit: on a fresh 2-core machine a container takes ~0.5 s from
+    # create to exit when containers start one after another (2/s). Wait for every item at that
+    # rate, twice over, plus 30 s for the controller and the engine to get going.
+    seconds_each = 0.5
+    client.wait([j.uuid for j in jobs], timeout=2 * len(items) * seconds_each + 30)
     assert [j.logs() for j in jobs[:3]] == ["sample S000\n", "sample S001\n", "sample S002\n"]
     assert {j.state for j in jobs} == {"succeeded"}
 

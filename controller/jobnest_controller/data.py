@@ -106,19 +106,34 @@ class Data:
                 yield data
 
     def _store_file(self, path: Path) -> tuple[str, int]:
-        """Keep a file of a run's output as a blob, hashing the copy made (what is stored)."""
-        tmp = self._tmp("out")
-        hasher, size = hashlib.sha256(), 0
-        try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                while data := src.read(CHUNK):
-                    hasher.update(data)
-                    dst.write(data)
-                    size += len(data)
-            digest = hasher.hexdigest()
-            self._keep(tmp, digest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Keep a file of a run's output as a blob, hashing the copy made (what is stored). A
+        small file is read once, and written only if no blob has its content yet."""
+        with open(path, "rb") as src:
+            head = src.read(CHUNK)
+            if len(head) < CHUNK:
+                digest = hashlib.sha256(head).hexdigest()
+                if not self._blob(digest).exists():
+                    tmp = self._tmp("out")
+                    try:
+                        tmp.write_bytes(head)
+                        self._keep(tmp, digest)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                return digest, len(head)
+            tmp = self._tmp("out")
+            hasher, size = hashlib.sha256(), 0
+            try:
+                with open(tmp, "wb") as dst:
+                    data = head
+                    while data:
+                        hasher.update(data)
+                        dst.write(data)
+                        size += len(data)
+                        data = src.read(CHUNK)
+                digest = hasher.hexdigest()
+                self._keep(tmp, digest)
+            finally:
+                tmp.unlink(missing_ok=True)
         return digest, size
 
     # -- manifests -----------------------------------------------------------------------------

@@ -22,24 +22,27 @@ class JobEvent:
 
 
 class Bus:
+    """Each subscriber's queue gets one list per commit, not one item per change: a put wakes a
+    waiting reader, and waking it 1000 times for one commit would cost more than the commit."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: set[queue.SimpleQueue[JobEvent]] = set()
-        self._run_subscribers: set[queue.SimpleQueue[str]] = set()
+        self._subscribers: set[queue.SimpleQueue[list[JobEvent]]] = set()
+        self._run_subscribers: set[queue.SimpleQueue[list[str]]] = set()
 
-    def subscribe(self) -> "queue.SimpleQueue[JobEvent]":
-        q: queue.SimpleQueue[JobEvent] = queue.SimpleQueue()
+    def subscribe(self) -> "queue.SimpleQueue[list[JobEvent]]":
+        q: queue.SimpleQueue[list[JobEvent]] = queue.SimpleQueue()
         with self._lock:
             self._subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: "queue.SimpleQueue[JobEvent]") -> None:
+    def unsubscribe(self, q: "queue.SimpleQueue[list[JobEvent]]") -> None:
         with self._lock:
             self._subscribers.discard(q)
 
-    def subscribe_runs(self) -> "queue.SimpleQueue[str]":
+    def subscribe_runs(self) -> "queue.SimpleQueue[list[str]]":
         """A queue of the uuids of runs that committed writes touched."""
-        q: queue.SimpleQueue[str] = queue.SimpleQueue()
+        q: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
         with self._lock:
             self._run_subscribers.add(q)
         return q
@@ -47,11 +50,10 @@ class Bus:
     def publish(self, events: list[JobEvent], runs: Iterable[str] = ()) -> None:
         with self._lock:
             subscribers, run_subscribers = list(self._subscribers), list(self._run_subscribers)
-        for q in subscribers:
-            for event in events:
-                q.put(event)
-        if run_subscribers:
-            runs = list(runs)
+        if events:
+            for q in subscribers:
+                q.put(events)
+        touched = list(runs)
+        if touched:
             for rq in run_subscribers:
-                for run in runs:
-                    rq.put(run)
+                rq.put(touched)

@@ -1,9 +1,10 @@
 """The reconciler: moves runs toward what the store says they should be.
 
 Each `tick(now)` observes running runs (exits, cancels, timeouts, dead drivers), records their
-ends, decides the conditions those ends settle, plans where queued runs go and claims them, all in
-one write transaction; then it starts what it claimed. The controller calls it in a loop; tests
-call it directly with their own clock.
+ends and how the last pass's starts went, decides the conditions those ends settle, plans where
+queued runs go and claims them, all in one write transaction; then it starts what it claimed, on
+threads of its own, while the next passes go on. The controller calls it in a loop; tests call it
+directly with their own clock.
 
 What it decides from is kept in memory (`Index`): each executor's queue of ready runs, the held
 runs and the conditions they wait on. It is loaded from the store at the first pass and changed by
@@ -17,8 +18,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,12 @@ class Reconciler:
         # lent to those jobs meanwhile, or a runner holding every core would wait forever.
         self._lent: dict[str, int] = {}
         self._lent_lock = threading.Lock()
+        # Claimed runs start on these threads, several at once, while the passes go on.
         self._pool = ThreadPoolExecutor(STARTS_AT_ONCE, thread_name_prefix="start")
+        self._starting: dict[str, Future[Started | Exception]] = {}
+        # Runs this reconciler wrote that left or never were in the index (claimed, started,
+        # ended): their change needs no reading back.
+        self._mine: set[str] = set()
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -143,23 +148,29 @@ class Reconciler:
 
     def _tick(self, now: float) -> int:
         index = self._absorb(now)
+        starts = self._started()
         active = self.store.active_runs()
-        ended = self._observe(active, now)
+        for run in active:  # a start just heard of is not stored yet
+            if isinstance(outcome := starts.get(run["uuid"]), Started):
+                run.update(pid=outcome.pid, handle=outcome.handle, workdir=outcome.workdir)
+        ended = self._observe([run for run in active if run["uuid"] not in self._starting], now)
         gone = {run["uuid"] for run, _, _ in ended}
         running = [run for run in active if run["uuid"] not in gone]
         # Outputs are stored before the write, which would hold up every submit meanwhile.
         outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
         nodes = {name: executor.nodes() for name, executor in self.executors.items()}  # asked every pass
         launches: list[tuple[Executor, dict[str, Any], Launch]] = []
-        if ended or self._decided or index.where:
+        if starts or ended or self._decided or index.where:
             with self.store.write() as tx:
+                self._record_starts(tx, starts, now)
                 self._record_ends(tx, ended, outputs, now)
                 self._settle(tx, index, now)
                 launches = self._claim(tx, self._plan(index, nodes, running, now), now)
         if ended:
             for executor in self.executors.values():
                 executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
-        self._launch(launches, now)
+        for launch in launches:  # after the claim is committed: a large input must not hold up every submit
+            self._starting[launch[2].run_uuid] = self._pool.submit(self._start_one, launch)
         return len(running) + len(launches) + len(index)
 
     # -- the index -----------------------------------------------------------------------------
@@ -168,7 +179,9 @@ class Reconciler:
         """Bring the index up to date with what was written since the last pass."""
         touched: set[str] = set()
         while not self._touched.empty():
-            touched.add(self._touched.get_nowait())
+            touched.update(self._touched.get_nowait())
+        touched -= self._mine
+        self._mine.clear()
         index = self._index
         if index is None:
             index = Index()
@@ -181,9 +194,9 @@ class Reconciler:
                 index.forget(uuid)  # no longer queued
             self._add(index, rows, now)
         while not self._changes.empty():
-            event = self._changes.get_nowait()
-            if index.tracker and State(event.state).terminal:
-                self._decided += index.tracker.ended(event.uuid, event.state)
+            for event in self._changes.get_nowait():
+                if index.tracker and State(event.state).terminal:
+                    self._decided += index.tracker.ended(event.uuid, event.state)
         return index
 
     def _add(self, index: Index, rows: list[dict[str, Any]], now: float) -> None:
@@ -272,6 +285,10 @@ class Reconciler:
                 state, values, why = State.QUEUED, _retry(run, exited), ""
                 log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
             self.store.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, state, why, **values)
+            if state.terminal:
+                self._mine.add(run["uuid"])
+            else:  # queued again: the index takes it back when it reads it
+                self._mine.discard(run["uuid"])
 
     def _store_output(self, run: dict[str, Any]) -> tuple[str, str]:
         """(the digest of a succeeded run's output, "") or ("", what kept it from being stored)."""
@@ -315,6 +332,7 @@ class Reconciler:
         for node, uuids in by_node.items():  # a run cancelled meanwhile is no longer queued
             claimed += self.store.transition_many(tx, Kind.RUN, uuids, State.QUEUED, State.RUNNING, "",
                                                   node=node, started_at=now)
+        self._mine.update(claimed)
         node_of = dict(placements)
         runs = self.store.runs_for_start(tx, claimed)
         workdirs = {uuid: self.executors[runs[uuid]["executor"]].workdir(uuid) for uuid in claimed}
@@ -337,30 +355,25 @@ class Reconciler:
                 attempt=run["attempt"], mount_cwd=spec.get("mount_cwd", False))))
         return launches
 
-    def _launch(self, launches: list[tuple[Executor, dict[str, Any], Launch]], now: float) -> None:
-        """Start the claimed runs, several at once, after the claim is committed (a large input
-        or a slow engine must not hold up every submit); then record how each went."""
-        if not launches:
-            return
-        outcomes: Iterable[Started | Exception] = (
-            map(self._start_one, launches) if len(launches) == 1 else self._pool.map(self._start_one, launches))
-        started: list[tuple[str, Started]] = []
+    def _started(self) -> dict[str, Started | Exception]:
+        """The starts that have finished since the last pass, and how each went."""
+        done = [uuid for uuid, start in self._starting.items() if start.done()]
+        return {uuid: self._starting.pop(uuid).result() for uuid in done}
+
+    def _record_starts(self, tx: Tx, starts: dict[str, Started | Exception], now: float) -> None:
         failed: dict[str, list[str]] = {}
         unreached: list[str] = []
-        for (_, _, launch), outcome in zip(launches, list(outcomes)):
-            if isinstance(outcome, Started):
-                started.append((launch.run_uuid, outcome))
-            elif isinstance(outcome, Unavailable):
-                log.info("run %s waits: %s", launch.run_uuid, outcome)
-                unreached.append(launch.run_uuid)
-            else:
-                failed.setdefault(str(outcome), []).append(launch.run_uuid)
-        with self.store.write() as tx:
-            self.store.set_started(tx, started)
-            for why, uuids in failed.items():
-                self.store.transition_many(tx, Kind.RUN, uuids, State.RUNNING, State.FAILED, why, finished_at=now)
-            self.store.transition_many(tx, Kind.RUN, unreached, State.RUNNING, State.QUEUED, "",
-                                       started_at=None, node="")
+        for run_uuid, outcome in starts.items():
+            if isinstance(outcome, Unavailable):
+                log.info("run %s waits: %s", run_uuid, outcome)
+                unreached.append(run_uuid)
+            elif not isinstance(outcome, Started):
+                failed.setdefault(str(outcome), []).append(run_uuid)
+        self.store.set_started(tx, [(uuid, s) for uuid, s in starts.items() if isinstance(s, Started)])
+        self._mine.update(starts.keys() - set(unreached))
+        for why, uuids in failed.items():
+            self.store.transition_many(tx, Kind.RUN, uuids, State.RUNNING, State.FAILED, why, finished_at=now)
+        self.store.transition_many(tx, Kind.RUN, unreached, State.RUNNING, State.QUEUED, "", started_at=None, node="")
 
     def _start_one(self, launch_of: tuple[Executor, dict[str, Any], Launch]) -> Started | Exception:
         executor, spec, launch = launch_of

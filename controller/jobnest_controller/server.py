@@ -255,6 +255,7 @@ class JobService(pb_grpc.JobServiceServicer):
             self.reconciler.lend(caller.run_uuid, +1)
             self.wake()
         try:
+            watched = set(uuids)
             open_uuids = set(uuids)  # a watch of uuids ends once they have all ended
             for uuid in uuids:
                 job = job_message(self.store.get_job(uuid), self.waiting)
@@ -263,13 +264,14 @@ class JobService(pb_grpc.JobServiceServicer):
                     open_uuids.discard(uuid)
             while context.is_active() and (open_uuids or subtree is not None):
                 try:
-                    e = events.get(timeout=0.5)
+                    batch = events.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                if e.uuid in uuids or (subtree is not None and e.path.startswith(subtree)):
-                    yield _event(e.uuid, e.state, e.reason, e.exit_code)
-                    if State(e.state).terminal:
-                        open_uuids.discard(e.uuid)
+                for e in batch:
+                    if e.uuid in watched or (subtree is not None and e.path.startswith(subtree)):
+                        yield _event(e.uuid, e.state, e.reason, e.exit_code)
+                        if State(e.state).terminal:
+                            open_uuids.discard(e.uuid)
         finally:
             if lends:
                 self.reconciler.lend(caller.run_uuid, -1)

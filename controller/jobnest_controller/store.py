@@ -37,6 +37,28 @@ LIVE_VALUES = [s.value for s in LIVE]
 CANCEL_CHUNK = 2000  # jobs a Cancel ends per transaction, so that submits go on meanwhile
 
 
+# The jobs that follow their runs (those that did not end apart), built once.
+FOLLOWERS = sa.select(jobs.c.uuid, jobs.c.path).where(
+    jobs.c.run_uuid.in_(sa.bindparam("runs", expanding=True)), jobs.c.end_state == "")
+QUEUED_RUNS = (sa.select(runs.c.uuid, runs.c.desired, runs.c.executor, runs.c.cpu_millis, runs.c.memory,
+                         runs.c.priority, runs.c.seq, runs.c.origin_job_uuid, jobs.c.owner)
+               .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+               .where(runs.c.state == State.QUEUED.value))
+SOME_QUEUED_RUNS = QUEUED_RUNS.where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
+                         runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
+                         runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
+                         jobs.c.owner)
+               .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+               .where(runs.c.state == State.RUNNING.value))
+
+SET_STARTED = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
+    pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
+    cpu_enforced=sa.bindparam("b_cpu_enforced"))
+SET_TOKENS = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
+    token_hash=sa.bindparam("b_token_hash"), workdir=sa.bindparam("b_workdir"))
+
+
 @dataclass(slots=True)
 class Tx:
     conn: Connection
@@ -63,6 +85,7 @@ class Store(Tokens, Submits, Views, Explain):
         self._submissions: list[Submission] = []  # waiting for the next group commit
         self._submissions_lock = threading.Lock()
         self.path_keys = PathKeys()
+        self._updates: dict[tuple[Kind, tuple[str, ...]], sa.Update] = {}
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
@@ -121,26 +144,44 @@ class Store(Tokens, Submits, Views, Explain):
         if new not in ALLOWED[expected]:
             raise ValueError(f"{kind.value}: {expected.value} -> {new.value} is not a transition")
         moved: list[str] = []
+        params = {f"v_{name}": value for name, value in values.items()}
+        update = self._update(kind, tuple(values))
         if kind is Kind.RUN:
             for chunk in chunks(uuids):
-                moved += tx.conn.execute(
-                    sa.update(runs).where(runs.c.uuid.in_(chunk), runs.c.state == expected.value)
-                    .values(state=new.value, reason=reason, **values).returning(runs.c.uuid)).scalars()
+                moved += tx.conn.execute(update, {"uuids": chunk, "expected": expected.value, "v_state": new.value,
+                                                  "v_reason": reason, **params}).scalars()
             tx.runs.update(moved)
             for chunk in chunks(moved):
-                followers = tx.conn.execute(sa.select(jobs.c.uuid, jobs.c.path).where(
-                    jobs.c.run_uuid.in_(chunk), jobs.c.end_state == "")).all()
+                followers = tx.conn.execute(FOLLOWERS, {"runs": chunk}).all()
                 tx.events.extend(JobEvent(u, p, new.value, reason, values.get("exit_code")) for u, p in followers)
             return moved
         if not new.terminal:
             raise ValueError(f"job: only a job's end is its own ({new.value} is its run's)")
         for chunk in chunks(uuids):
-            ended = tx.conn.execute(
-                sa.update(jobs).where(jobs.c.uuid.in_(chunk), jobs.c.end_state == "")
-                .values(end_state=new.value, reason=reason, **values).returning(jobs.c.uuid, jobs.c.path)).all()
+            ended = tx.conn.execute(update, {"uuids": chunk, "v_end_state": new.value, "v_reason": reason,
+                                             **params}).all()
             moved += [u for u, _ in ended]
             tx.events.extend(JobEvent(u, p, new.value, reason, None) for u, p in ended)
         return moved
+
+    def _update(self, kind: Kind, names: tuple[str, ...]) -> sa.Update:
+        """The compare-and-set UPDATE of `transition_many`, setting `names` too; built once for
+        each set of names (building a statement costs more than running it)."""
+        key = (kind, names)
+        if key not in self._updates:
+            uuids = sa.bindparam("uuids", expanding=True)
+            sets = {name: sa.bindparam(f"v_{name}") for name in names}
+            if kind is Kind.RUN:
+                self._updates[key] = (
+                    sa.update(runs).where(runs.c.uuid.in_(uuids), runs.c.state == sa.bindparam("expected"))
+                    .values(state=sa.bindparam("v_state"), reason=sa.bindparam("v_reason"), **sets)
+                    .returning(runs.c.uuid))
+            else:
+                self._updates[key] = (
+                    sa.update(jobs).where(jobs.c.uuid.in_(uuids), jobs.c.end_state == "")
+                    .values(end_state=sa.bindparam("v_end_state"), reason=sa.bindparam("v_reason"), **sets)
+                    .returning(jobs.c.uuid, jobs.c.path))
+        return self._updates[key]
 
     # -- cancel and finish ---------------------------------------------------------------------
 
@@ -248,15 +289,11 @@ class Store(Tokens, Submits, Views, Explain):
     def queued_runs(self, uuids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """What the reconciler's index keeps of queued runs (all, or those of `uuids` still
         queued): ready (desired "run") or held on a condition (desired "hold")."""
-        query = (sa.select(runs.c.uuid, runs.c.desired, runs.c.executor, runs.c.cpu_millis, runs.c.memory,
-                           runs.c.priority, runs.c.seq, runs.c.origin_job_uuid, jobs.c.owner)
-                 .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
-                 .where(runs.c.state == State.QUEUED.value))
         with self.read() as conn:
             if uuids is None:
-                return [dict(r) for r in conn.execute(query).mappings()]
+                return [dict(r) for r in conn.execute(QUEUED_RUNS).mappings()]
             return [dict(r) for chunk in chunks(uuids)
-                    for r in conn.execute(query.where(runs.c.uuid.in_(chunk))).mappings()]
+                    for r in conn.execute(SOME_QUEUED_RUNS, {"uuids": chunk}).mappings()]
 
     def conditions_of(self, job_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The `when` condition of each job."""
@@ -270,14 +307,7 @@ class Store(Tokens, Submits, Views, Explain):
     def active_runs(self) -> list[dict[str, Any]]:
         """What the reconciler needs of each running run, every pass."""
         with self.read() as conn:
-            return [dict(r) for r in conn.execute(
-                sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
-                          runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
-                          runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
-                          jobs.c.owner)
-                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
-                .where(runs.c.state == State.RUNNING.value)
-            ).mappings()]
+            return [dict(r) for r in conn.execute(ACTIVE_RUNS).mappings()]
 
     def runs_for_start(self, tx: Tx, run_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = {}
@@ -291,10 +321,7 @@ class Store(Tokens, Submits, Views, Explain):
     def set_started(self, tx: Tx, started: list[tuple[str, Started]]) -> None:
         """What the executors said of the runs they started (pid, handle, ...)."""
         if started:
-            tx.conn.execute(sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
-                pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
-                cpu_enforced=sa.bindparam("b_cpu_enforced")),
-                [{"b_run": uuid, "b_pid": s.pid, "b_handle": s.handle, "b_workdir": s.workdir,
+            tx.conn.execute(SET_STARTED, [{"b_run": uuid, "b_pid": s.pid, "b_handle": s.handle, "b_workdir": s.workdir,
                   "b_cpu_enforced": s.cpu_enforced} for uuid, s in started])
 
     def set_desired(self, run_uuid: str, desired: str) -> bool:
@@ -308,9 +335,7 @@ class Store(Tokens, Submits, Views, Explain):
         """A fresh token for each run about to start, with its work dir; only the tokens' hashes are kept."""
         tokens = {uuid: secrets.token_urlsafe(24) for uuid in workdirs}
         if tokens:
-            tx.conn.execute(sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
-                token_hash=sa.bindparam("b_token_hash"), workdir=sa.bindparam("b_workdir")),
-                [{"b_run": uuid, "b_token_hash": hash_token(token), "b_workdir": workdirs[uuid]}
+            tx.conn.execute(SET_TOKENS, [{"b_run": uuid, "b_token_hash": hash_token(token), "b_workdir": workdirs[uuid]}
                  for uuid, token in tokens.items()])
         return tokens
 

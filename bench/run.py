@@ -2,24 +2,40 @@
 
 Every number comes from a real controller subprocess (`python -m jobnest_controller`) on a temp
 home under /tmp, reached over gRPC on 127.0.0.1 by the public SDK, so client and server do not
-share a GIL and the controller's RSS is its own. Three controllers are used in turn:
+share a GIL and the controller's RSS is its own. Each section has a controller of its own:
 
 * submit: node capacity 0.001 cores, taken by one `sleep` blocker job, so every job submitted
   afterwards stays queued and nothing else is ever spawned. Measures single submits (1 and 4
   client threads), batch submits (1000 per call), reuse lookups (`Store.find_reusable`, on the
   controller's own SQLite file) and a batch submit in which every job reuses a queued run.
+* queued: the same blocked node; 100k unique jobs submitted 1000 per call stay queued, then the
+  controller's VmRSS is read.
+* cancel: the same blocked node; a driver job (this program) with 10k queued children; times
+  `cancel` of the driver's subtree until all of it has ended, while another thread submits
+  single jobs in a loop, and reports the longest of those submits during the cancel.
 * local: default capacity; 500 unique `true` jobs (cpu 0.01) submitted in batches, timed until
   the last has ended.
 * tree: a driver job (this program) is the tree's root; one `true` child runs and succeeds, then
   100k children with the same argv are submitted, all reusing that run (so none is queued and the
   reconciler stays idle). Times listing the subtree over gRPC and reads the controller's VmRSS.
+* docker: container jobs one after another against plain `docker run`.
+* workflows: default capacity; a 1000-job `when=` chain and a 1000-job fan-out/fan-in, each run
+  once and then again fully reused.
+* map + gather: a fresh controller of default capacity (2 cores) for each size; the program a new
+  user writes, default resources: `client.map` of N `sh -c 'echo {item} > {output}/n.txt'` jobs,
+  then one gather job with every map job's output as an input, timed from the first submit until
+  `wait` sees the gather end; for N = 1000 and 10,000, first run and fully reused rerun, against
+  `xargs -P 2` running the same N shell commands. A run that overruns its budget (600 s) is
+  recorded as such and cancelled.
 
 It also times the exec-redirection shim's cost on execs it does not redirect (no controller).
 
-`--quick` divides every count by 10 for a smoke test. The table is also written to docs/bench.md.
+`--quick` divides every count (and the map + gather budget) by 10 for a smoke test. The table is
+also written to docs/bench.md.
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -33,6 +49,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -42,6 +59,8 @@ from jobnest_controller.store import Store, runs
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789"
 BATCH = 1000
+ENDED = ("succeeded", "failed", "cancelled")
+MAP_ARGV = ["sh", "-c", "echo {item} > {output}/n.txt"]  # the map + gather workload's map
 
 
 class ControllerProc:
@@ -118,13 +137,29 @@ def wait_state(client: jobnest.Client, uuid: str, state: str, timeout: float = 3
         time.sleep(0.05)
 
 
-def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: list) -> None:
+def blocked_controller() -> tuple[ControllerProc, jobnest.Client]:
+    """A controller whose one node (0.001 cores) a `sleep` job holds, so that every job submitted
+    afterwards stays queued and nothing else is spawned; and an admin client of it."""
     ctl = ControllerProc(cpu=0.001)
     try:
         client = ctl.client()
         blocker = client.submit(["sleep", "3600"], cpu=0.001, reuse=False, name="blocker")
         wait_state(client, blocker.uuid, "running")
+    except BaseException:
+        ctl.stop()
+        raise
+    return ctl, client
 
+
+def submit_unique(client: jobnest.Client, prefix: str, n: int) -> None:
+    """n jobs that stay queued on a blocked controller, `BATCH` per call, each with its own argv."""
+    for i in range(0, n, BATCH):
+        client.submit_many([client.spec(["true", f"{prefix}-{j}"], cpu=0.001) for j in range(i, min(n, i + BATCH))])
+
+
+def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: list) -> None:
+    ctl, client = blocked_controller()
+    try:
         def single(prefix: str, count: int) -> None:
             for i in range(count):
                 client.submit(["true", f"{prefix}-{i}"], cpu=0.001)
@@ -134,11 +169,11 @@ def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: 
         threads = [threading.Thread(target=single, args=(f"s4-{t}", n_single // 4)) for t in range(4)]
         dt = timed(lambda: ([t.start() for t in threads], [t.join() for t in threads]))
         n4 = n_single // 4 * 4
-        rows.append(("single-job submits/s (4 client threads)", n4 / dt, ">= 1000/s", n4 / dt >= 1000))
+        rows.append(("single-job submits/s (4 client threads)", n4 / dt, ">= 2000/s", n4 / dt >= 2000))
 
         specs = [client.spec(["true", f"b-{i}"], cpu=0.001) for i in range(n_batch)]
         dt = timed(lambda: [client.submit_many(specs[i:i + BATCH]) for i in range(0, n_batch, BATCH)])
-        rows.append((f"batch-submit jobs/s ({BATCH} per call)", n_batch / dt, ">= 20000/s", n_batch / dt >= 20000))
+        rows.append((f"batch-submit jobs/s ({BATCH} per call)", n_batch / dt, ">= 50000/s", n_batch / dt >= 50000))
 
         store = Store(ctl.url)
         with store.read() as conn:
@@ -158,6 +193,82 @@ def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: 
         notes.append(f"Submit metrics: controller with `--cpu 0.001`, one `sleep` job holding it, so the "
                      f"{n_single + n4 + n_batch} submitted jobs stay queued (none runs). Each single submit "
                      f"is one `Submit` call with one job; the 4-thread row shares one channel.")
+    finally:
+        ctl.stop()
+
+
+def bench_queued(n: int, rows: list, notes: list) -> None:
+    ctl, client = blocked_controller()
+    try:
+        dt = timed(lambda: submit_unique(client, "q", n))
+        queued = client.status()["runs"].get("queued", 0)
+        assert queued == n, queued
+        time.sleep(1)  # the reconciler has seen the new runs
+        rss, peak = ctl.rss_mb()
+        rows.append((f"controller RSS with {n} jobs queued (MiB)", rss, "<= 300 MB", rss <= 300))
+        notes.append(f"Queued: {n} unique jobs submitted {BATCH} per call ({n / dt:,.0f} jobs/s) to a node a "
+                     f"`sleep` job holds, so all stay queued; RSS read from /proc 1 s after the last submit; "
+                     f"peak RSS (VmHWM) was {peak:.0f} MiB.")
+    finally:
+        ctl.stop()
+
+
+def submit_loop(client: jobnest.Client, spans: list, stop: threading.Event) -> None:
+    """Single submits one after another until `stop`; the (start, end) of each goes in `spans`."""
+    i = 0
+    while not stop.is_set():
+        start = time.perf_counter()
+        client.submit(["true", f"meanwhile-{i}"], cpu=0.001)
+        spans.append((start, time.perf_counter()))
+        i += 1
+
+
+def cancel_subtree(client: jobnest.Client, root: str) -> tuple[float, float, float, int]:
+    """Cancel root's subtree: (start, when the call returned, when all of it had ended, jobs
+    cancelled). All had ended when the call returned unless a listing after it found live jobs."""
+    start = time.perf_counter()
+    cancelled = client.cancel(root)
+    returned = ended = time.perf_counter()
+    while live := sum(i.state not in ENDED for i in client.list(subtree=root)):
+        if time.perf_counter() - start > 60:
+            raise RuntimeError(f"{live} jobs still live 60 s after cancelling their subtree")
+        time.sleep(0.05)
+        ended = time.perf_counter()
+    return start, returned, ended, len(cancelled)
+
+
+def bench_cancel(n: int, rows: list, notes: list) -> None:
+    ctl, admin = blocked_controller()
+    try:
+        driver = ctl.client(driver=True)
+        submit_unique(driver, "c", n)  # children of the driver job, so its subtree
+        root = driver.driver.uuid  # type: ignore[union-attr]
+        spans: list[tuple[float, float]] = []
+        stop = threading.Event()
+        thread = threading.Thread(target=submit_loop, args=(ctl.client(), spans, stop))
+        thread.start()
+        try:
+            while len(spans) < 50 and thread.is_alive():  # the loop is under way before the cancel
+                time.sleep(0.01)
+            start, returned, ended, cancelled = cancel_subtree(admin, root)
+        finally:
+            stop.set()
+            thread.join()
+        assert cancelled >= n, cancelled
+        during = [b - a for a, b in spans if b > start and a < ended]
+        assert during, "no submit overlapped the cancel: did the submitting thread fail?"
+        before = sorted(b - a for a, b in spans if b <= start)
+        worst = max(during, default=0.0) * 1000
+        rows.append((f"cancel a {n}-job queued subtree (s)", ended - start, "<= 1 s", ended - start <= 1))
+        rows.append(("longest single submit during that cancel (ms)", worst, "<= 100 ms", worst <= 100))
+        settled = "all had ended by then" if ended == returned else f"all had ended {ended - start:.2f} s after it"
+        notes.append(f"Cancel: {n} queued children of a driver job on a node a `sleep` job holds; `cancel` of the "
+                     f"driver returned {returned - start:.2f} s after the call with {cancelled} jobs cancelled, "
+                     f"{settled}. Meanwhile another thread (own channel) submitted single jobs in a loop: "
+                     f"{len(during)} overlapped the cancel, the longest took {worst:.0f} ms (median before the "
+                     f"cancel: {before[len(before) // 2] * 1000:.1f} ms).")
+        with contextlib.suppress(jobnest.JobnestError):
+            driver.finish()
     finally:
         ctl.stop()
 
@@ -258,14 +369,122 @@ def bench_workflows(n: int, rows: list, notes: list) -> None:
             assert client.submit(["true", f"{tag}-in"], cpu=0.01, when=everything).wait(timeout=600).state == "succeeded"
 
         floor = timed(lambda: subprocess.run(f"seq {n} | xargs -P 2 -n 1 true", shell=True, check=True))
-        for name, fn in (("chain", chain), ("fan-out/fan-in", fan)):
+        for name, fn, target in (("chain", chain, 3.0), ("fan-out/fan-in", fan, None)):
             first, again = timed(lambda: fn(name)), timed(lambda: fn(name))
-            rows.append((f"{n}-job {name}, first run (s)", first, f"xargs -P 2: {floor:.2f} s", None))
+            if target is None:
+                rows.append((f"{n}-job {name}, first run (s)", first, f"xargs -P 2: {floor:.2f} s", None))
+            else:
+                rows.append((f"{n}-job {name}, first run (s)", first, f"<= {target:g} s", first <= target))
             rows.append((f"{n}-job {name}, reused rerun (s)", again, "", None))
             notes.append(f"{n}-job {name}: first run {first / floor:.1f}x and reused rerun {again / floor:.1f}x "
                          f"the time of `xargs -P 2` running the same {n} commands ({floor:.2f} s).")
     finally:
         ctl.stop()
+
+
+def xargs_floor(n: int) -> float:
+    """`xargs -P 2` running the map's n shell commands, each writing into a folder made beforehand."""
+    root = Path(tempfile.mkdtemp(prefix="jobnest-bench-", dir="/tmp"))
+    try:
+        for i in range(n):
+            (root / str(i)).mkdir()
+        command = f"seq 0 {n - 1} | xargs -P 2 -I@ sh -c 'echo @ > {root}/@/n.txt'"
+        return timed(lambda: subprocess.run(command, shell=True, check=True))
+    finally:
+        shutil.rmtree(root)
+
+
+class Run(NamedTuple):
+    """One run of the map + gather program."""
+
+    seconds: float | None  # from the first submit until the gather ended; None: past the budget
+    reused: int  # its jobs that reused a run
+    ended: int  # its jobs that had ended when it stopped
+
+
+def map_gather(ctl: ControllerProc, n: int, budget: float) -> Run:
+    """The map + gather program as a new user writes it, run once as a driver of its own; past
+    `budget` seconds its subtree is cancelled."""
+    client = jobnest.Client(ctl.address, TOKEN)  # recorded as a driver job, as `jobnest.connect()` does
+    start = time.perf_counter()
+    try:
+        jobs = client.map(MAP_ARGV, range(n))
+        gather = client.submit(["sh", "-c", "echo done > {output}/count"], name="gather",
+                               inputs={f"x{i}": job.output for i, job in enumerate(jobs)})
+        client.wait([gather.uuid], timeout=max(1.0, budget - (time.perf_counter() - start)))
+        seconds = time.perf_counter() - start
+        info = gather.info
+        assert info.state == "succeeded", (info.state, info.reason)
+        return Run(seconds, sum(job.reused for job in jobs) + info.reused, n + 1)
+    except jobnest.Timeout:
+        if time.perf_counter() - start < budget:
+            raise  # one call's own deadline, not the budget
+        root = client.driver.uuid  # type: ignore[union-attr]
+        ended = sum(i.state in ENDED for i in client.list(subtree=root) if i.uuid != root)
+        with contextlib.suppress(jobnest.JobnestError):
+            client.cancel(root, reason="over the benchmark's budget")
+        return Run(None, 0, ended)
+    finally:
+        with contextlib.suppress(jobnest.JobnestError):
+            client.finish()
+        client.close()
+
+
+class MapGather(NamedTuple):
+    floor: float  # `xargs -P 2` running the same shell commands
+    first: Run
+    again: Run | None  # the same program again; not run when the first run overran its budget
+
+
+def map_gather_twice(n: int, budget: float) -> MapGather:
+    """The map + gather program of n items on a fresh controller of default capacity (so a larger
+    run reuses no job of a smaller one), then again on the same controller, every job reused."""
+    floor = xargs_floor(n)
+    ctl = ControllerProc()
+    try:
+        first = map_gather(ctl, n, budget)
+        again = map_gather(ctl, n, budget) if first.seconds is not None else None
+    finally:
+        ctl.stop()
+    assert again is None or again.reused == n + 1, f"a rerun reused {again.reused} of {n + 1} jobs"
+    return MapGather(floor, first, again)
+
+
+def budget_row(metric: str, run: Run | None, budget: float, limit: float | None, target: str) -> tuple:
+    """A table row for one map + gather run; one past its budget missed any limit within the budget."""
+    if run is None:
+        return metric, "not run", target, None
+    if run.seconds is None:
+        return metric, f"> {budget:.0f} s (budget)", target, False if limit is not None and limit <= budget else None
+    return metric, run.seconds, target, None if limit is None else run.seconds <= limit
+
+
+def bench_map_gather(n_small: int, n_large: int, budget: float, rows: list, notes: list) -> None:
+    small, large = map_gather_twice(n_small, budget), map_gather_twice(n_large, budget)
+    name = "map + gather, {} jobs, {} (s)".format
+    rows.append(budget_row(name(n_small, "first run"), small.first, budget, 5 * small.floor,
+                           f"<= 5x xargs -P 2 ({5 * small.floor:.2f} s)"))
+    rows.append(budget_row(name(n_small, "reused rerun"), small.again, budget, 0.3, "<= 0.3 s"))
+    limit = 12 * small.first.seconds if small.first.seconds is not None else None
+    rows.append(budget_row(name(n_large, "first run"), large.first, budget, limit,
+                           f"<= 12x the {n_small}-job run" + (f" ({limit:.0f} s)" if limit else "")))
+    rows.append(budget_row(name(n_large, "reused rerun"), large.again, budget, None, "(info)"))
+    notes.append(f"Map + gather: per size a fresh controller of default capacity (2 cores here) and jobs with "
+                 f"default resources (1 cpu each: 2 at a time, as `xargs -P 2`). A client recorded as a driver "
+                 f"submits `client.map({MAP_ARGV}, range(N))` (one batch), then one gather job `sh -c 'echo done "
+                 f"> {{output}}/count'` with inputs x0..x(N-1) the map jobs' outputs, so it waits for all to "
+                 f"succeed; timed from the first submit until `client.wait` saw the gather end (it must have "
+                 f"succeeded). The rerun is the same program again (a new driver) on the same controller, and "
+                 f"every job in it must reuse. A run past {budget:.0f} s is cancelled and recorded as over budget.")
+    for n, r in ((n_small, small), (n_large, large)):
+        if r.first.seconds is None:
+            ran = f"the first run passed its {budget:.0f} s budget with {r.first.ended} of {n + 1} jobs ended"
+        else:
+            ran = f"first run {r.first.seconds:.2f} s ({r.first.seconds / r.floor:.1f}x)"
+        if r.again is not None and r.again.seconds is not None:
+            ran += f", reused rerun {r.again.seconds:.2f} s ({r.again.seconds / r.floor:.2f}x)"
+        notes.append(f"map + gather, {n} jobs: `xargs -P 2` ran the same {n} shell commands (`sh -c 'echo I > "
+                     f"DIR/I/n.txt'`, folders made beforehand) in {r.floor:.2f} s; {ran}.")
 
 
 def bench_shim(n: int, rows: list, notes: list) -> None:
@@ -294,7 +513,9 @@ def bench_shim(n: int, rows: list, notes: list) -> None:
 
 
 def render(rows: list, markdown: bool) -> str:
-    def fmt(v: float) -> str:
+    def fmt(v: float | str) -> str:
+        if isinstance(v, str):
+            return v  # not a number: over its budget, or not run
         return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
 
     table = [("metric", "measured", "target", "met?")]
@@ -321,10 +542,13 @@ def main() -> None:
     started = time.monotonic()
     failed = False
     for section, fn in [("submit", lambda: bench_submit(2000 // k, 20000 // k, 10000 // k, rows, notes)),
+                        ("queued", lambda: bench_queued(100000 // k, rows, notes)),
+                        ("cancel", lambda: bench_cancel(10000 // k, rows, notes)),
                         ("local", lambda: bench_local(500 // k, rows, notes)),
                         ("tree", lambda: bench_tree(100000 // k, rows, notes)),
                         ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes)),
                         ("workflows", lambda: bench_workflows(1000 // k, rows, notes)),
+                        ("map + gather", lambda: bench_map_gather(1000 // k, 10000 // k, 600 / k, rows, notes)),
                         ("shim", lambda: bench_shim(1000 // k, rows, notes))]:
         try:
             fn()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from jobnest.errors import InvalidSpec, JobnestError
@@ -43,6 +45,8 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
 REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
     runs.c.signature.in_(sa.bindparam("sigs", expanding=True)),
     runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"]))
+CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
+                 for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
 REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
     requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
 
@@ -139,9 +143,6 @@ class Submits:
 
     def _submit(self: "Store", tx: "Tx", s: Submission) -> tuple[list[dict[str, Any]], str | None]:
         specs, caller, now = s.specs, s.caller, s.now
-        claim = {"caller": caller.key, "request_id": s.request_id}
-        if s.request_id and (known := tx.conn.execute(REQUEST_JOBS, claim).scalar()) is not None:
-            return self.get_jobs(json.loads(known), tx.conn), None
         # Checks first, writes after: a refusal leaves nothing of this submission behind.
         n = len(specs)
         ids = random_uuids(2 * n)
@@ -193,8 +194,11 @@ class Submits:
                 views[i] = view(job_rows[i], run)
                 if len(batch_order) > 1:  # jobs of later levels name it
                     facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
-        if s.request_id:
-            tx.conn.execute(requests.insert(), {**claim, "job_uuids": json.dumps(job_uuids)})
+        if s.request_id:  # one statement when the id is new, as it nearly always is
+            claim = {"caller": caller.key, "request_id": s.request_id, "job_uuids": json.dumps(job_uuids)}
+            if tx.conn.execute(CLAIM_REQUEST[self.engine.dialect.name], claim).first() is None:
+                known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
+                return self.get_jobs(json.loads(known), tx.conn), None
         if run_rows:
             self._insert_many(tx.conn, runs, run_rows)
             tx.runs.update(r["uuid"] for r in run_rows)

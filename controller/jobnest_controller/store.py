@@ -34,7 +34,7 @@ from .views import JOB_FROM, LIST_FIELDS, VIEW, Views, chunks
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
 LIVE_VALUES = [s.value for s in LIVE]
-CANCEL_CHUNK = 2000  # jobs a Cancel ends per transaction, so that submits go on meanwhile
+CANCEL_CHUNK = 1000  # jobs a Cancel ends per transaction, so that submits go on meanwhile
 
 
 # The jobs that follow their runs (those that did not end apart), built once.
@@ -102,9 +102,12 @@ class Store(Tokens, Submits, Views, Explain):
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Tx]:
-        """One write transaction; its changes are published once it commits."""
-        with self._write_lock, self._transaction() as tx:
-            yield tx
+        """One write transaction; its changes are published once it commits. Submits that queued
+        up meanwhile are stored before the lock passes on, so a long write holds them up once."""
+        with self._write_lock:
+            with self._transaction() as tx:
+                yield tx
+            self._commit_waiting()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:

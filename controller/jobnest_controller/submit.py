@@ -113,18 +113,19 @@ class Submits:
         with self._submissions_lock:
             self._submissions.append(mine)
         with self._write_lock:
-            if mine.outcome is None:  # nobody has stored it yet: store it, and all that wait with it
-                with self._submissions_lock:
-                    group, self._submissions = self._submissions, []
-                self._commit(group)
+            self._commit_waiting()  # ours, unless another writer stored it already
         if isinstance(mine.outcome, JobnestError):
             raise mine.outcome
         assert mine.outcome is not None
         return mine.outcome
 
-    def _commit(self: "Store", group: list[Submission]) -> None:
-        """One transaction for the whole group; a submission refused is refused alone, since
-        each is checked before anything of it is written."""
+    def _commit_waiting(self: "Store") -> None:
+        """Store every submission waiting, in one transaction; the caller holds the write lock.
+        A submission refused is refused alone: each is checked before anything of it is written."""
+        with self._submissions_lock:
+            group, self._submissions = self._submissions, []
+        if not group:
+            return
         try:
             with self._transaction() as tx:
                 outcomes: list[Any] = []

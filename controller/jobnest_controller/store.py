@@ -347,6 +347,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.execute("PRAGMA case_sensitive_like=ON")  # lets `path LIKE 'prefix%'` use its index
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -19,6 +19,11 @@ from .base import Exited, Launch, Started, expand
 # pid file tells a restarted controller the run did start; the exit_code file how it ended.
 WRAPPER = ('w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
            '"$@"; code=$?; echo $code >"$w/exit_code"; exit $code')
+# A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $3
+# is the script, and the exit trap records how it ended, `exit N` included. (A script that sets
+# traps of its own gets the plain wrapper, which keeps them apart.)
+INLINE = ('w="$1"; cg="$2"; s="$3"; shift 3; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
+          'trap \'echo $? >"$w/exit_code"\' EXIT; eval "$s"')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -61,9 +66,11 @@ class LocalExecutor:
             with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
                 env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller,
                        "JOBNEST_OUTPUT": str(workdir / "out")}
+                argv = expand(launch.argv, launch.inputs, str(workdir / "out"))
+                inline = len(argv) == 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c" and "trap" not in argv[2]
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER, "jobnest-run", str(workdir), cgroup_procs or "",
-                     *expand(launch.argv, launch.inputs, str(workdir / "out"))],
+                    ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", str(workdir), cgroup_procs or "",
+                     *(argv[2:] if inline else argv)],
                     cwd=launch.cwd or launch.program or workdir / "out", env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                 )
@@ -99,6 +106,8 @@ class LocalExecutor:
             return Exited(None, "the controller stopped before the run started", started=False)
         if child is not None and child.returncode < 0:
             return Exited(128 - child.returncode, f"killed by signal {-child.returncode}")
+        if child is not None:  # it ended before its wrapper could say how: the wrapper's code tells
+            return Exited(child.returncode, f"exit code {child.returncode}")
         return Exited(None, "lost: the process ended without recording an exit code")
 
     def stop(self, run: dict[str, Any], now: float) -> None:

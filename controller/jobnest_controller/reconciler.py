@@ -160,12 +160,16 @@ class Reconciler:
         outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
         nodes = {name: executor.nodes() for name, executor in self.executors.items()}  # asked every pass
         launches: list[tuple[Executor, dict[str, Any], Launch]] = []
-        if starts or ended or self._decided or index.where:
+        # The write lock is taken only for something to write: a backlog that cannot start does not
+        # hold up submits every pass.
+        news = bool(starts or ended or self._decided)
+        placements = [] if news else self._plan(index, nodes, running, now)
+        if news or placements:
             with self.store.write() as tx:
                 self._record_starts(tx, starts, now)
                 self._record_ends(tx, ended, outputs, now)
                 self._settle(tx, index, now)
-                launches = self._claim(tx, self._plan(index, nodes, running, now), now)
+                launches = self._claim(tx, self._plan(index, nodes, running, now) if news else placements, now)
         if ended:
             for executor in self.executors.values():
                 executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
@@ -178,8 +182,11 @@ class Reconciler:
     def _absorb(self, now: float) -> Index:
         """Bring the index up to date with what was written since the last pass."""
         touched: set[str] = set()
+        made: list[dict[str, Any]] = []
         while not self._touched.empty():
-            touched.update(self._touched.get_nowait())
+            changes = self._touched.get_nowait()
+            touched.update(changes.touched)
+            made += changes.made
         touched -= self._mine
         self._mine.clear()
         index = self._index
@@ -188,11 +195,13 @@ class Reconciler:
             self._decided = []
             self._add(index, self.store.queued_runs(), now)
             self._index = index
-        elif touched:
-            rows = self.store.queued_runs(list(touched))
-            for uuid in touched - {row["uuid"] for row in rows}:
-                index.forget(uuid)  # no longer queued
-            self._add(index, rows, now)
+        else:  # the new runs first: what touched them since is read back after
+            self._add(index, made, now)
+            if touched:
+                rows = self.store.queued_runs(list(touched))
+                for uuid in touched - {row["uuid"] for row in rows}:
+                    index.forget(uuid)  # no longer queued
+                self._add(index, rows, now)
         while not self._changes.empty():
             for event in self._changes.get_nowait():
                 if index.tracker and State(event.state).terminal:
@@ -216,7 +225,9 @@ class Reconciler:
             elif row["desired"] not in ("run", "hold"):
                 index.forget(uuid)  # asked to stop: it ends at once, being queued
         if new_held:
-            trees = self.store.conditions_of([index.held[uuid].job for uuid in new_held])
+            trees = {row["origin_job_uuid"]: row["when"] for row in rows if "when" in row}
+            trees.update(self.store.conditions_of([index.held[uuid].job for uuid in new_held
+                                                   if index.held[uuid].job not in trees]))
             named = set().union(*(jobs_of(tree) for tree in trees.values()))
             states = self.store.job_states(named)
             for uuid in new_held:

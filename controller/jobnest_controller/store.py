@@ -52,6 +52,8 @@ ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, 
                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                .where(runs.c.state == State.RUNNING.value))
 
+FOR_START = sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis,
+                      runs.c.memory, runs.c.attempt).where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
 SET_STARTED = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
     pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
     cpu_enforced=sa.bindparam("b_cpu_enforced"))
@@ -63,7 +65,8 @@ SET_TOKENS = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
 class Tx:
     conn: Connection
     events: list[JobEvent] = field(default_factory=list)
-    runs: set[str] = field(default_factory=set)  # runs made, moved or asked to stop: for the reconciler
+    runs: set[str] = field(default_factory=set)  # runs moved or asked to stop: for the reconciler
+    new_runs: list[dict[str, Any]] = field(default_factory=list)  # runs made, as the reconciler indexes them
 
 
 class Store(Tokens, Submits, Views, Explain):
@@ -116,7 +119,7 @@ class Store(Tokens, Submits, Views, Explain):
         with _db_errors(), self.engine.begin() as conn:
             tx = Tx(conn)
             yield tx
-        self.bus.publish(tx.events, tx.runs)
+        self.bus.publish(tx.events, tx.runs, tx.new_runs)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -315,9 +318,7 @@ class Store(Tokens, Submits, Views, Explain):
     def runs_for_start(self, tx: Tx, run_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = {}
         for chunk in chunks(run_uuids):
-            for row in tx.conn.execute(
-                    sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis,
-                              runs.c.memory, runs.c.attempt).where(runs.c.uuid.in_(chunk))).mappings():
+            for row in tx.conn.execute(FOR_START, {"uuids": chunk}).mappings():
                 found[row["uuid"]] = {**row, "spec": json.loads(row["spec"])}
         return found
 

@@ -47,6 +47,16 @@ REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
     runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"]))
 CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
+FACTS = sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output).select_from(JOB_FROM).where(
+    jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+HELD = sa.select(runs.c.uuid, runs.c.spec).where(
+    runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)), runs.c.desired == "hold", runs.c.state == State.QUEUED.value)
+RELEASE = sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
+    desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
+    spec=sa.bindparam("b_spec"))
+LAST_RUN = sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))
+# What the reconciler's index keeps of a run (`Store.queued_runs` reads the same, and the owner).
+INDEXED = ("uuid", "desired", "executor", "cpu_millis", "memory", "priority", "seq", "origin_job_uuid")
 REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
     requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
 
@@ -201,8 +211,16 @@ class Submits:
                 known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
                 return self.get_jobs(json.loads(known), tx.conn), None
         if run_rows:
+            # Numbered here rather than by the database, so the reconciler is told of the new
+            # runs whole and reads none of them back (one writer at a time: see `write`).
+            last = tx.conn.execute(LAST_RUN).scalar_one()
+            for seq, run in enumerate(run_rows, start=last + 1):
+                run["seq"] = seq
             self._insert_many(tx.conn, runs, run_rows)
-            tx.runs.update(r["uuid"] for r in run_rows)
+            spec_of = dict(zip(job_uuids, specs))
+            tx.new_runs += [{**{k: run[k] for k in INDEXED}, "owner": caller.name,
+                             **({"when": spec_of[run["origin_job_uuid"]]["when"]} if run["desired"] == "hold" else {})}
+                            for run in run_rows]
         self._insert_many(tx.conn, jobs, job_rows)
         tx.events.extend(JobEvent(j["uuid"], j["path"], v["state"], "", None) for j, v in zip(job_rows, views))
         return views, driver_token
@@ -211,8 +229,7 @@ class Submits:
         """What a condition or an input needs to know of the jobs it names."""
         found = {}
         for chunk in chunks(list(uuids)):
-            rows = conn.execute(sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
-                                .select_from(JOB_FROM).where(jobs.c.uuid.in_(chunk))).all()
+            rows = conn.execute(FACTS, {"uuids": chunk}).all()
             found.update((uuid, Fact(*rest)) for uuid, *rest in rows)
         return found
 
@@ -241,8 +258,7 @@ class Submits:
         and its jobs are attached to the other)."""
         ready = []
         for chunk in chunks(run_uuids):
-            held = tx.conn.execute(sa.select(runs.c.uuid, runs.c.spec).where(
-                runs.c.uuid.in_(chunk), runs.c.desired == "hold", runs.c.state == State.QUEUED.value)).all()
+            held = tx.conn.execute(HELD, {"uuids": chunk}).all()
             for run_uuid, spec_json in held:
                 spec = json.loads(spec_json)
                 spec.pop("when_runs", None)
@@ -251,8 +267,8 @@ class Submits:
                 parts = signature_parts(spec)
                 sig = signature(parts)
                 found = self._reusable(tx.conn, {sig}).get(sig) if _may_reuse(spec) else None
-                tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(
-                    desired="run", signature=sig, sig_parts=json.dumps(parts), spec=json.dumps(spec)))
+                tx.conn.execute(RELEASE, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
+                                          "b_spec": json.dumps(spec)})
                 tx.runs.add(run_uuid)
                 if found is None:
                     ready.append(run_uuid)

@@ -43,6 +43,14 @@ VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 LIST_FIELDS = [name for name in VIEW if name != "signature"]
 LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+# Built once: building a statement (and its cache key) costs more than running it.
+GET_JOB = (sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JOB_FROM)
+           .where(jobs.c.uuid == sa.bindparam("uuid")))
+GET_JOBS = sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where(jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+JOB_STATES = sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM).where(
+    jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+JOB_PATH = sa.select(jobs.c.path).where(jobs.c.uuid == sa.bindparam("uuid"))
+RUN_OF = sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == sa.bindparam("uuid"))
 IN_CHUNK = 5000  # uuids per IN list: well under every database's limit on parameters
 
 
@@ -71,9 +79,7 @@ class Views:
     def get_job(self: "Store", uuid: str) -> dict[str, Any]:
         """A job as `VIEW`, with its spec and path."""
         with self.read() as conn:
-            row = conn.execute(
-                sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JOB_FROM).where(jobs.c.uuid == uuid)
-            ).mappings().first()
+            row = conn.execute(GET_JOB, {"uuid": uuid}).mappings().first()
         if row is None:
             raise NotFound(f"no job {uuid}", field="uuid")
         return dict(row)
@@ -85,8 +91,7 @@ class Views:
                 return self.get_jobs(uuids, conn)
         by_uuid = {}
         for chunk in chunks(uuids):
-            rows = conn.execute(sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where(jobs.c.uuid.in_(chunk)))
-            by_uuid.update((r["uuid"], dict(r)) for r in rows.mappings())
+            by_uuid.update((r["uuid"], dict(r)) for r in conn.execute(GET_JOBS, {"uuids": chunk}).mappings())
         return [by_uuid[u] for u in uuids]
 
     def job_states(self: "Store", uuids: set[str], conn: Connection | None = None) -> dict[str, str]:
@@ -95,8 +100,7 @@ class Views:
                 return self.job_states(uuids, conn)
         found: dict[str, str] = {}
         for chunk in chunks(list(uuids)):
-            found.update(conn.execute(sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM)
-                                      .where(jobs.c.uuid.in_(chunk))).all())
+            found.update(conn.execute(JOB_STATES, {"uuids": chunk}).all())
         return found
 
     def list_jobs(self: "Store", *, subtree_path: str | None = None, parent: str | None = None,
@@ -139,16 +143,14 @@ class Views:
 
     def job_path(self: "Store", uuid: str) -> str:
         with self.read() as conn:
-            path = conn.execute(sa.select(jobs.c.path).where(jobs.c.uuid == uuid)).scalar()
+            path = conn.execute(JOB_PATH, {"uuid": uuid}).scalar()
         if path is None:
             raise NotFound(f"no job {uuid}", field="uuid")
         return path
 
     def run_of(self: "Store", job_uuid: str) -> dict[str, Any]:
         with self.read() as conn:
-            row = conn.execute(
-                sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == job_uuid)
-            ).mappings().first()
+            row = conn.execute(RUN_OF, {"uuid": job_uuid}).mappings().first()
         if row is None:
             raise NotFound(f"no job {job_uuid}", field="uuid")
         return dict(row)

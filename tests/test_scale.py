@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import jobnest
 
 from .conftest import ADMIN, Running, wait_for
@@ -75,29 +77,44 @@ def cancel_live(client: jobnest.Client, jobs: list[jobnest.Job]) -> None:
 # -- 1. runners lend their cpu to the children they wait on ----------------------------------------
 
 
-def test_runners_waiting_on_their_children_lend_them_their_cpu(running: Running) -> None:
-    """Two runners at the default cpu fill the 2-core node and each waits on two children at the
-    default cpu: a runner blocked in wait() on its own subtree lends its cpu, so the children
-    run and both runners succeed, rather than the children waiting for cpu forever."""
+@pytest.mark.parametrize("depth", [1, 2])
+def test_runners_waiting_on_their_children_lend_them_their_cpu(running: Running, depth: int) -> None:
+    """Two runners at the default cpu fill the 2-core node, and each waits on two children at the
+    default cpu (at depth 2 those are runners too, each waiting on two leaf jobs). A job blocked
+    in wait() on its own subtree lends its cpu, level by level, so every job runs and succeeds,
+    rather than the children waiting for cpu forever."""
     client = running.client()
-    runners = [client.submit(runner(depth=1), reuse=False) for _ in range(2)]
+    runners = [client.submit(runner(depth), reuse=False) for _ in range(2)]
     try:
-        wait_quietly(client, runners, timeout=2 * processes(1) * PROCESS_START)
-        assert_all_succeeded(client, runners, expected=2 * processes(1))
+        wait_quietly(client, runners, timeout=2 * processes(depth) * PROCESS_START)
+        assert_all_succeeded(client, runners, expected=2 * processes(depth))
     finally:
         cancel_live(client, runners)
 
 
-def test_runners_three_levels_deep_all_complete(running: Running) -> None:
-    """Two top-level runners, each submitting two runners that each submit two leaf jobs, all at
-    the default cpu on the 2-core node: lending cpu level by level, every job completes."""
+# A runner that polls its child instead of waiting on it: it keeps its cpu.
+POLLING = """
+import time
+import jobnest
+
+kid = jobnest.connect().submit(["sh", "-c", "echo kid"], cpu=1.5, reuse=False)
+while kid.info.state != "succeeded":
+    time.sleep(0.1)
+"""
+
+
+def test_a_child_waiting_for_cpu_names_the_runner_that_holds_it(running: Running) -> None:
+    """A runner that polls rather than waits keeps its cpu: its child (1.5 cores, with 1 of the
+    2 taken by the runner) waits, and `show` says which runner holds the cpu and why."""
     client = running.client()
-    runners = [client.submit(runner(depth=2), reuse=False) for _ in range(2)]
+    parent = client.submit([sys.executable, "-c", POLLING], name="poller", cpu=1.0, reuse=False)
     try:
-        wait_quietly(client, runners, timeout=2 * processes(2) * PROCESS_START)
-        assert_all_succeeded(client, runners, expected=2 * processes(2))
+        [kid] = wait_for(lambda: parent.children(), timeout=2 * PROCESS_START)
+        reason = wait_for(lambda: kid.info.reason if "its runner" in kid.info.reason else "", timeout=PROCESS_START)
+        assert reason.startswith("waiting for cpu: needs 1.5 cores")
+        assert f"its runner poller ({parent.uuid[:8]}) holds 1 cores and is not waiting on its children" in reason
     finally:
-        cancel_live(client, runners)
+        cancel_live(client, [parent])
 
 
 # A runner at cpu 0.5 with one child of 1.5 cores, which waits for it.

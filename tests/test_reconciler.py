@@ -64,3 +64,20 @@ def test_a_driver_that_died_is_failed(parts) -> None:  # type: ignore[no-untyped
     assert token and store.get_job(job)["state"] == "running"
     row = run_until_done(store, reconciler, job)
     assert row["state"] == "failed" and row["reason"] == "driver exited without finishing"
+
+
+def test_a_run_asked_to_stop_that_comes_back_to_the_queue_ends(parts) -> None:  # type: ignore[no-untyped-def]
+    """A cancel that lands while a run's start is under way, whose start then finds its node away
+    (so the run is queued again): the run ends cancelled, rather than waiting in the queue forever."""
+    store, _, reconciler = parts
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("sleep", "30")], 1.0))
+    run = store.get_job(job)["run_uuid"]
+    with store.write() as tx:  # claimed by a pass, its start not done yet
+        store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
+    assert store.cancel(job, "stop", 2.0) == [job]
+    with store.write() as tx:  # the start could not reach its node: queued again
+        store.transition(tx, Kind.RUN, run, State.RUNNING, State.QUEUED, "")
+    for _ in range(2):
+        reconciler.tick(time.time())
+    row = store.get_job(job)
+    assert row["state"] == "cancelled" and row["run_state"] == "cancelled"

@@ -98,6 +98,7 @@ class Reconciler:
         # Runs this reconciler wrote that left or never were in the index (claimed, started,
         # ended): their change needs no reading back.
         self._mine: set[str] = set()
+        self._stopped: dict[str, str] = {}  # queued runs asked to stop, and why: to end
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -148,12 +149,13 @@ class Reconciler:
 
     def _tick(self, now: float) -> int:
         index = self._absorb(now)
-        starts = self._started()
+        starts = {uuid: start.result() for uuid, start in self._starting.items() if start.done()}
         active = self.store.active_runs()
         for run in active:  # a start just heard of is not stored yet
             if isinstance(outcome := starts.get(run["uuid"]), Started):
                 run.update(pid=outcome.pid, handle=outcome.handle, workdir=outcome.workdir)
-        ended = self._observe([run for run in active if run["uuid"] not in self._starting], now)
+        ended = self._observe([run for run in active if run["uuid"] in starts or run["uuid"] not in self._starting],
+                              now)
         gone = {run["uuid"] for run, _, _ in ended}
         running = [run for run in active if run["uuid"] not in gone]
         # Outputs are stored before the write, which would hold up every submit meanwhile.
@@ -162,19 +164,22 @@ class Reconciler:
         launches: list[tuple[Executor, dict[str, Any], Launch]] = []
         # The write lock is taken only for something to write: a backlog that cannot start does not
         # hold up submits every pass.
-        news = bool(starts or ended or self._decided)
+        news = bool(starts or ended or self._decided or self._stopped)
         placements = [] if news else self._plan(index, nodes, running, now)
         if news or placements:
             with self.store.write() as tx:
                 self._record_starts(tx, starts, now)
                 self._record_ends(tx, ended, outputs, now)
+                self._end_stopped(tx, now)
                 self._settle(tx, index, now)
                 launches = self._claim(tx, self._plan(index, nodes, running, now) if news else placements, now)
+        for uuid in starts:  # stored: forgotten only now, so a pass that failed hears of them again
+            del self._starting[uuid]
+        for launch in launches:  # after the claim is committed: a large input must not hold up every submit
+            self._starting[launch[2].run_uuid] = self._pool.submit(self._start_one, launch)
         if ended:
             for executor in self.executors.values():
                 executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
-        for launch in launches:  # after the claim is committed: a large input must not hold up every submit
-            self._starting[launch[2].run_uuid] = self._pool.submit(self._start_one, launch)
         return len(running) + len(launches) + len(index)
 
     # -- the index -----------------------------------------------------------------------------
@@ -213,7 +218,8 @@ class Reconciler:
         new_held = []
         for row in rows:
             uuid = row["uuid"]
-            run = Pending(uuid, row["cpu_millis"], row["memory"], row["priority"], row["seq"], row["owner"], now)
+            run = Pending(uuid, row["cpu_millis"], row["memory"], row["priority"], row["seq"], row["owner"],
+                          row["created_at"])
             if row["desired"] == "run":
                 if uuid in index.held:
                     index.forget(uuid)
@@ -223,7 +229,8 @@ class Reconciler:
                 index.held[uuid] = Held(row["executor"], run, row["origin_job_uuid"])
                 new_held.append(uuid)
             elif row["desired"] not in ("run", "hold"):
-                index.forget(uuid)  # asked to stop: it ends at once, being queued
+                index.forget(uuid)  # asked to stop while queued again (a retry, a start that failed):
+                self._stopped[uuid] = row["reason"]  # it ends in the next write
         if new_held:
             trees = {row["origin_job_uuid"]: row["when"] for row in rows if "when" in row}
             trees.update(self.store.conditions_of([index.held[uuid].job for uuid in new_held
@@ -281,6 +288,11 @@ class Reconciler:
                 ended.append((run, *_outcome(run, exited, timeout)))
         return ended
 
+    def _end_stopped(self, tx: Tx, now: float) -> None:
+        stopped, self._stopped = self._stopped, {}
+        for uuid, why in stopped.items():
+            self.store.transition(tx, Kind.RUN, uuid, State.QUEUED, State.CANCELLED, why or "cancelled", finished_at=now)
+
     def _record_ends(self, tx: Tx, ended: list[tuple[dict[str, Any], State, Exited]],
                      outputs: dict[str, tuple[str, str]], now: float) -> None:
         for run, state, exited in ended:
@@ -318,7 +330,8 @@ class Reconciler:
             lent = set(self._lent)
         placements = []
         for name in self.executors:
-            mine = [r for r in running if r["executor"] == name and r["uuid"] not in lent]
+            # A lent run's memory stays taken: only its cpu is lent.
+            mine = [{**r, "cpu_millis": 0} if r["uuid"] in lent else r for r in running if r["executor"] == name]
             usage: dict[str, int] = {}
             for r in mine:
                 usage[r["owner"]] = usage.get(r["owner"], 0) + r["cpu_millis"]
@@ -365,11 +378,6 @@ class Reconciler:
                 run["memory"], self.controller_address, spec.get("image_id") or spec.get("image", ""),
                 attempt=run["attempt"], mount_cwd=spec.get("mount_cwd", False))))
         return launches
-
-    def _started(self) -> dict[str, Started | Exception]:
-        """The starts that have finished since the last pass, and how each went."""
-        done = [uuid for uuid, start in self._starting.items() if start.done()]
-        return {uuid: self._starting.pop(uuid).result() for uuid in done}
 
     def _record_starts(self, tx: Tx, starts: dict[str, Started | Exception], now: float) -> None:
         failed: dict[str, list[str]] = {}

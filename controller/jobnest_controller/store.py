@@ -28,7 +28,7 @@ from .executors.base import Started
 from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
-from .submit import DRIVER, PathKeys, Submission, Submits
+from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
 from .views import JOB_FROM, LIST_FIELDS, VIEW, Views, chunks
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
@@ -40,8 +40,7 @@ CANCEL_CHUNK = 1000  # jobs a Cancel ends per transaction, so that submits go on
 # The jobs that follow their runs (those that did not end apart), built once.
 FOLLOWERS = sa.select(jobs.c.uuid, jobs.c.path).where(
     jobs.c.run_uuid.in_(sa.bindparam("runs", expanding=True)), jobs.c.end_state == "")
-QUEUED_RUNS = (sa.select(runs.c.uuid, runs.c.desired, runs.c.executor, runs.c.cpu_millis, runs.c.memory,
-                         runs.c.priority, runs.c.seq, runs.c.origin_job_uuid, jobs.c.owner)
+QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                .where(runs.c.state == State.QUEUED.value))
 SOME_QUEUED_RUNS = QUEUED_RUNS.where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))

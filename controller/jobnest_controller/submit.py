@@ -55,8 +55,10 @@ RELEASE = sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
     desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
     spec=sa.bindparam("b_spec"))
 LAST_RUN = sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))
-# What the reconciler's index keeps of a run (`Store.queued_runs` reads the same, and the owner).
-INDEXED = ("uuid", "desired", "executor", "cpu_millis", "memory", "priority", "seq", "origin_job_uuid")
+# What the reconciler's index keeps of a queued run, with its owner: told whole of a new run,
+# read by `Store.queued_runs` of any other.
+INDEXED = ("uuid", "desired", "executor", "cpu_millis", "memory", "priority", "seq", "origin_job_uuid", "reason",
+           "created_at")
 REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
     requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
 
@@ -220,7 +222,7 @@ class Submits:
             spec_of = dict(zip(job_uuids, specs))
             tx.new_runs += [{**{k: run[k] for k in INDEXED}, "owner": caller.name,
                              **({"when": spec_of[run["origin_job_uuid"]]["when"]} if run["desired"] == "hold" else {})}
-                            for run in run_rows]
+                            for run in run_rows if run["state"] == State.QUEUED.value]  # not drivers
         self._insert_many(tx.conn, jobs, job_rows)
         tx.events.extend(JobEvent(j["uuid"], j["path"], v["state"], "", None) for j, v in zip(job_rows, views))
         return views, driver_token

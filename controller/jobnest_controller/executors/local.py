@@ -20,10 +20,11 @@ from .base import Exited, Launch, Started, expand
 WRAPPER = ('w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
            '"$@"; code=$?; echo $code >"$w/exit_code"; exit $code')
 # A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $3
-# is the script, and the exit trap records how it ended, `exit N` included. (A script that sets
-# traps of its own gets the plain wrapper, which keeps them apart.)
-INLINE = ('w="$1"; cg="$2"; s="$3"; shift 3; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
-          'trap \'echo $? >"$w/exit_code"\' EXIT; eval "$s"')
+# is the script, and the exit trap records how it ended, `exit N` included; the wrapper's own
+# names are long, to stay clear of the script's. (A script that sets traps of its own gets the
+# plain wrapper, which keeps them apart.)
+INLINE = ('__jobnest_w="$1"; echo $$ >"$1/pid"; [ -z "$2" ] || echo $$ >"$2"; __jobnest_s="$3"; shift 3; '
+          'trap \'echo $? >"$__jobnest_w/exit_code"\' EXIT; eval "$__jobnest_s"')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 

@@ -73,6 +73,22 @@ def test_a_condition_that_cannot_hold_cancels_and_cascades(where: tuple[Running,
     assert cleanup.state == "succeeded"
 
 
+def test_a_held_run_two_jobs_share_follows_the_one_still_waiting(running: Running) -> None:
+    """Two identical jobs wait on two identical upstream jobs, so each pair shares one run.
+    Cancelling the first upstream job alone cancels the job that waits on it; the other keeps
+    waiting on its own upstream job, which still runs, and then runs itself."""
+    client = running.client()
+    a1 = client.submit(["sleep", "1"], cpu=0.1)
+    j1 = client.submit(["echo", "x"], cpu=0.1, when=a1.succeeded)
+    a2 = client.submit(["sleep", "1"], cpu=0.1)
+    j2 = client.submit(["echo", "x"], cpu=0.1, when=a2.succeeded)
+    assert a2.info.run_uuid == a1.info.run_uuid and j2.info.run_uuid == j1.info.run_uuid
+    a1.cancel()
+    assert j1.wait(timeout=20).state == "cancelled"
+    assert j2.wait(timeout=20).state == "succeeded" and a2.state == "succeeded"
+    assert j2.logs() == "x\n"
+
+
 def test_conditions_naming_unknown_or_outside_jobs_are_refused(running: Running) -> None:
     client = running.client()
     ghost = jobnest.Job(client, "f" * 32)

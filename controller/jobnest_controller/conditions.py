@@ -180,8 +180,9 @@ class Tracker:
             term.value, term.decider = value, decider
             parent = term.parent
             if parent is None:
-                del self._roots[term.key]
-                decided.append(Decision(term.key, value, *decider))
+                if self._roots.get(term.key) is term:  # not a condition this key held before
+                    del self._roots[term.key]
+                    decided.append(Decision(term.key, value, *decider))
                 return
             if parent.value is not None:
                 return  # decided already by another child

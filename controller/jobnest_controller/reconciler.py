@@ -231,14 +231,18 @@ class Reconciler:
             elif row["desired"] not in ("run", "hold"):
                 index.forget(uuid)  # asked to stop while queued again (a retry, a start that failed):
                 self._stopped[uuid] = row["reason"]  # it ends in the next write
-        if new_held:
-            trees = {row["origin_job_uuid"]: row["when"] for row in rows if "when" in row}
-            trees.update(self.store.conditions_of([index.held[uuid].job for uuid in new_held
-                                                   if index.held[uuid].job not in trees]))
-            named = set().union(*(jobs_of(tree) for tree in trees.values()))
-            states = self.store.job_states(named)
-            for uuid in new_held:
-                self._decided += index.tracker.add(uuid, trees[index.held[uuid].job], states)
+        self._track(index, new_held, {row["origin_job_uuid"]: row["when"] for row in rows if "when" in row})
+
+    def _track(self, index: Index, held: list[str], trees: dict[str, dict[str, Any]] | None = None) -> None:
+        """Track the conditions of held runs (those of the jobs that hold them), with the states
+        of the jobs they name as the store has them now."""
+        if not held:
+            return
+        trees = dict(trees or {})
+        trees.update(self.store.conditions_of([index.held[uuid].job for uuid in held if index.held[uuid].job not in trees]))
+        states = self.store.job_states(set().union(*(jobs_of(tree) for tree in trees.values())))
+        for uuid in held:
+            self._decided += index.tracker.add(uuid, trees[index.held[uuid].job], states)
 
     def _settle(self, tx: Tx, index: Index, now: float) -> None:
         """Apply the decided conditions: release held runs whose condition holds, cancel the
@@ -253,17 +257,21 @@ class Reconciler:
                 return
             decided, self._decided = self._decided, []
             release = [d.key for d in decided if d.value and d.key in index.held]
-            doomed = [(d.key, f"condition cannot hold: job {d.job} {d.state}") for d in decided
-                      if not d.value and d.key in index.held]
+            doomed = [(d.key, index.held[d.key].job, f"condition cannot hold: job {d.job} {d.state}")
+                      for d in decided if not d.value and d.key in index.held]
             ready = set(self.store.release(tx, release, now))
             for uuid in release:
                 held = index.held[uuid]
                 index.forget(uuid)
                 if uuid in ready:
                     index.ready(held.executor, dataclasses.replace(held.run, ready_at=now))
-            for uuid, _ in doomed:
+            doomed_held = {uuid: index.held[uuid] for uuid, _, _ in doomed}
+            for uuid in doomed_held:
                 index.forget(uuid)
-            self.store.cancel_runs(tx, doomed, now)
+            # A run other jobs still want stays held, on the condition of one of them.
+            for uuid, heir in self.store.cancel_holders(tx, doomed, now).items():
+                index.held[uuid] = dataclasses.replace(doomed_held[uuid], job=heir)
+                self._track(index, [uuid])
 
     # -- running runs --------------------------------------------------------------------------
 

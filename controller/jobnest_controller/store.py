@@ -29,7 +29,7 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, LIST_FIELDS, VIEW, Views, chunks
+from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, Views, chunks
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -53,6 +53,10 @@ ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, 
 
 FOR_START = sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis,
                       runs.c.memory, runs.c.attempt).where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+# A job that still wants a held run, once the one that held it is cancelled.
+HEIR = (sa.select(jobs.c.uuid).select_from(JOB_FROM)
+        .where(jobs.c.run_uuid == sa.bindparam("run"), jobs.c.end_state == "", jobs.c.desired == "run",
+               runs.c.state == State.QUEUED.value, runs.c.desired == "hold").limit(1))
 SET_STARTED = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
     pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
     cpu_enforced=sa.bindparam("b_cpu_enforced"))
@@ -203,13 +207,18 @@ class Store(Tokens, Submits, Views, Explain):
             cancelled += done
         return cancelled
 
-    def cancel_runs(self, tx: Tx, doomed: list[tuple[str, str]], now: float) -> None:
-        """Within `tx`, cancel the jobs (and their subtrees) that want each run of `doomed`
-        (run uuid, reason): a held run whose condition can no longer hold."""
-        for run_uuid, reason in doomed:
-            for job_uuid, path in tx.conn.execute(sa.select(jobs.c.uuid, jobs.c.path).where(
-                    jobs.c.run_uuid == run_uuid, jobs.c.end_state == "", jobs.c.desired == "run")).all():
-                self._cancel(tx, job_uuid, path, reason, now, "", 0)
+    def cancel_holders(self, tx: Tx, doomed: list[tuple[str, str, str]], now: float) -> dict[str, str]:
+        """Within `tx`, cancel each job (and its subtree) of `doomed` (run, job, reason): the job
+        holding a held run whose condition can no longer hold. Returns, for each run still held
+        because another job wants it, that job: its own condition decides next."""
+        heirs = {}
+        for run_uuid, job_uuid, reason in doomed:
+            path = tx.conn.execute(JOB_PATH, {"uuid": job_uuid}).scalar_one()
+            self._cancel(tx, job_uuid, path, reason, now, "", 0)
+            heir = tx.conn.execute(HEIR, {"run": run_uuid}).scalar()
+            if heir is not None:
+                heirs[run_uuid] = heir
+        return heirs
 
     def _cancel(self, tx: Tx, root_uuid: str, path: str, reason: str, now: float, after: str,
                 limit: int) -> tuple[list[str], str | None]:

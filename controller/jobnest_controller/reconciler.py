@@ -34,6 +34,9 @@ from .store import DRIVER, Store, Tx
 
 log = logging.getLogger(__name__)
 STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
+# Conditions applied in one write at most (each a few statements): the rest wait for the next
+# pass, and submits go on in between. The ends they cause are heard again from the bus.
+SETTLED_AT_ONCE = 500
 
 
 @dataclasses.dataclass(slots=True)
@@ -246,16 +249,18 @@ class Reconciler:
 
     def _settle(self, tx: Tx, index: Index, now: float) -> None:
         """Apply the decided conditions: release held runs whose condition holds, cancel the
-        jobs of those whose condition never can. What that ends decides more, in the same write."""
-        seen = 0
-        while True:
+        jobs of those whose condition never can. What that ends decides more, in the same write,
+        up to `SETTLED_AT_ONCE`."""
+        seen, budget = 0, SETTLED_AT_ONCE
+        while budget > 0:
             for event in tx.events[seen:]:
                 if index.tracker and State(event.state).terminal:
                     self._decided += index.tracker.ended(event.uuid, event.state)
             seen = len(tx.events)
             if not self._decided:
                 return
-            decided, self._decided = self._decided, []
+            decided, self._decided = self._decided[:budget], self._decided[budget:]
+            budget -= len(decided)
             release = [d.key for d in decided if d.value and d.key in index.held]
             doomed = [(d.key, index.held[d.key].job, f"condition cannot hold: job {d.job} {d.state}")
                       for d in decided if not d.value and d.key in index.held]

@@ -197,13 +197,16 @@ class Store(Tokens, Submits, Views, Explain):
     def cancel(self, root_uuid: str, reason: str, now: float) -> list[str]:
         """Cancel a job and its whole live subtree; a run stops only when no live job wants it.
 
-        A large subtree is cancelled a chunk of jobs per transaction, so submits go on meanwhile."""
+        The whole subtree is marked at once, so no job of it keeps a run wanted; then its jobs
+        end a chunk per transaction, so that submits go on meanwhile."""
         path = self.job_path(root_uuid)
+        with self.write() as tx:
+            root_run = self._mark_cancelled(tx, root_uuid, path)
         cancelled: list[str] = []
         after: str | None = ""
         while after is not None:
             with self.write() as tx:
-                done, after = self._cancel(tx, root_uuid, path, reason, now, after, CANCEL_CHUNK)
+                done, after = self._cancel(tx, root_uuid, root_run, path, reason, now, after, CANCEL_CHUNK)
             cancelled += done
         return cancelled
 
@@ -214,31 +217,37 @@ class Store(Tokens, Submits, Views, Explain):
         heirs = {}
         for run_uuid, job_uuid, reason in doomed:
             path = tx.conn.execute(JOB_PATH, {"uuid": job_uuid}).scalar_one()
-            self._cancel(tx, job_uuid, path, reason, now, "", 0)
+            self._cancel(tx, job_uuid, self._mark_cancelled(tx, job_uuid, path), path, reason, now, "", 0)
             heir = tx.conn.execute(HEIR, {"run": run_uuid}).scalar()
             if heir is not None:
                 heirs[run_uuid] = heir
         return heirs
 
-    def _cancel(self, tx: Tx, root_uuid: str, path: str, reason: str, now: float, after: str,
-                limit: int) -> tuple[list[str], str | None]:
-        """Cancel the live jobs of the subtree at `path` that come after `after`, at most `limit`
-        (0: all); returns them and where to go on from (None: nothing is left)."""
+    def _mark_cancelled(self, tx: Tx, root_uuid: str, path: str) -> str | None:
+        """Mark the live jobs of the subtree at `path` as no longer wanting their runs; returns
+        the run of its root, if that is live (its reason is the cancel's own)."""
+        root_run = tx.conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
+            jobs.c.uuid == root_uuid, jobs.c.end_state == "", runs.c.state.in_(LIVE_VALUES))).scalar()
+        tx.conn.execute(sa.update(jobs).where(jobs.c.path.like(path + "%"), jobs.c.end_state == "",
+                                              jobs.c.desired == "run").values(desired="cancel"))
+        return root_run
+
+    def _cancel(self, tx: Tx, root_uuid: str, root_run: str | None, path: str, reason: str, now: float,
+                after: str, limit: int) -> tuple[list[str], str | None]:
+        """End the marked live jobs of the subtree at `path` that come after `after`, at most
+        `limit` (0: all); returns them and where to go on from (None: nothing is left)."""
         query = (sa.select(jobs.c.uuid, jobs.c.run_uuid, jobs.c.path, runs.c.state, runs.c.executor)
                  .select_from(JOB_FROM)
                  .where(jobs.c.path.like(path + "%"), jobs.c.path > after, jobs.c.end_state == "",
-                        jobs.c.desired == "run", runs.c.state.in_(LIVE_VALUES)).order_by(jobs.c.path))
+                        jobs.c.desired == "cancel", runs.c.state.in_(LIVE_VALUES)).order_by(jobs.c.path))
         doomed = tx.conn.execute(query.limit(limit) if limit else query).all()
         if not doomed:
             return [], None
         doomed_uuids = [row.uuid for row in doomed]
-        for chunk in chunks(doomed_uuids):
-            tx.conn.execute(sa.update(jobs).where(jobs.c.uuid.in_(chunk)).values(desired="cancel"))
         wanted: set[str] = set()
         for chunk in chunks(list({row.run_uuid for row in doomed})):
             wanted.update(tx.conn.execute(sa.select(jobs.c.run_uuid).where(
                 jobs.c.run_uuid.in_(chunk), jobs.c.desired == "run", jobs.c.end_state == "")).scalars())
-        root_run = next((row.run_uuid for row in doomed if row.uuid == root_uuid), None)
         # Grouped by what each transition needs: the reason, and the state it moves from.
         groups: dict[tuple[str, State, bool], dict[str, None]] = {}
         for row in doomed:

@@ -29,7 +29,7 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, Views, chunks
+from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, ByKeys, Views, chunks
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -38,12 +38,11 @@ CANCEL_CHUNK = 1000  # jobs a Cancel ends per transaction, so that submits go on
 
 
 # The jobs that follow their runs (those that did not end apart), built once.
-FOLLOWERS = sa.select(jobs.c.uuid, jobs.c.path).where(
-    jobs.c.run_uuid.in_(sa.bindparam("runs", expanding=True)), jobs.c.end_state == "")
+FOLLOWERS = ByKeys(jobs.c.run_uuid, sa.select(jobs.c.uuid, jobs.c.path).where(jobs.c.end_state == "").where)
 QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                .where(runs.c.state == State.QUEUED.value))
-SOME_QUEUED_RUNS = QUEUED_RUNS.where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, QUEUED_RUNS.where)
 ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
                          runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
                          runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
@@ -51,8 +50,8 @@ ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, 
                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                .where(runs.c.state == State.RUNNING.value))
 
-FOR_START = sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor, runs.c.cpu_millis,
-                      runs.c.memory, runs.c.attempt).where(runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+FOR_START = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor,
+                                          runs.c.cpu_millis, runs.c.memory, runs.c.attempt).where)
 # A job that still wants a held run, once the one that held it is cancelled.
 HEIR = (sa.select(jobs.c.uuid).select_from(JOB_FROM)
         .where(jobs.c.run_uuid == sa.bindparam("run"), jobs.c.end_state == "", jobs.c.desired == "run",
@@ -90,8 +89,9 @@ class Store(Tokens, Submits, Views, Explain):
         self._write_lock = threading.Lock()
         self._submissions: list[Submission] = []  # waiting for the next group commit
         self._submissions_lock = threading.Lock()
+        self._last_seq: int | None = None  # the newest run's number, known once read
         self.path_keys = PathKeys()
-        self._updates: dict[tuple[Kind, tuple[str, ...]], sa.Update] = {}
+        self._updates: dict[tuple[Kind, tuple[str, ...]], ByKeys] = {}
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
@@ -157,39 +157,37 @@ class Store(Tokens, Submits, Views, Explain):
         update = self._update(kind, tuple(values))
         if kind is Kind.RUN:
             for chunk in chunks(uuids):
-                moved += tx.conn.execute(update, {"uuids": chunk, "expected": expected.value, "v_state": new.value,
-                                                  "v_reason": reason, **params}).scalars()
+                moved += update.execute(tx.conn, chunk, expected=expected.value, v_state=new.value, v_reason=reason,
+                                        **params).scalars()
             tx.runs.update(moved)
             for chunk in chunks(moved):
-                followers = tx.conn.execute(FOLLOWERS, {"runs": chunk}).all()
+                followers = FOLLOWERS.execute(tx.conn, chunk).all()
                 tx.events.extend(JobEvent(u, p, new.value, reason, values.get("exit_code")) for u, p in followers)
             return moved
         if not new.terminal:
             raise ValueError(f"job: only a job's end is its own ({new.value} is its run's)")
         for chunk in chunks(uuids):
-            ended = tx.conn.execute(update, {"uuids": chunk, "v_end_state": new.value, "v_reason": reason,
-                                             **params}).all()
+            ended = update.execute(tx.conn, chunk, v_end_state=new.value, v_reason=reason, **params).all()
             moved += [u for u, _ in ended]
             tx.events.extend(JobEvent(u, p, new.value, reason, None) for u, p in ended)
         return moved
 
-    def _update(self, kind: Kind, names: tuple[str, ...]) -> sa.Update:
+    def _update(self, kind: Kind, names: tuple[str, ...]) -> ByKeys:
         """The compare-and-set UPDATE of `transition_many`, setting `names` too; built once for
         each set of names (building a statement costs more than running it)."""
         key = (kind, names)
         if key not in self._updates:
-            uuids = sa.bindparam("uuids", expanding=True)
             sets = {name: sa.bindparam(f"v_{name}") for name in names}
             if kind is Kind.RUN:
-                self._updates[key] = (
-                    sa.update(runs).where(runs.c.uuid.in_(uuids), runs.c.state == sa.bindparam("expected"))
+                self._updates[key] = ByKeys(runs.c.uuid, lambda where: (
+                    sa.update(runs).where(where, runs.c.state == sa.bindparam("expected"))
                     .values(state=sa.bindparam("v_state"), reason=sa.bindparam("v_reason"), **sets)
-                    .returning(runs.c.uuid))
+                    .returning(runs.c.uuid)))
             else:
-                self._updates[key] = (
-                    sa.update(jobs).where(jobs.c.uuid.in_(uuids), jobs.c.end_state == "")
+                self._updates[key] = ByKeys(jobs.c.uuid, lambda where: (
+                    sa.update(jobs).where(where, jobs.c.end_state == "")
                     .values(end_state=sa.bindparam("v_end_state"), reason=sa.bindparam("v_reason"), **sets)
-                    .returning(jobs.c.uuid, jobs.c.path))
+                    .returning(jobs.c.uuid, jobs.c.path)))
         return self._updates[key]
 
     # -- cancel and finish ---------------------------------------------------------------------
@@ -316,7 +314,7 @@ class Store(Tokens, Submits, Views, Explain):
             if uuids is None:
                 return [dict(r) for r in conn.execute(QUEUED_RUNS).mappings()]
             return [dict(r) for chunk in chunks(uuids)
-                    for r in conn.execute(SOME_QUEUED_RUNS, {"uuids": chunk}).mappings()]
+                    for r in SOME_QUEUED_RUNS.execute(conn, chunk).mappings()]
 
     def conditions_of(self, job_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The `when` condition of each job."""
@@ -335,7 +333,7 @@ class Store(Tokens, Submits, Views, Explain):
     def runs_for_start(self, tx: Tx, run_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = {}
         for chunk in chunks(run_uuids):
-            for row in tx.conn.execute(FOR_START, {"uuids": chunk}).mappings():
+            for row in FOR_START.execute(tx.conn, chunk).mappings():
                 found[row["uuid"]] = {**row, "spec": json.loads(row["spec"])}
         return found
 

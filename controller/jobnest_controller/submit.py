@@ -29,7 +29,7 @@ from .models import jobs, requests, runs
 from .signature import signature, signature_parts
 from .specs import levels, rename_refs
 from .states import REUSABLE, Kind, State
-from .views import JOB_FROM, STATE, chunks, view
+from .views import JOB_FROM, STATE, ByKeys, chunks, view
 
 if TYPE_CHECKING:
     from .store import Store, Tx
@@ -42,15 +42,14 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
              runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
              runs.c.workdir, runs.c.reason, runs.c.output]
 # The submit path's queries, built once: building a statement costs more than running it.
-REUSABLE_RUNS = sa.select(*RUN_FACTS).where(
-    runs.c.signature.in_(sa.bindparam("sigs", expanding=True)),
-    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"]))
+REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
+    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"])).where)
 CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
-FACTS = sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output).select_from(JOB_FROM).where(
-    jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
-HELD = sa.select(runs.c.uuid, runs.c.spec).where(
-    runs.c.uuid.in_(sa.bindparam("uuids", expanding=True)), runs.c.desired == "hold", runs.c.state == State.QUEUED.value)
+FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
+               .select_from(JOB_FROM).where)
+HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec).where(
+    runs.c.desired == "hold", runs.c.state == State.QUEUED.value).where)
 RELEASE = sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
     desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
     spec=sa.bindparam("b_spec"))
@@ -215,9 +214,11 @@ class Submits:
         if run_rows:
             # Numbered here rather than by the database, so the reconciler is told of the new
             # runs whole and reads none of them back (one writer at a time: see `write`).
-            last = tx.conn.execute(LAST_RUN).scalar_one()
-            for seq, run in enumerate(run_rows, start=last + 1):
+            if self._last_seq is None:
+                self._last_seq = tx.conn.execute(LAST_RUN).scalar_one()
+            for seq, run in enumerate(run_rows, start=self._last_seq + 1):
                 run["seq"] = seq
+            self._last_seq += len(run_rows)  # a transaction that fails after this leaves a gap: harmless
             self._insert_many(tx.conn, runs, run_rows)
             spec_of = dict(zip(job_uuids, specs))
             tx.new_runs += [{**{k: run[k] for k in INDEXED}, "owner": caller.name,
@@ -231,7 +232,7 @@ class Submits:
         """What a condition or an input needs to know of the jobs it names."""
         found = {}
         for chunk in chunks(list(uuids)):
-            rows = conn.execute(FACTS, {"uuids": chunk}).all()
+            rows = FACTS.execute(conn, chunk).all()
             found.update((uuid, Fact(*rest)) for uuid, *rest in rows)
         return found
 
@@ -240,7 +241,7 @@ class Submits:
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
         best: dict[str, sa.Row[Any]] = {}
         for chunk in chunks(list(sigs)):
-            for row in conn.execute(REUSABLE_RUNS, {"sigs": chunk}).all():
+            for row in REUSABLE_RUNS.execute(conn, chunk).all():
                 old = best.get(row.signature)
                 if old is None or (rank[row.state], -row.seq) < (rank[old.state], -old.seq):
                     best[row.signature] = row
@@ -260,7 +261,7 @@ class Submits:
         and its jobs are attached to the other)."""
         ready = []
         for chunk in chunks(run_uuids):
-            held = tx.conn.execute(HELD, {"uuids": chunk}).all()
+            held = HELD.execute(tx.conn, chunk).all()
             for run_uuid, spec_json in held:
                 spec = json.loads(spec_json)
                 spec.pop("when_runs", None)

@@ -6,7 +6,7 @@ they are the job's own. `Store` takes `Views` as a part; the server and the CLI'
 through it.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -43,12 +43,26 @@ VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 LIST_FIELDS = [name for name in VIEW if name != "signature"]
 LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+class ByKeys:
+    """A statement over a list of keys (uuids, signatures), built once in two forms: `= :key`
+    for a single key, as most calls have, and an IN list, whose rendering at each call costs
+    more than a small query. `execute` takes at most `IN_CHUNK` keys (see `chunks`)."""
+
+    def __init__(self, column: sa.ColumnElement[Any], make: Callable[[sa.ColumnElement[bool]], Any]) -> None:
+        self.one = make(column == sa.bindparam("key"))
+        self.many = make(column.in_(sa.bindparam("keys", expanding=True)))
+
+    def execute(self, conn: Connection, keys: Sequence[str], **params: Any) -> sa.CursorResult[Any]:
+        if len(keys) == 1:
+            return conn.execute(self.one, {"key": keys[0], **params})
+        return conn.execute(self.many, {"keys": list(keys), **params})
+
+
 # Built once: building a statement (and its cache key) costs more than running it.
 GET_JOB = (sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JOB_FROM)
            .where(jobs.c.uuid == sa.bindparam("uuid")))
-GET_JOBS = sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where(jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
-JOB_STATES = sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM).where(
-    jobs.c.uuid.in_(sa.bindparam("uuids", expanding=True)))
+GET_JOBS = ByKeys(jobs.c.uuid, sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where)
+JOB_STATES = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM).where)
 JOB_PATH = sa.select(jobs.c.path).where(jobs.c.uuid == sa.bindparam("uuid"))
 RUN_OF = sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == sa.bindparam("uuid"))
 IN_CHUNK = 5000  # uuids per IN list: well under every database's limit on parameters
@@ -91,7 +105,7 @@ class Views:
                 return self.get_jobs(uuids, conn)
         by_uuid = {}
         for chunk in chunks(uuids):
-            by_uuid.update((r["uuid"], dict(r)) for r in conn.execute(GET_JOBS, {"uuids": chunk}).mappings())
+            by_uuid.update((r["uuid"], dict(r)) for r in GET_JOBS.execute(conn, chunk).mappings())
         return [by_uuid[u] for u in uuids]
 
     def job_states(self: "Store", uuids: set[str], conn: Connection | None = None) -> dict[str, str]:
@@ -100,7 +114,7 @@ class Views:
                 return self.job_states(uuids, conn)
         found: dict[str, str] = {}
         for chunk in chunks(list(uuids)):
-            found.update(conn.execute(JOB_STATES, {"uuids": chunk}).all())
+            found.update(JOB_STATES.execute(conn, chunk).all())
         return found
 
     def list_jobs(self: "Store", *, subtree_path: str | None = None, parent: str | None = None,

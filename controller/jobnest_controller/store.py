@@ -12,6 +12,7 @@ import contextlib
 import json
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "ha
 
 LIVE_VALUES = [s.value for s in LIVE]
 CANCEL_CHUNK = 1000  # jobs a Cancel ends per transaction, so that submits go on meanwhile
+# Between those transactions: without it the cancelling thread takes the lock again before a
+# submit's thread, waiting for Python's interpreter lock, has even asked for it.
+CANCEL_PAUSE = 0.005
 
 
 # The jobs that follow their runs (those that did not end apart), built once.
@@ -206,6 +210,7 @@ class Store(Tokens, Submits, Views, Explain):
             with self.write() as tx:
                 done, after = self._cancel(tx, root_uuid, root_run, path, reason, now, after, CANCEL_CHUNK)
             cancelled += done
+            time.sleep(CANCEL_PAUSE)
         return cancelled
 
     def cancel_holders(self, tx: Tx, doomed: list[tuple[str, str, str]], now: float) -> dict[str, str]:

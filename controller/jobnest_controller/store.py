@@ -30,7 +30,7 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, ByKeys, Views, chunks
+from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, ByKeys, Views, chunks, one_of
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -230,7 +230,7 @@ class Store(Tokens, Submits, Views, Explain):
         """Mark the live jobs of the subtree at `path` as no longer wanting their runs; returns
         the run of its root, if that is live (its reason is the cancel's own)."""
         root_run = tx.conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
-            jobs.c.uuid == root_uuid, jobs.c.end_state == "", runs.c.state.in_(LIVE_VALUES))).scalar()
+            jobs.c.uuid == root_uuid, jobs.c.end_state == "", one_of(runs.c.state, LIVE_VALUES))).scalar()
         tx.conn.execute(sa.update(jobs).where(jobs.c.path.like(path + "%"), jobs.c.end_state == "",
                                               jobs.c.desired == "run").values(desired="cancel"))
         return root_run
@@ -242,7 +242,7 @@ class Store(Tokens, Submits, Views, Explain):
         query = (sa.select(jobs.c.uuid, jobs.c.run_uuid, jobs.c.path, runs.c.state, runs.c.executor)
                  .select_from(JOB_FROM)
                  .where(jobs.c.path.like(path + "%"), jobs.c.path > after, jobs.c.end_state == "",
-                        jobs.c.desired == "cancel", runs.c.state.in_(LIVE_VALUES)).order_by(jobs.c.path))
+                        jobs.c.desired == "cancel", one_of(runs.c.state, LIVE_VALUES)).order_by(jobs.c.path))
         doomed = tx.conn.execute(query.limit(limit) if limit else query).all()
         if not doomed:
             return [], None

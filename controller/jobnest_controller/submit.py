@@ -29,7 +29,7 @@ from .models import jobs, requests, runs
 from .signature import signature, signature_parts
 from .specs import levels, rename_refs
 from .states import REUSABLE, Kind, State
-from .views import JOB_FROM, STATE, ByKeys, chunks, view
+from .views import JOB_FROM, STATE, ByKeys, chunks, one_of, view
 
 if TYPE_CHECKING:
     from .store import Store, Tx
@@ -43,7 +43,7 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
              runs.c.workdir, runs.c.reason, runs.c.output]
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
-    runs.c.state.in_([s.value for s in REUSABLE]), runs.c.desired.in_(["run", "hold"])).where)
+    one_of(runs.c.state, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
 CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
 FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)

@@ -43,6 +43,12 @@ VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 LIST_FIELDS = [name for name in VIEW if name != "signature"]
 LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+def one_of(column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
+    """`column IN values` for a fixed list, as equalities compiled once: an IN list is rendered
+    again at every execution."""
+    return sa.or_(*(column == value for value in values))
+
+
 class ByKeys:
     """A statement over a list of keys (uuids, signatures), built once in two forms: `= :key`
     for a single key, as most calls have, and an IN list, whose rendering at each call costs

@@ -1,6 +1,7 @@
 """`when` conditions: evaluated by the controller, cascading, surviving a controller restart."""
 
 import json
+import random
 import signal
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 import jobnest
-from jobnest_controller.conditions import evaluate, parse
+from jobnest_controller.conditions import Tracker, evaluate, parse
 
 from .conftest import ADMIN, Running, wait_for
 from .test_restart import start_controller
@@ -131,3 +132,36 @@ def test_long_chains_of_operators_stay_flat() -> None:
         everything = everything & job.succeeded
     assert len(everything.tree["and"]) == 2000
     assert evaluate(parse(everything.to_json()), {j.uuid: "succeeded" for j in jobs})[0] is True
+
+
+def test_the_tracker_decides_as_evaluating_the_whole_condition_would() -> None:
+    """Random conditions over six jobs that end in random order: the tracker, told of one end at a
+    time, decides each condition exactly when and as a full evaluation first would, and names a
+    job that decided it."""
+    rng = random.Random(7)
+
+    def term(depth: int) -> dict[str, Any]:
+        if depth == 0 or rng.random() < 0.3:
+            return {"job": rng.choice("abcdef"), "is": rng.choice(["succeeded", "failed", "cancelled", "done"])}
+        if rng.random() < 0.2:
+            return {"not": term(depth - 1)}
+        return {rng.choice(["and", "or"]): [term(depth - 1) for _ in range(rng.randint(1, 4))]}
+
+    for _ in range(2000):
+        tree, tracker = term(4), Tracker()
+        states = dict.fromkeys("abcdef", "running")
+        order = rng.sample("abcdef", 6)
+        ended_before = rng.randint(0, 3)
+        for job in order[:ended_before]:
+            states[job] = rng.choice(["succeeded", "failed", "cancelled"])
+        decided = tracker.add("k", tree, dict(states))
+        for job in order[ended_before:]:
+            if decided:
+                break
+            assert evaluate(tree, states)[0] is None  # still open: the tracker must not have decided
+            states[job] = rng.choice(["succeeded", "failed", "cancelled"])
+            decided = tracker.ended(job, states[job])
+        value, _ = evaluate(tree, states)
+        assert decided and decided[0].value == value and len(tracker) == 0
+        assert states[decided[0].job] == decided[0].state and decided[0].job in json.dumps(tree)
+

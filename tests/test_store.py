@@ -1,10 +1,12 @@
 """One store suite, run against SQLite and against a throwaway PostgreSQL."""
 
+import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from jobnest.errors import JobnestError, NotFound, Unauthenticated
+from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store, hash_token
 from jobnest_controller import store as store_module
@@ -95,6 +97,33 @@ def test_request_id_makes_retries_create_nothing(store: Store) -> None:
     assert sum(len(c) for c in store.list_jobs()) == 2
 
 
+def test_concurrent_submits_each_get_their_own_jobs_and_a_refusal_stays_alone(store: Store) -> None:
+    """Eight threads submit at once, so their submits are committed in groups: each caller gets
+    back its own jobs, and the one refused (a cycle through its batch-local references) is
+    refused alone, with nothing of it stored."""
+    results: dict[int, object] = {}
+    start = threading.Barrier(8)
+    cycle = [spec("c1", when={"job": "@1", "is": "done"}), spec("c2", when={"job": "@0", "is": "done"})]
+
+    def submit(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = ids(store.submit(ADMIN, f"req-{i}", cycle if i == 3 else [spec("echo", str(i))], 1.0))
+        except InvalidSpec as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[3], InvalidSpec) and "cycle" in str(results[3])
+    for i in set(range(8)) - {3}:
+        [job] = results[i]  # type: ignore[misc]
+        assert json.loads(store.get_job(job)["spec"])["argv"] == ["echo", str(i)]
+    assert sum(len(c) for c in store.list_jobs()) == 7
+
+
 def test_transition_is_compare_and_set(store: Store) -> None:
     [a] = ids(store.submit(ADMIN, "", [spec("x")], 1.0))
     run = store.get_job(a)["run_uuid"]
@@ -117,6 +146,25 @@ def test_cancel_subtree_keeps_runs_other_jobs_want(store: Store) -> None:
     kept = store.get_job(outsider)
     assert kept["state"] == "queued" and kept["run_state"] == "queued"
     assert "with job" in store.get_job(own)["reason"]
+
+
+def test_a_large_cancel_goes_a_chunk_at_a_time_and_keeps_what_others_want(store: Store,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel in chunks of two jobs ends all seven of the subtree, each once; the run an
+    outside job shares stays queued for it, and the runs only the subtree wanted are cancelled,
+    though jobs wanting them fell into different chunks."""
+    monkeypatch.setattr(store_module, "CANCEL_CHUNK", 2)
+    [root] = ids(store.submit(ADMIN, "", [spec("runner")], 1.0))
+    caller = Caller("job", "alice", root, store.job_path(root))
+    children = ids(store.submit(caller, "", [spec("shared"), spec("mine"), spec("mine"), spec("a"), spec("b"),
+                                             spec("shared")], 2.0))
+    [outsider] = ids(store.submit(ADMIN, "", [spec("shared")], 3.0))
+    assert sorted(store.cancel(root, "stop", 4.0)) == sorted([root, *children])
+    assert {store.get_job(u)["state"] for u in (root, *children)} == {"cancelled"}
+    assert store.get_job(children[1])["run_state"] == "cancelled"  # "mine": wanted only inside
+    kept = store.get_job(outsider)
+    assert (kept["state"], kept["run_state"]) == ("queued", "queued")
+    assert store.cancel(root, "again", 5.0) == []
 
 
 def test_list_by_subtree_parent_and_state(store: Store) -> None:

@@ -138,8 +138,8 @@ class Data:
 
     # -- manifests -----------------------------------------------------------------------------
 
-    def put_manifest(self, files: dict[str, dict[str, Any]], file: str = "", *, upload: bool = True) -> str:
-        """Check and keep a manifest; returns its digest. An upload is held to the upload limit."""
+    def put_manifest(self, files: dict[str, dict[str, Any]], file: str = "") -> str:
+        """Check and keep an upload's manifest; returns its digest. It is held to the upload limit."""
         sizes = {}  # what the upload holds: each content once
         for path, entry in files.items():
             where = f"entries[{path!r}]"
@@ -160,8 +160,10 @@ class Data:
             raise InvalidSpec(f"{clash[0]!r} is both a file and a folder", field="entries")
         if file and set(files) != {file}:
             raise InvalidSpec(f"an upload of one file holds just that file, {file!r}", field="file")
-        if upload:
-            self._check_size(sum(sizes.values()))
+        self._check_size(sum(sizes.values()))
+        return self._keep_manifest(files, file)
+
+    def _keep_manifest(self, files: dict[str, dict[str, Any]], file: str = "") -> str:
         manifest = {"files": files, **({"file": file} if file else {})}
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -179,19 +181,22 @@ class Data:
         return dict(json.loads(path.read_text()))
 
     def ingest(self, folder: Path) -> str:
-        """Store a run's output folder; returns its manifest's digest."""
+        """Store a run's output folder; returns its manifest's digest. Its files are stored as
+        they are read, so only its links are checked (they must stay inside)."""
         files: dict[str, dict[str, Any]] = {}
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder).as_posix()
-            mode = path.lstat().st_mode
+        for rel, entry in _walk(str(folder)):
+            mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                files[rel] = {"link": os.readlink(path)}
+                files[rel] = {"link": os.readlink(entry.path)}
             elif stat.S_ISREG(mode):
-                digest, size = self._store_file(path)
+                digest, size = self._store_file(Path(entry.path))
                 files[rel] = {"sha256": digest, "size": size, "x": bool(mode & 0o111)}
             elif not stat.S_ISDIR(mode):
                 raise InvalidSpec(f"{rel!r} is not a file, a folder or a link", field="output")
-        return self.put_manifest(files, upload=False)
+        for rel, entry in files.items():
+            if "link" in entry:
+                _check_link(rel, entry["link"], files, f"entries[{rel!r}]")
+        return self._keep_manifest(files)
 
     def materialise(self, digest: str) -> Path:
         """The manifest's files as a read-only folder, built once; for a one-file upload, the file."""
@@ -222,6 +227,17 @@ class Data:
             except OSError:  # built meanwhile by another
                 _remove_tree(tmp)
         return tree / manifest["file"] if manifest.get("file") else tree
+
+
+def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(relative path, entry) of everything below `folder`, not following links."""
+    with os.scandir(folder) as found:
+        entries = list(found)
+    for entry in entries:
+        rel = prefix + entry.name
+        yield rel, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path, rel + "/")
 
 
 def _check_path(path: str, where: str) -> None:

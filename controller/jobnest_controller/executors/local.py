@@ -60,7 +60,7 @@ class LocalExecutor:
     def start(self, launch: Launch) -> Started:
         workdir = Path(self.workdir(launch.run_uuid))
         (workdir / "out").mkdir(parents=True, exist_ok=True)
-        for stale in ("pid", "exit_code"):  # left by an earlier attempt
+        for stale in ("pid", "exit_code") if launch.attempt > 1 else ():  # left by an earlier attempt
             (workdir / stale).unlink(missing_ok=True)
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         try:

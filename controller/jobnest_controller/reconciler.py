@@ -151,7 +151,7 @@ class Reconciler:
             raise
 
     def _tick(self, now: float) -> int:
-        index = self._absorb(now)
+        index = self._absorb()
         starts = {uuid: start.result() for uuid, start in self._starting.items() if start.done()}
         active = self.store.active_runs()
         for run in active:  # a start just heard of is not stored yet
@@ -187,7 +187,7 @@ class Reconciler:
 
     # -- the index -----------------------------------------------------------------------------
 
-    def _absorb(self, now: float) -> Index:
+    def _absorb(self) -> Index:
         """Bring the index up to date with what was written since the last pass."""
         touched: set[str] = set()
         made: list[dict[str, Any]] = []
@@ -201,22 +201,22 @@ class Reconciler:
         if index is None:
             index = Index()
             self._decided = []
-            self._add(index, self.store.queued_runs(), now)
+            self._add(index, self.store.queued_runs())
             self._index = index
         else:  # the new runs first: what touched them since is read back after
-            self._add(index, made, now)
+            self._add(index, made)
             if touched:
                 rows = self.store.queued_runs(list(touched))
                 for uuid in touched - {row["uuid"] for row in rows}:
                     index.forget(uuid)  # no longer queued
-                self._add(index, rows, now)
+                self._add(index, rows)
         while not self._changes.empty():
             for event in self._changes.get_nowait():
                 if index.tracker and State(event.state).terminal:
                     self._decided += index.tracker.ended(event.uuid, event.state)
         return index
 
-    def _add(self, index: Index, rows: list[dict[str, Any]], now: float) -> None:
+    def _add(self, index: Index, rows: list[dict[str, Any]]) -> None:
         """Queued runs, new or changed: ready ones join their queue, held ones the tracker."""
         new_held = []
         for row in rows:
@@ -242,7 +242,8 @@ class Reconciler:
         if not held:
             return
         trees = dict(trees or {})
-        trees.update(self.store.conditions_of([index.held[uuid].job for uuid in held if index.held[uuid].job not in trees]))
+        trees.update(self.store.conditions_of([job for job in (index.held[uuid].job for uuid in held)
+                                               if job not in trees]))
         states = self.store.job_states(set().union(*(jobs_of(tree) for tree in trees.values())))
         for uuid in held:
             self._decided += index.tracker.add(uuid, trees[index.held[uuid].job], states)
@@ -304,7 +305,8 @@ class Reconciler:
     def _end_stopped(self, tx: Tx, now: float) -> None:
         stopped, self._stopped = self._stopped, {}
         for uuid, why in stopped.items():
-            self.store.transition(tx, Kind.RUN, uuid, State.QUEUED, State.CANCELLED, why or "cancelled", finished_at=now)
+            self.store.transition(tx, Kind.RUN, uuid, State.QUEUED, State.CANCELLED, why or "cancelled",
+                                  finished_at=now)
 
     def _record_ends(self, tx: Tx, ended: list[tuple[dict[str, Any], State, Exited]],
                      outputs: dict[str, tuple[str, str]], now: float) -> None:

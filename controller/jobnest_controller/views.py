@@ -98,8 +98,11 @@ def view(job: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 class Views:
     def get_job(self: "Store", uuid: str) -> dict[str, Any]:
         """A job as `VIEW`, with its spec and path."""
+        return self._of_job(GET_JOB, uuid)
+
+    def _of_job(self: "Store", query: sa.Select[Any], uuid: str) -> dict[str, Any]:
         with self.read() as conn:
-            row = conn.execute(GET_JOB, {"uuid": uuid}).mappings().first()
+            row = conn.execute(query, {"uuid": uuid}).mappings().first()
         if row is None:
             raise NotFound(f"no job {uuid}", field="uuid")
         return dict(row)
@@ -169,11 +172,7 @@ class Views:
         return path
 
     def run_of(self: "Store", job_uuid: str) -> dict[str, Any]:
-        with self.read() as conn:
-            row = conn.execute(RUN_OF, {"uuid": job_uuid}).mappings().first()
-        if row is None:
-            raise NotFound(f"no job {job_uuid}", field="uuid")
-        return dict(row)
+        return self._of_job(RUN_OF, job_uuid)
 
     def run_counts(self: "Store") -> dict[str, int]:
         with self.read() as conn:

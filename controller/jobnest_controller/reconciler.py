@@ -2,9 +2,9 @@
 
 Each `tick(now)` observes running runs (exits, cancels, timeouts, dead drivers), records their
 ends and how the last pass's starts went, decides the conditions those ends settle, plans where
-queued runs go and claims them, all in one write transaction; then it starts what it claimed, on
-threads of its own, while the next passes go on. The controller calls it in a loop; tests call it
-directly with their own clock.
+queued runs go and claims them, all in one write transaction; then it starts what it claimed
+(containers and Pods on threads of its own, while the next passes go on). The controller calls
+it in a loop; tests call it directly with their own clock.
 
 What it decides from is kept in memory (`Index`): each executor's queue of ready runs, the held
 runs and the conditions they wait on. It is loaded from the store at the first pass and changed by
@@ -95,7 +95,8 @@ class Reconciler:
         # lent to those jobs meanwhile, or a runner holding every core would wait forever.
         self._lent: dict[str, int] = {}
         self._lent_lock = threading.Lock()
-        # Claimed runs start on these threads, several at once, while the passes go on.
+        # Claimed runs of slow starters start on these threads, several at once, while the passes
+        # go on (a fork here is quicker than handing it to a thread); all are heard of next pass.
         self._pool = ThreadPoolExecutor(STARTS_AT_ONCE, thread_name_prefix="start")
         self._starting: dict[str, Future[Started | Exception]] = {}
         # Runs this reconciler wrote that left or never were in the index (claimed, started,
@@ -179,7 +180,8 @@ class Reconciler:
         for uuid in starts:  # stored: forgotten only now, so a pass that failed hears of them again
             del self._starting[uuid]
         for launch in launches:  # after the claim is committed: a large input must not hold up every submit
-            self._starting[launch[2].run_uuid] = self._pool.submit(self._start_one, launch)
+            self._starting[launch[2].run_uuid] = (self._pool.submit(self._start_one, launch) if launch[0].slow_starts
+                                                  else _done(self._start_one(launch)))
         if ended:
             for executor in self.executors.values():
                 executor.tidy()  # the ends are stored: what they leave can go (if not, poll() tells again)
@@ -427,6 +429,12 @@ class Reconciler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def _done(outcome: Started | Exception) -> "Future[Started | Exception]":
+    done: Future[Started | Exception] = Future()
+    done.set_result(outcome)
+    return done
 
 
 def _retry(run: dict[str, Any], exited: Exited) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class Exited:
 
 class Executor(Protocol):
     name: str
+    # Whether start() mostly waits on an engine (a container, a Pod): the reconciler then calls it
+    # on threads of its own, several at once; else (a process forked here) right after the claim.
+    slow_starts: bool
     notify: Callable[[], None]  # set by the controller: call it when a run may have ended
 
     def nodes(self) -> list[Node]:

@@ -36,6 +36,7 @@ LIVE = ("created", "running", "restarting", "paused")
 
 class DockerExecutor:
     name = "docker"
+    slow_starts = True
 
     def __init__(self, root: str, endpoints: list[str], controller_id: str) -> None:
         try:

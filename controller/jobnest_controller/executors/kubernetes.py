@@ -45,6 +45,7 @@ CANNOT_START = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImag
 
 class KubernetesExecutor:
     name = "kubernetes"
+    slow_starts = True
 
     def __init__(self, home: str, settings: KubernetesSettings, controller_id: str, api_client: Any = None) -> None:
         try:

@@ -30,6 +30,7 @@ KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 class LocalExecutor:
     name = "local"
+    slow_starts = False
 
     def __init__(self, root: str, cpu_millis: int, memory: int, limiter: CpuLimiter | None = None) -> None:
         self.root = Path(root)

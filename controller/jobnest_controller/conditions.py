@@ -100,14 +100,12 @@ def evaluate(tree: dict[str, Any], states: dict[str, str]) -> Outcome:
 class _Term:
     """One node of a tracked condition: a job predicate (a leaf), or an operator over its children."""
 
-    __slots__ = ("op", "parent", "key", "left", "true", "value", "decider", "is_")
+    __slots__ = ("op", "parent", "key", "left", "value", "is_")
 
     def __init__(self, op: str, parent: "_Term | None", key: str, children: int = 0, is_: str = "") -> None:
         self.op, self.parent, self.key, self.is_ = op, parent, key, is_
         self.left = children  # children still open (for "and", "or")
-        self.true = 0
         self.value: bool | None = None
-        self.decider: tuple[str, str] = ("", "")  # (job, state) of the end that decided it
 
 
 class Tracker:
@@ -124,9 +122,6 @@ class Tracker:
 
     def __len__(self) -> int:
         return len(self._roots)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._roots
 
     def add(self, key: str, tree: dict[str, Any], states: dict[str, str]) -> list[Decision]:
         """Track `tree` under `key`, with the states of the jobs it names as known now; returns
@@ -175,14 +170,13 @@ class Tracker:
             return
         value: bool = True if leaf.is_ == "done" else state == leaf.is_
         term: _Term | None = leaf
-        decider = (job, state)
         while term is not None:
-            term.value, term.decider = value, decider
+            term.value = value
             parent = term.parent
             if parent is None:
                 if self._roots.get(term.key) is term:  # not a condition this key held before
                     del self._roots[term.key]
-                    decided.append(Decision(term.key, value, *decider))
+                    decided.append(Decision(term.key, value, job, state))  # the end that decided it
                 return
             if parent.value is not None:
                 return  # decided already by another child

@@ -73,9 +73,6 @@ class Queue:
     def __len__(self) -> int:
         return len(self.runs)
 
-    def __contains__(self, uuid: object) -> bool:
-        return uuid in self.runs
-
     def add(self, run: Pending) -> None:
         if run.uuid in self.runs:
             return

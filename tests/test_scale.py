@@ -117,34 +117,6 @@ def test_a_child_waiting_for_cpu_names_the_runner_that_holds_it(running: Running
         cancel_live(client, [parent])
 
 
-# A runner at cpu 0.5 with one child of 1.5 cores, which waits for it.
-BIG_CHILD = """
-import jobnest
-
-kid = jobnest.connect().submit(["sh", "-c", "echo big"], cpu=1.5, reuse=False)
-assert kid.wait().state == "succeeded", kid.info.reason
-"""
-
-
-def test_a_child_that_cannot_fit_says_it_waits_for_cpu(running: Running) -> None:
-    """A child that does not fit even with its runner's cpu lent to it (1.5 cores asked, while
-    another job holds 1 of the 2) waits, and says it waits for cpu; once the other job is
-    cancelled it runs, and its runner succeeds."""
-    client = running.client()
-    blocker = client.submit(["sleep", "600"], cpu=1.0, reuse=False)  # outlasts the test; cancelled below
-    parent = client.submit([sys.executable, "-c", BIG_CHILD], cpu=0.5, reuse=False)
-    try:
-        # The runner's start and one plan of its child.
-        kids = wait_for(lambda: parent.children(), timeout=2 * PROCESS_START)
-        wait_for(lambda: kids[0].info.reason.startswith("waiting for cpu"), timeout=PROCESS_START)
-        assert kids[0].state == "queued"
-        blocker.cancel()
-        wait_quietly(client, [parent], timeout=3 * PROCESS_START)  # the blocker ends, the child runs
-        assert_all_succeeded(client, [parent], expected=2)
-    finally:
-        cancel_live(client, [blocker, parent])
-
-
 # -- 2. fair share between owners -------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,43 @@ def test_sdk_raises_typed_errors_naming_the_field(running: Running) -> None:
     with pytest.raises(jobnest.InvalidSpec, match="uuid"):
         client.get("not-a-uuid")
     assert counts(running) == (0, 0)
+
+
+def test_single_submits_of_concurrent_threads_share_a_request_and_keep_their_own_answers(running: Running) -> None:
+    """While one thread's submit is in flight, the submits of other threads through the same
+    client wait and then go in one request; a bad job among them is refused alone."""
+    client = running.client()
+    sent: list[int] = []
+    send = client._singles._send
+
+    def gated(specs: list[pb.JobSpec]) -> list[jobnest.Job]:
+        sent.append(len(specs))
+        if len(sent) == 1:  # the first request is held until six more submits wait behind it
+            wait_for(lambda: len(client._singles._queue) == 6)
+        return send(specs)
+
+    client._singles._send = gated
+    outcomes: dict[str, object] = {}
+
+    def submit(name: str, cpu: float) -> None:
+        try:
+            outcomes[name] = client.submit(["true", name], name=name, cpu=cpu)
+        except jobnest.JobnestError as e:
+            outcomes[name] = e
+
+    first = threading.Thread(target=submit, args=("first", 0.1))
+    first.start()
+    wait_for(lambda: sent)
+    others = [threading.Thread(target=submit, args=(f"t{i}", 64 if i == 3 else 0.1)) for i in range(6)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=30)
+    assert sent[:2] == [1, 6] and sorted(sent[2:]) == [1] * 6  # refused together: then job by job
+    bad = outcomes.pop("t3")
+    assert isinstance(bad, jobnest.InvalidSpec) and "jobs[0].cpu" in str(bad)
+    assert {name: job.name for name, job in outcomes.items()} == {name: name for name in outcomes}  # type: ignore[union-attr]
+    assert counts(running) == (6, 6)
 
 
 def test_tcp_needs_a_valid_token(running: Running) -> None:

@@ -5,10 +5,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store, hash_token
+from jobnest_controller import auth, submit, views
 from jobnest_controller import store as store_module
 
 ADMIN = Caller("admin", "alice")
@@ -221,3 +223,25 @@ def test_path_keys_sort_in_the_order_they_were_made_and_uuids_do_not(store: Stor
     assert made == sorted(made) and len(set(made)) == len(made)
     uuids = ids(store.submit(ADMIN, "", [spec("echo", str(i)) for i in range(50)], 1.0))
     assert len({u[:8] for u in uuids}) == 50  # short ids tell jobs apart
+
+
+def test_statements_over_keys_are_planned_on_the_keys(tmp_path: Path) -> None:
+    """Every statement over a list of uuids or signatures looks its rows up by them. SQLite's
+    planner, which has no statistics, otherwise takes the index on a run's state for five keys
+    or more, and reads every queued run of the backlog to find those five."""
+    store = Store(f"sqlite:///{tmp_path}/db")
+    keyed = [value for module in (store_module, submit, views, auth) for value in vars(module).values()
+             if isinstance(value, views.ByKeys)]
+    keyed += [store._update(kind, ("finished_at",)) for kind in Kind]
+    assert len(keyed) >= 8
+
+    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        return f"EXPLAIN QUERY PLAN {statement}", parameters
+
+    sa.event.listen(store.engine, "before_cursor_execute", explain, retval=True)
+    with store.read() as conn:
+        for by_keys in keyed:
+            unset = [name for name, value in by_keys.many.compile().params.items() if value is None]
+            params = dict.fromkeys(set(unset) - {"keys"})
+            plan = " | ".join(row[-1] for row in by_keys.execute(conn, [f"k{i}" for i in range(20)], **params))
+            assert "ix_runs_state" not in plan and "SCAN" not in plan, f"{by_keys.many}\n-> {plan}"

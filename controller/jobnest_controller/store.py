@@ -30,7 +30,7 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, VIEW, ByKeys, Views, chunks, one_of
+from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Views, chunks, one_of
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -43,10 +43,10 @@ CANCEL_PAUSE = 0.005
 
 # The jobs that follow their runs (those that did not end apart), built once.
 FOLLOWERS = ByKeys(jobs.c.run_uuid, sa.select(jobs.c.uuid, jobs.c.path).where(jobs.c.end_state == "").where)
-QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
-               .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
-               .where(runs.c.state == State.QUEUED.value))
-SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, QUEUED_RUNS.where)
+_QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
+                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid)))
+QUEUED_RUNS = _QUEUED_RUNS.where(runs.c.state == State.QUEUED.value)
+SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, _QUEUED_RUNS.where(RUN_STATE == State.QUEUED.value).where)
 ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
                          runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
                          runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
@@ -59,7 +59,7 @@ FOR_START = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.origi
 # A job that still wants a held run, once the one that held it is cancelled.
 HEIR = (sa.select(jobs.c.uuid).select_from(JOB_FROM)
         .where(jobs.c.run_uuid == sa.bindparam("run"), jobs.c.end_state == "", jobs.c.desired == "run",
-               runs.c.state == State.QUEUED.value, runs.c.desired == "hold").limit(1))
+               RUN_STATE == State.QUEUED.value, runs.c.desired == "hold").limit(1))
 SET_STARTED = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
     pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
     cpu_enforced=sa.bindparam("b_cpu_enforced"))
@@ -184,7 +184,7 @@ class Store(Tokens, Submits, Views, Explain):
             sets = {name: sa.bindparam(f"v_{name}") for name in names}
             if kind is Kind.RUN:
                 self._updates[key] = ByKeys(runs.c.uuid, lambda where: (
-                    sa.update(runs).where(where, runs.c.state == sa.bindparam("expected"))
+                    sa.update(runs).where(where, RUN_STATE == sa.bindparam("expected"))
                     .values(state=sa.bindparam("v_state"), reason=sa.bindparam("v_reason"), **sets)
                     .returning(runs.c.uuid)))
             else:
@@ -230,7 +230,7 @@ class Store(Tokens, Submits, Views, Explain):
         """Mark the live jobs of the subtree at `path` as no longer wanting their runs; returns
         the run of its root, if that is live (its reason is the cancel's own)."""
         root_run = tx.conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
-            jobs.c.uuid == root_uuid, jobs.c.end_state == "", one_of(runs.c.state, LIVE_VALUES))).scalar()
+            jobs.c.uuid == root_uuid, jobs.c.end_state == "", one_of(RUN_STATE, LIVE_VALUES))).scalar()
         tx.conn.execute(sa.update(jobs).where(jobs.c.path.like(path + "%"), jobs.c.end_state == "",
                                               jobs.c.desired == "run").values(desired="cancel"))
         return root_run
@@ -242,7 +242,7 @@ class Store(Tokens, Submits, Views, Explain):
         query = (sa.select(jobs.c.uuid, jobs.c.run_uuid, jobs.c.path, runs.c.state, runs.c.executor)
                  .select_from(JOB_FROM)
                  .where(jobs.c.path.like(path + "%"), jobs.c.path > after, jobs.c.end_state == "",
-                        jobs.c.desired == "cancel", one_of(runs.c.state, LIVE_VALUES)).order_by(jobs.c.path))
+                        jobs.c.desired == "cancel", one_of(RUN_STATE, LIVE_VALUES)).order_by(jobs.c.path))
         doomed = tx.conn.execute(query.limit(limit) if limit else query).all()
         if not doomed:
             return [], None

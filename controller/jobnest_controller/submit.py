@@ -29,7 +29,7 @@ from .models import jobs, requests, runs
 from .signature import signature, signature_parts
 from .specs import levels, rename_refs
 from .states import REUSABLE, Kind, State
-from .views import JOB_FROM, STATE, ByKeys, chunks, one_of, view
+from .views import JOB_FROM, RUN_STATE, STATE, ByKeys, chunks, one_of, view
 
 if TYPE_CHECKING:
     from .store import Store, Tx
@@ -43,13 +43,13 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
              runs.c.workdir, runs.c.reason, runs.c.output]
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
-    one_of(runs.c.state, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
+    one_of(RUN_STATE, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
 CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
 FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
                .select_from(JOB_FROM).where)
 HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec).where(
-    runs.c.desired == "hold", runs.c.state == State.QUEUED.value).where)
+    runs.c.desired == "hold", RUN_STATE == State.QUEUED.value).where)
 RELEASE = sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
     desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
     spec=sa.bindparam("b_spec"))

@@ -43,6 +43,12 @@ VIEW_COLUMNS = [column.label(name) for name, column in VIEW.items()]
 LIST_FIELDS = [name for name in VIEW if name != "signature"]
 LIST_COLUMNS = [VIEW[name].label(name) for name in LIST_FIELDS]
 JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
+# `runs.state` for statements whose keys (uuids, signatures) pick the rows: as an expression, which
+# no index serves. Without it SQLite's planner, which has no statistics, prefers the index on state
+# to a list of five keys or more, and so reads every queued run to find five.
+RUN_STATE = runs.c.state.concat("")
+
+
 def one_of(column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
     """`column IN values` for a fixed list, as equalities compiled once: an IN list is rendered
     again at every execution."""

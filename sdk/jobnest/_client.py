@@ -34,7 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._conditions import Condition
 from ._data import Output, Upload, chunks, lay_out, walk
-from .errors import Conflict, InvalidSpec, JobnestError, Unavailable, from_rpc_error
+from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated, Unavailable,
+                     from_rpc_error)
 from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 
@@ -130,6 +131,7 @@ class Client:
         self._driver_token: str | None = None
         self._finished = False
         self._driver_lock = threading.Lock()
+        self._singles = _Gathered(self.submit_many)
         # Inside a runner submitted with `jobnest submit`, its children run as it does by default.
         from_env = {"executor": os.environ.get("JOBNEST_EXECUTOR"), "image": os.environ.get("JOBNEST_IMAGE"),
                     "program": os.environ.get("JOBNEST_PROGRAM")}
@@ -230,8 +232,9 @@ class Client:
                 job.uuid, job._info = done.uuid, done._info
 
     def submit(self, argv: list[str] | str, **options: Any) -> "Job":
-        """Submit one job; see DESIGN for the options. Returns at once with a handle."""
-        return self.submit_many([self.spec(argv, **options)])[0]
+        """Submit one job; see DESIGN for the options. Returns at once with a handle.
+        Threads that submit through one client at the same time share requests."""
+        return self._singles.submit(self.spec(argv, **options))
 
     def submit_many(self, specs: list[pb.JobSpec], request_id: str | None = None) -> list["Job"]:
         """Submit a batch in one call; a retry with the same request id creates nothing twice."""
@@ -378,6 +381,96 @@ class Batch:
         self.specs.append(self.client.spec(argv, **options))
         self.jobs.append(job)
         return job
+
+
+class _Waiting:
+    """One `submit()` in a `_Gathered` queue: its job, then its outcome."""
+
+    def __init__(self, spec: pb.JobSpec) -> None:
+        self.spec = spec
+        self.outcome: Job | JobnestError | None = None
+        self.turn = threading.Event()  # set once it is served, or when it is to send the next request
+
+
+class _Gathered:
+    """Single submits of several threads, sent together: while one request is in flight, the
+    submits that come meanwhile wait, and the first of them then sends them all in one request.
+    A request refused (a bad job among them, which stores nothing) is sent again job by job, so
+    each job gets its own answer. One thread alone sends one job per request, as before."""
+
+    RETRY_ALONE = (InvalidSpec, NotFound, PermissionDenied, Conflict, Unauthenticated)
+
+    def __init__(self, send: Callable[[list[pb.JobSpec]], list[Job]]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._sending = False
+        self._crowd = 1  # jobs in the last request
+
+    def submit(self, spec: pb.JobSpec) -> Job:
+        me = _Waiting(spec)
+        with self._lock:
+            self._queue.append(me)
+            waits, self._sending = self._sending, True
+        if waits:
+            try:
+                me.turn.wait()
+            except BaseException:  # Ctrl-C while waiting: it leaves the queue, and hands on its turn
+                self._leave(me)
+                raise
+        if me.outcome is None:  # its turn: it sends all that wait, itself first
+            if self._crowd > 1:
+                time.sleep(0)  # lets the threads the last request served queue up behind this one
+            with self._lock:
+                group, self._queue = self._queue, []
+                self._crowd = len(group)
+            try:
+                self._serve(group)
+            finally:
+                with self._lock:
+                    if self._queue:
+                        self._queue[0].turn.set()
+                    else:
+                        self._sending = False
+        if isinstance(me.outcome, JobnestError):
+            raise me.outcome
+        assert me.outcome is not None
+        return me.outcome
+
+    def _leave(self, me: _Waiting) -> None:
+        with self._lock:
+            if me not in self._queue:
+                return  # taken into a request already: it is sent
+            self._queue.remove(me)
+            if me.turn.is_set():  # it was to send the next request
+                if self._queue:
+                    self._queue[0].turn.set()
+                else:
+                    self._sending = False
+
+    def _serve(self, group: list[_Waiting]) -> None:
+        try:
+            try:
+                for waiting, job in zip(group, self._send([w.spec for w in group])):
+                    waiting.outcome = job
+            except self.RETRY_ALONE:
+                if len(group) == 1:
+                    raise
+                for waiting in group:
+                    try:
+                        waiting.outcome = self._send([waiting.spec])[0]
+                    except JobnestError as e:
+                        waiting.outcome = e
+        except JobnestError as e:
+            for waiting in group:
+                waiting.outcome = waiting.outcome or e
+        except BaseException as e:  # not a controller's answer (a KeyboardInterrupt): the others learn of it too
+            for waiting in group:
+                waiting.outcome = waiting.outcome or JobnestError(f"submit interrupted: {e!r}")
+            raise
+        finally:
+            for waiting in group:
+                waiting.turn.set()
 
 
 class Job:

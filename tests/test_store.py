@@ -5,7 +5,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated
 from jobnest_controller.states import State
@@ -234,14 +233,10 @@ def test_statements_over_keys_are_planned_on_the_keys(tmp_path: Path) -> None:
              if isinstance(value, views.ByKeys)]
     keyed += [store._update(kind, ("finished_at",)) for kind in Kind]
     assert len(keyed) >= 8
-
-    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        return f"EXPLAIN QUERY PLAN {statement}", parameters
-
-    sa.event.listen(store.engine, "before_cursor_execute", explain, retval=True)
     with store.read() as conn:
         for by_keys in keyed:
-            unset = [name for name, value in by_keys.many.compile().params.items() if value is None]
-            params = dict.fromkeys(set(unset) - {"keys"})
-            plan = " | ".join(row[-1] for row in by_keys.execute(conn, [f"k{i}" for i in range(20)], **params))
-            assert "ix_runs_state" not in plan and "SCAN" not in plan, f"{by_keys.many}\n-> {plan}"
+            params = by_keys.many.statement.compile().params
+            unset = dict.fromkeys(name for name, value in params.items() if value is None and name != "keys")
+            sql, args = by_keys.many.render(conn.dialect, unset, [f"k{i}" for i in range(20)])
+            plan = " | ".join(row[-1] for row in views.raw(conn, f"EXPLAIN QUERY PLAN {sql}", args))
+            assert "ix_runs_state" not in plan and "SCAN" not in plan, f"{sql}\n-> {plan}"

@@ -14,6 +14,7 @@ from jobnest.errors import PermissionDenied, Unauthenticated
 
 from .models import jobs, runs, user_tokens
 from .states import State
+from .views import Fast
 
 if TYPE_CHECKING:
     from .store import Store
@@ -43,23 +44,23 @@ def hash_token(token: str) -> str:
 
 
 # Built once: every call with a token runs them.
-JOB_TOKEN = (sa.select(runs.c.state, runs.c.desired, runs.c.uuid, jobs.c.uuid, jobs.c.path, jobs.c.owner)
-             .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
-             .where(runs.c.token_hash == sa.bindparam("digest")))
-USER_TOKEN = sa.select(user_tokens.c.name).where(user_tokens.c.token_hash == sa.bindparam("digest"))
+JOB_TOKEN = Fast(sa.select(runs.c.state, runs.c.desired, runs.c.uuid, jobs.c.uuid, jobs.c.path, jobs.c.owner)
+                 .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                 .where(runs.c.token_hash == sa.bindparam("digest")))
+USER_TOKEN = Fast(sa.select(user_tokens.c.name).where(user_tokens.c.token_hash == sa.bindparam("digest")))
 
 
 class Tokens:
     def authenticate(self: "Store", token: str) -> Caller:
         digest = hash_token(token)
         with self.read() as conn:
-            row = conn.execute(JOB_TOKEN, {"digest": digest}).first()
-            if row is not None:
-                state, desired, run_uuid, job_uuid, path, owner = row
+            rows = JOB_TOKEN.run(conn, {"digest": digest})
+            if rows:
+                [(state, desired, run_uuid, job_uuid, path, owner)] = rows
                 if state != State.RUNNING.value or desired != "run":
                     raise Unauthenticated("token expired: its job's run has ended", field="token")
                 return Caller("job", owner, job_uuid, path, run_uuid)
-            name = conn.execute(USER_TOKEN, {"digest": digest}).scalar()
+            name = USER_TOKEN.run(conn, {"digest": digest}).scalar()
         if name is None:
             raise Unauthenticated("token not recognised", field="token")
         return Caller("user", name)

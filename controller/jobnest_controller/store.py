@@ -30,7 +30,7 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Views, chunks, one_of
+from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of, raw
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -45,26 +45,25 @@ CANCEL_PAUSE = 0.005
 FOLLOWERS = ByKeys(jobs.c.run_uuid, sa.select(jobs.c.uuid, jobs.c.path).where(jobs.c.end_state == "").where)
 _QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
                 .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid)))
-QUEUED_RUNS = _QUEUED_RUNS.where(runs.c.state == State.QUEUED.value)
+QUEUED_RUNS = Fast(_QUEUED_RUNS.where(runs.c.state == State.QUEUED.value))
 SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, _QUEUED_RUNS.where(RUN_STATE == State.QUEUED.value).where)
-ACTIVE_RUNS = (sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
+ACTIVE_RUNS = Fast(sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
                          runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
                          runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
                          jobs.c.owner)
                .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                .where(runs.c.state == State.RUNNING.value))
-
 FOR_START = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor,
                                           runs.c.cpu_millis, runs.c.memory, runs.c.attempt).where)
 # A job that still wants a held run, once the one that held it is cancelled.
-HEIR = (sa.select(jobs.c.uuid).select_from(JOB_FROM)
-        .where(jobs.c.run_uuid == sa.bindparam("run"), jobs.c.end_state == "", jobs.c.desired == "run",
-               RUN_STATE == State.QUEUED.value, runs.c.desired == "hold").limit(1))
-SET_STARTED = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
+HEIR = Fast(sa.select(jobs.c.uuid).select_from(JOB_FROM)
+            .where(jobs.c.run_uuid == sa.bindparam("run"), jobs.c.end_state == "", jobs.c.desired == "run",
+                   RUN_STATE == State.QUEUED.value, runs.c.desired == "hold").limit(1))
+SET_STARTED = Fast(sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
     pid=sa.bindparam("b_pid"), handle=sa.bindparam("b_handle"), workdir=sa.bindparam("b_workdir"),
-    cpu_enforced=sa.bindparam("b_cpu_enforced"))
-SET_TOKENS = sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
-    token_hash=sa.bindparam("b_token_hash"), workdir=sa.bindparam("b_workdir"))
+    cpu_enforced=sa.bindparam("b_cpu_enforced")))
+SET_TOKENS = Fast(sa.update(runs).where(runs.c.uuid == sa.bindparam("b_run")).values(
+    token_hash=sa.bindparam("b_token_hash"), workdir=sa.bindparam("b_workdir")))
 
 
 @dataclass(slots=True)
@@ -83,7 +82,9 @@ class Store(Tokens, Submits, Views, Explain):
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         if self.is_sqlite:
-            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            # The connection used last is taken again: its page cache is the one still warm.
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                           pool_use_lifo=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=10, max_overflow=20)
@@ -91,6 +92,9 @@ class Store(Tokens, Submits, Views, Explain):
         # a submit that attaches to a run from racing the transition that ends that run, in this
         # one controller process.
         self._write_lock = threading.Lock()
+        # Every write goes through one connection, kept: its page cache stays warm, as no other
+        # connection changes the database.
+        self._writer: Connection | None = None
         self._submissions: list[Submission] = []  # waiting for the next group commit
         self._submissions_lock = threading.Lock()
         self._last_seq: int | None = None  # the newest run's number, known once read
@@ -108,24 +112,27 @@ class Store(Tokens, Submits, Views, Explain):
             raise JobnestError(f"cannot open the store at {self.url}: {e}") from e
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Tx]:
-        """One write transaction; its changes are published once it commits. Submits that queued
-        up meanwhile are stored before the lock passes on, so a long write holds them up once."""
-        with self._write_lock:
-            with self._transaction() as tx:
-                yield tx
-            self._commit_waiting()
+        """One write transaction; its changes are published once it commits. (Submits that queued
+        up meanwhile store themselves: the first to take the lock stores them all.)"""
+        with self._write_lock, self._transaction() as tx:
+            yield tx
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Tx]:
         """A transaction for the holder of the write lock, published (still under the lock, so
         in commit order) once it commits."""
-        with _db_errors(), self.engine.begin() as conn:
-            tx = Tx(conn)
-            yield tx
+        with _db_errors():
+            if self._writer is None:
+                self._writer = self.engine.connect()
+            with self._writer.begin():
+                tx = Tx(self._writer)
+                yield tx
         self.bus.publish(tx.events, tx.runs, tx.new_runs)
 
     @contextlib.contextmanager
@@ -138,7 +145,7 @@ class Store(Tokens, Submits, Views, Explain):
         names = list(rows[0])
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
-        conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in rows])
+        raw(conn, sql, [tuple(row[n] for n in names) for row in rows], many=True)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -165,13 +172,13 @@ class Store(Tokens, Submits, Views, Explain):
                                         **params).scalars()
             tx.runs.update(moved)
             for chunk in chunks(moved):
-                followers = FOLLOWERS.execute(tx.conn, chunk).all()
+                followers = FOLLOWERS.execute(tx.conn, chunk)
                 tx.events.extend(JobEvent(u, p, new.value, reason, values.get("exit_code")) for u, p in followers)
             return moved
         if not new.terminal:
             raise ValueError(f"job: only a job's end is its own ({new.value} is its run's)")
         for chunk in chunks(uuids):
-            ended = update.execute(tx.conn, chunk, v_end_state=new.value, v_reason=reason, **params).all()
+            ended = update.execute(tx.conn, chunk, v_end_state=new.value, v_reason=reason, **params)
             moved += [u for u, _ in ended]
             tx.events.extend(JobEvent(u, p, new.value, reason, None) for u, p in ended)
         return moved
@@ -219,9 +226,9 @@ class Store(Tokens, Submits, Views, Explain):
         because another job wants it, that job: its own condition decides next."""
         heirs = {}
         for run_uuid, job_uuid, reason in doomed:
-            path = tx.conn.execute(JOB_PATH, {"uuid": job_uuid}).scalar_one()
+            path = JOB_PATH.run(tx.conn, {"uuid": job_uuid}).scalar()
             self._cancel(tx, job_uuid, self._mark_cancelled(tx, job_uuid, path), path, reason, now, "", 0)
-            heir = tx.conn.execute(HEIR, {"run": run_uuid}).scalar()
+            heir = HEIR.run(tx.conn, {"run": run_uuid}).scalar()
             if heir is not None:
                 heirs[run_uuid] = heir
         return heirs
@@ -317,9 +324,8 @@ class Store(Tokens, Submits, Views, Explain):
         queued): ready (desired "run") or held on a condition (desired "hold")."""
         with self.read() as conn:
             if uuids is None:
-                return [dict(r) for r in conn.execute(QUEUED_RUNS).mappings()]
-            return [dict(r) for chunk in chunks(uuids)
-                    for r in SOME_QUEUED_RUNS.execute(conn, chunk).mappings()]
+                return QUEUED_RUNS.run(conn).dicts()
+            return [r for chunk in chunks(uuids) for r in SOME_QUEUED_RUNS.execute(conn, chunk).dicts()]
 
     def conditions_of(self, job_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The `when` condition of each job."""
@@ -333,20 +339,21 @@ class Store(Tokens, Submits, Views, Explain):
     def active_runs(self) -> list[dict[str, Any]]:
         """What the reconciler needs of each running run, every pass."""
         with self.read() as conn:
-            return [dict(r) for r in conn.execute(ACTIVE_RUNS).mappings()]
+            return ACTIVE_RUNS.run(conn).dicts()
 
     def runs_for_start(self, tx: Tx, run_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = {}
         for chunk in chunks(run_uuids):
-            for row in FOR_START.execute(tx.conn, chunk).mappings():
+            for row in FOR_START.execute(tx.conn, chunk).dicts():
                 found[row["uuid"]] = {**row, "spec": json.loads(row["spec"])}
         return found
 
     def set_started(self, tx: Tx, started: list[tuple[str, Started]]) -> None:
         """What the executors said of the runs they started (pid, handle, ...)."""
         if started:
-            tx.conn.execute(SET_STARTED, [{"b_run": uuid, "b_pid": s.pid, "b_handle": s.handle, "b_workdir": s.workdir,
-                  "b_cpu_enforced": s.cpu_enforced} for uuid, s in started])
+            SET_STARTED.run_many(tx.conn, [{"b_run": uuid, "b_pid": s.pid, "b_handle": s.handle,
+                                            "b_workdir": s.workdir, "b_cpu_enforced": s.cpu_enforced}
+                                           for uuid, s in started])
 
     def set_desired(self, run_uuid: str, desired: str) -> bool:
         """Ask a run that is still wanted to stop for `desired` ("timeout"); False if it was cancelled."""
@@ -359,8 +366,8 @@ class Store(Tokens, Submits, Views, Explain):
         """A fresh token for each run about to start, with its work dir; only the tokens' hashes are kept."""
         tokens = {uuid: secrets.token_urlsafe(24) for uuid in workdirs}
         if tokens:
-            tx.conn.execute(SET_TOKENS, [{"b_run": uuid, "b_token_hash": hash_token(token), "b_workdir": workdirs[uuid]}
-                 for uuid, token in tokens.items()])
+            SET_TOKENS.run_many(tx.conn, [{"b_run": uuid, "b_token_hash": hash_token(token), "b_workdir": workdirs[uuid]}
+                                          for uuid, token in tokens.items()])
         return tokens
 
 

@@ -29,7 +29,7 @@ from .models import jobs, requests, runs
 from .signature import signature, signature_parts
 from .specs import levels, rename_refs
 from .states import REUSABLE, Kind, State
-from .views import JOB_FROM, RUN_STATE, STATE, ByKeys, chunks, one_of, view
+from .views import JOB_FROM, RUN_STATE, STATE, ByKeys, Fast, chunks, one_of, view
 
 if TYPE_CHECKING:
     from .store import Store, Tx
@@ -44,22 +44,22 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
     one_of(RUN_STATE, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
-CLAIM_REQUEST = {dialect: insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
+CLAIM_REQUEST = {dialect: Fast(insert(requests).on_conflict_do_nothing().returning(requests.c.request_id))
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
 FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
                .select_from(JOB_FROM).where)
 HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec).where(
     runs.c.desired == "hold", RUN_STATE == State.QUEUED.value).where)
-RELEASE = sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
+RELEASE = Fast(sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
     desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
-    spec=sa.bindparam("b_spec"))
+    spec=sa.bindparam("b_spec")))
 LAST_RUN = sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))
 # What the reconciler's index keeps of a queued run, with its owner: told whole of a new run,
 # read by `Store.queued_runs` of any other.
 INDEXED = ("uuid", "desired", "executor", "cpu_millis", "memory", "priority", "seq", "origin_job_uuid", "reason",
            "created_at")
-REQUEST_JOBS = sa.select(requests.c.job_uuids).where(
-    requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id"))
+REQUEST_JOBS = Fast(sa.select(requests.c.job_uuids).where(
+    requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id")))
 
 
 def random_uuids(n: int) -> list[str]:
@@ -183,7 +183,7 @@ class Submits:
             parts = {i: signature_parts(specs[i]) for i in level}
             sigs = {i: signature(parts[i]) for i in level}
             wanted = {sigs[i] for i in level if _may_reuse(specs[i])} - set(reusable)
-            reusable.update((sig, dict(row._mapping)) for sig, row in self._reusable(tx.conn, wanted).items())
+            reusable.update(self._reusable(tx.conn, wanted))
             for i in level:
                 spec, sig, job_uuid = specs[i], sigs[i], job_uuids[i]
                 spec_json = json.dumps(spec)
@@ -208,8 +208,8 @@ class Submits:
                     facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
         if s.request_id:  # one statement when the id is new, as it nearly always is
             claim = {"caller": caller.key, "request_id": s.request_id, "job_uuids": json.dumps(job_uuids)}
-            if tx.conn.execute(CLAIM_REQUEST[self.engine.dialect.name], claim).first() is None:
-                known = tx.conn.execute(REQUEST_JOBS, claim).scalar_one()
+            if not CLAIM_REQUEST[self.engine.dialect.name].run(tx.conn, claim):
+                known = REQUEST_JOBS.run(tx.conn, claim).scalar()
                 return self.get_jobs(json.loads(known), tx.conn), None
         if run_rows:
             # Numbered here rather than by the database, so the reconciler is told of the new
@@ -232,25 +232,25 @@ class Submits:
         """What a condition or an input needs to know of the jobs it names."""
         found = {}
         for chunk in chunks(list(uuids)):
-            rows = FACTS.execute(conn, chunk).all()
-            found.update((uuid, Fact(*rest)) for uuid, *rest in rows)
+            found.update((uuid, Fact(*rest)) for uuid, *rest in FACTS.execute(conn, chunk))
         return found
 
-    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, sa.Row[Any]]:
-        """The best run to reuse for each signature: succeeded first, then in flight, newest."""
+    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
+        """The best run to reuse for each signature (as `RUN_FACTS`): succeeded first, then in
+        flight, newest."""
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
-        best: dict[str, sa.Row[Any]] = {}
+        best: dict[str, dict[str, Any]] = {}
         for chunk in chunks(list(sigs)):
-            for row in REUSABLE_RUNS.execute(conn, chunk).all():
-                old = best.get(row.signature)
-                if old is None or (rank[row.state], -row.seq) < (rank[old.state], -old.seq):
-                    best[row.signature] = row
+            for row in REUSABLE_RUNS.execute(conn, chunk).dicts():
+                old = best.get(row["signature"])
+                if old is None or (rank[row["state"]], -row["seq"]) < (rank[old["state"]], -old["seq"]):
+                    best[row["signature"]] = row
         return best
 
     def find_reusable(self: "Store", sigs: list[str]) -> dict[str, str]:
         """Signature -> run uuid for the runs a new job with that signature would reuse."""
         with self.read() as conn:
-            return {sig: row.uuid for sig, row in self._reusable(conn, set(sigs)).items()}
+            return {sig: row["uuid"] for sig, row in self._reusable(conn, set(sigs)).items()}
 
     def release(self: "Store", tx: "Tx", run_uuids: list[str], now: float) -> list[str]:
         """Held runs whose conditions hold may be scheduled now, signed over what they read;
@@ -261,8 +261,7 @@ class Submits:
         and its jobs are attached to the other)."""
         ready = []
         for chunk in chunks(run_uuids):
-            held = HELD.execute(tx.conn, chunk).all()
-            for run_uuid, spec_json in held:
+            for run_uuid, spec_json in HELD.execute(tx.conn, chunk):
                 spec = json.loads(spec_json)
                 spec.pop("when_runs", None)
                 producers = {ref["job"] for ref in spec.get("inputs", {}).values() if "job" in ref}
@@ -270,19 +269,19 @@ class Submits:
                 parts = signature_parts(spec)
                 sig = signature(parts)
                 found = self._reusable(tx.conn, {sig}).get(sig) if _may_reuse(spec) else None
-                tx.conn.execute(RELEASE, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
-                                          "b_spec": json.dumps(spec)})
+                RELEASE.run(tx.conn, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
+                                      "b_spec": json.dumps(spec)})
                 tx.runs.add(run_uuid)
                 if found is None:
                     ready.append(run_uuid)
                     continue
                 moved = tx.conn.execute(
                     sa.update(jobs).where(jobs.c.run_uuid == run_uuid, jobs.c.end_state == "")
-                    .values(run_uuid=found.uuid, reused=True).returning(jobs.c.uuid, jobs.c.path)
+                    .values(run_uuid=found["uuid"], reused=True).returning(jobs.c.uuid, jobs.c.path)
                 ).all()
-                tx.events.extend(JobEvent(u, p, found.state, found.reason, found.exit_code) for u, p in moved)
+                tx.events.extend(JobEvent(u, p, found["state"], found["reason"], found["exit_code"]) for u, p in moved)
                 self.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.CANCELLED,
-                                f"not needed: its jobs reuse run {found.uuid}", finished_at=now)
+                                f"not needed: its jobs reuse run {found['uuid']}", finished_at=now)
         return ready
 
 

@@ -16,14 +16,16 @@ from ..scheduler import Node
 from .base import Exited, Launch, Started, expand
 
 # $1: the run's work dir, $2: cgroup.procs file or "", then the program and its arguments. The
-# pid file tells a restarted controller the run did start; the exit_code file how it ended.
-WRAPPER = ('w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
+# shell opens the run's logs itself (which the controller's thread need not wait for); the pid
+# file tells a restarted controller the run did start, the exit_code file how it ended.
+LOGS = 'exec >>"$1/stdout.log" 2>>"$1/stderr.log"; '
+WRAPPER = (LOGS + 'w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
            '"$@"; code=$?; echo $code >"$w/exit_code"; exit $code')
 # A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $3
 # is the script, and the exit trap records how it ended, `exit N` included; the wrapper's own
 # names are long, to stay clear of the script's. (A script that sets traps of its own gets the
 # plain wrapper, which keeps them apart.)
-INLINE = ('__jobnest_w="$1"; echo $$ >"$1/pid"; [ -z "$2" ] || echo $$ >"$2"; __jobnest_s="$3"; shift 3; '
+INLINE = (LOGS + '__jobnest_w="$1"; echo $$ >"$1/pid"; [ -z "$2" ] || echo $$ >"$2"; __jobnest_s="$3"; shift 3; '
           'trap \'echo $? >"$__jobnest_w/exit_code"\' EXIT; eval "$__jobnest_s"')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -59,28 +61,31 @@ class LocalExecutor:
         return str(self.root / run_uuid)
 
     def start(self, launch: Launch) -> Started:
-        workdir = Path(self.workdir(launch.run_uuid))
-        (workdir / "out").mkdir(parents=True, exist_ok=True)
+        workdir = self.workdir(launch.run_uuid)
+        out = os.path.join(workdir, "out")
+        for folder in (workdir, out):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:  # an earlier attempt's, or its program's
+                pass
         for stale in ("pid", "exit_code") if launch.attempt > 1 else ():  # left by an earlier attempt
-            (workdir / stale).unlink(missing_ok=True)
+            Path(workdir, stale).unlink(missing_ok=True)
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         try:
-            with open(workdir / "stdout.log", "ab") as out, open(workdir / "stderr.log", "ab") as err:
-                env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller,
-                       "JOBNEST_OUTPUT": str(workdir / "out")}
-                argv = expand(launch.argv, launch.inputs, str(workdir / "out"))
-                inline = len(argv) == 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c" and "trap" not in argv[2]
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", str(workdir), cgroup_procs or "",
-                     *(argv[2:] if inline else argv)],
-                    cwd=launch.cwd or launch.program or workdir / "out", env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True,
-                )
+            env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller, "JOBNEST_OUTPUT": out}
+            argv = expand(launch.argv, launch.inputs, out)
+            inline = len(argv) == 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c" and "trap" not in argv[2]
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", workdir, cgroup_procs or "",
+                 *(argv[2:] if inline else argv)],
+                cwd=launch.cwd or launch.program or out, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
         except BaseException:
             self.limiter.remove(launch.run_uuid)
             raise
         self._children[proc.pid] = proc
-        return Started(proc.pid, str(workdir), cgroup_procs is not None)
+        return Started(proc.pid, workdir, cgroup_procs is not None)
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))

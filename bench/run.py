@@ -7,7 +7,8 @@ share a GIL and the controller's RSS is its own. Each section has a controller o
 * submit: node capacity 0.001 cores, taken by one `sleep` blocker job, so every job submitted
   afterwards stays queued and nothing else is ever spawned. Measures single submits (1 and 4
   client threads), batch submits (1000 per call), reuse lookups (`Store.find_reusable`, on the
-  controller's own SQLite file) and a batch submit in which every job reuses a queued run.
+  controller's own SQLite file) and a batch submit in which every job reuses a queued run; and,
+  for scale, what SQLite alone takes to insert the rows of a batch submit (a copy of the store).
 * queued: the same blocked node; 100k unique jobs submitted 1000 per call stay queued, then the
   controller's VmRSS is read.
 * cancel: the same blocked node; a driver job (this program) with 10k queued children; times
@@ -41,6 +42,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -174,6 +176,8 @@ def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: 
         specs = [client.spec(["true", f"b-{i}"], cpu=0.001) for i in range(n_batch)]
         dt = timed(lambda: [client.submit_many(specs[i:i + BATCH]) for i in range(0, n_batch, BATCH)])
         rows.append((f"batch-submit jobs/s ({BATCH} per call)", n_batch / dt, ">= 50000/s", n_batch / dt >= 50000))
+        floor = sqlite_floor(ctl.home / "jobnest.db")
+        rows.append((f"the same rows inserted by SQLite alone, jobs/s ({BATCH} per transaction)", floor, "(info)", None))
 
         store = Store(ctl.url)
         with store.read() as conn:
@@ -195,6 +199,41 @@ def bench_submit(n_single: int, n_batch: int, n_lookup: int, rows: list, notes: 
                      f"is one `Submit` call with one job; the 4-thread row shares one channel.")
     finally:
         ctl.stop()
+
+
+def sqlite_floor(db: Path, rounds: int = 10) -> float:
+    """Jobs/s at which SQLite alone stores what a batch submit stores (a run row and a job row a
+    job, with fresh uuids, signatures and paths), in a copy of the controller's store."""
+    copy = Path(tempfile.mkdtemp(prefix="jobnest-bench-", dir="/tmp")) / "copy.db"
+    try:
+        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        conn = sqlite3.connect(copy)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        inserts, rows = {}, {}
+        for table in ("runs", "jobs"):
+            cursor = conn.execute(f"SELECT * FROM {table} LIMIT 1")
+            names = [d[0] for d in cursor.description if d[0] != "seq"]
+            row = dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+            inserts[table] = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+            rows[table] = (names, row)
+        spent = 0.0
+        for _ in range(rounds):
+            batches = {}
+            for table, (names, row) in rows.items():
+                fresh = [{**row, "uuid": os.urandom(16).hex(), "signature": os.urandom(32).hex(),
+                          "path": f"/{os.urandom(16).hex()}/", "run_uuid": os.urandom(16).hex()} for _ in range(BATCH)]
+                batches[table] = [tuple(r[n] for n in names) for r in fresh]
+            start = time.perf_counter()
+            for table, batch in batches.items():
+                conn.executemany(inserts[table], batch)
+            conn.commit()
+            spent += time.perf_counter() - start
+        conn.close()
+        return rounds * BATCH / spent
+    finally:
+        shutil.rmtree(copy.parent)
 
 
 def bench_queued(n: int, rows: list, notes: list) -> None:

@@ -94,9 +94,8 @@ class Data:
     def _keep(self, tmp: Path, digest: str) -> None:
         path = self._blob(digest)
         if not path.exists():
-            path.parent.mkdir(exist_ok=True)
             tmp.chmod(0o444)
-            os.replace(tmp, path)
+            _move_in(tmp, path)
 
     def open_blob(self, digest: str) -> Iterator[bytes]:
         if not (is_digest(digest) and self._blob(digest).exists()):
@@ -112,13 +111,17 @@ class Data:
             head = src.read(CHUNK)
             if len(head) < CHUNK:
                 digest = hashlib.sha256(head).hexdigest()
-                if not self._blob(digest).exists():
+                blob = self._blob(digest)
+                if not blob.exists():
                     tmp = self._tmp("out")
                     try:
-                        tmp.write_bytes(head)
-                        self._keep(tmp, digest)
-                    finally:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)  # read-only from the start
+                        with open(fd, "wb") as dst:
+                            dst.write(head)
+                        _move_in(tmp, blob)
+                    except BaseException:
                         tmp.unlink(missing_ok=True)
+                        raise
                 return digest, len(head)
             tmp = self._tmp("out")
             hasher, size = hashlib.sha256(), 0
@@ -175,10 +178,12 @@ class Data:
         return digest
 
     def manifest(self, digest: str) -> dict[str, Any]:
-        path = self.root / "manifests" / f"{digest}.json"
-        if not (is_digest(digest) and path.exists()):
-            raise NotFound(f"no data {digest} is stored here", field="digest")
-        return dict(json.loads(path.read_text()))
+        try:
+            if is_digest(digest):
+                return dict(json.loads((self.root / "manifests" / f"{digest}.json").read_text()))
+        except FileNotFoundError:
+            pass
+        raise NotFound(f"no data {digest} is stored here", field="digest")
 
     def ingest(self, folder: Path) -> str:
         """Store a run's output folder; returns its manifest's digest. Its files are stored as
@@ -205,9 +210,11 @@ class Data:
         if not tree.exists():
             tmp = self._tmp(digest)
             tmp.mkdir()
+            folders = sorted({str(p) for rel in manifest["files"] for p in PurePosixPath(rel).parents} - {"."})
+            for folder in folders:  # parents before their children
+                (tmp / folder).mkdir()
             for rel, entry in manifest["files"].items():
                 path = tmp / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
                 if "link" in entry:
                     path.symlink_to(entry["link"])
                 elif entry["x"]:
@@ -219,14 +226,23 @@ class Data:
                     except OSError:  # another file system
                         shutil.copyfile(self._blob(entry["sha256"]), path)
                         path.chmod(0o444)
-            for folder in sorted((p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
-                folder.chmod(0o555)
+            for folder in reversed(folders):
+                (tmp / folder).chmod(0o555)
             tmp.chmod(0o555)
             try:
                 tmp.rename(tree)
             except OSError:  # built meanwhile by another
                 _remove_tree(tmp)
         return tree / manifest["file"] if manifest.get("file") else tree
+
+
+def _move_in(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`, making its folder the first time."""
+    try:
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        os.replace(tmp, path)
 
 
 def _walk(folder: str, prefix: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:

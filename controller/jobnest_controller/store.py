@@ -35,7 +35,7 @@ from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fas
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
 LIVE_VALUES = [s.value for s in LIVE]
-CANCEL_CHUNK = 1000  # jobs a Cancel ends per transaction, so that submits go on meanwhile
+CANCEL_CHUNK = 250  # jobs a Cancel ends per transaction, so that submits go on meanwhile
 # Between those transactions: without it the cancelling thread takes the lock again before a
 # submit's thread, waiting for Python's interpreter lock, has even asked for it.
 CANCEL_PAUSE = 0.005

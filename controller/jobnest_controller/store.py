@@ -206,11 +206,11 @@ class Store(Tokens, Submits, Views, Explain):
     def cancel(self, root_uuid: str, reason: str, now: float) -> list[str]:
         """Cancel a job and its whole live subtree; a run stops only when no live job wants it.
 
-        The whole subtree is marked at once, so no job of it keeps a run wanted; then its jobs
-        end a chunk per transaction, so that submits go on meanwhile."""
+        Its jobs end a chunk per transaction, in tree order, so that submits go on meanwhile. A
+        run that jobs of two chunks want stops with the second: the first's end alone."""
         path = self.job_path(root_uuid)
-        with self.write() as tx:
-            root_run = self._mark_cancelled(tx, root_uuid, path)
+        with self.read() as conn:
+            root_run = self._live_run(conn, root_uuid)
         cancelled: list[str] = []
         after: str | None = ""
         while after is not None:
@@ -227,33 +227,32 @@ class Store(Tokens, Submits, Views, Explain):
         heirs = {}
         for run_uuid, job_uuid, reason in doomed:
             path = JOB_PATH.run(tx.conn, {"uuid": job_uuid}).scalar()
-            self._cancel(tx, job_uuid, self._mark_cancelled(tx, job_uuid, path), path, reason, now, "", 0)
+            self._cancel(tx, job_uuid, self._live_run(tx.conn, job_uuid), path, reason, now, "", 0)
             heir = HEIR.run(tx.conn, {"run": run_uuid}).scalar()
             if heir is not None:
                 heirs[run_uuid] = heir
         return heirs
 
-    def _mark_cancelled(self, tx: Tx, root_uuid: str, path: str) -> str | None:
-        """Mark the live jobs of the subtree at `path` as no longer wanting their runs; returns
-        the run of its root, if that is live (its reason is the cancel's own)."""
-        root_run = tx.conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
-            jobs.c.uuid == root_uuid, jobs.c.end_state == "", one_of(RUN_STATE, LIVE_VALUES))).scalar()
-        tx.conn.execute(sa.update(jobs).where(jobs.c.path.like(path + "%"), jobs.c.end_state == "",
-                                              jobs.c.desired == "run").values(desired="cancel"))
-        return root_run
+    def _live_run(self, conn: Connection, job_uuid: str) -> str | None:
+        """The run of a job that has not ended, if the run is live (a cancel's own reason is its)."""
+        return conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
+            jobs.c.uuid == job_uuid, jobs.c.end_state == "", one_of(RUN_STATE, LIVE_VALUES))).scalar()
 
     def _cancel(self, tx: Tx, root_uuid: str, root_run: str | None, path: str, reason: str, now: float,
                 after: str, limit: int) -> tuple[list[str], str | None]:
-        """End the marked live jobs of the subtree at `path` that come after `after`, at most
-        `limit` (0: all); returns them and where to go on from (None: nothing is left)."""
+        """End the live jobs of the subtree at `path` that come after `after`, at most `limit`
+        (0: all); returns them and where to go on from (None: nothing is left). They are marked
+        as no longer wanting their runs first, so that a run only they want stops."""
         query = (sa.select(jobs.c.uuid, jobs.c.run_uuid, jobs.c.path, runs.c.state, runs.c.executor)
                  .select_from(JOB_FROM)
                  .where(jobs.c.path.like(path + "%"), jobs.c.path > after, jobs.c.end_state == "",
-                        jobs.c.desired == "cancel", one_of(RUN_STATE, LIVE_VALUES)).order_by(jobs.c.path))
+                        one_of(RUN_STATE, LIVE_VALUES)).order_by(jobs.c.path))
         doomed = tx.conn.execute(query.limit(limit) if limit else query).all()
         if not doomed:
             return [], None
         doomed_uuids = [row.uuid for row in doomed]
+        for chunk in chunks(doomed_uuids):
+            tx.conn.execute(sa.update(jobs).where(jobs.c.uuid.in_(chunk)).values(desired="cancel"))
         wanted: set[str] = set()
         for chunk in chunks(list({row.run_uuid for row in doomed})):
             wanted.update(tx.conn.execute(sa.select(jobs.c.run_uuid).where(

@@ -42,8 +42,7 @@ class CpuLimiter:
             path.mkdir(exist_ok=True)
             if self.v2:
                 (path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-            else:
-                (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            else:  # the period is the kernel's default, PERIOD_US
                 (path / "cpu.cfs_quota_us").write_text(str(quota))
         except OSError:
             return None

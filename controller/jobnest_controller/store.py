@@ -48,11 +48,11 @@ _QUEUED_RUNS = (sa.select(*(runs.c[name] for name in INDEXED), jobs.c.owner)
 QUEUED_RUNS = Fast(_QUEUED_RUNS.where(runs.c.state == State.QUEUED.value))
 SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, _QUEUED_RUNS.where(RUN_STATE == State.QUEUED.value).where)
 ACTIVE_RUNS = Fast(sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
-                         runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
-                         runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
-                         jobs.c.owner)
-               .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
-               .where(runs.c.state == State.RUNNING.value))
+                             runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
+                             runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
+                             jobs.c.owner)
+                   .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                   .where(runs.c.state == State.RUNNING.value))
 FOR_START = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor,
                                           runs.c.cpu_millis, runs.c.memory, runs.c.attempt).where)
 # A job that still wants a held run, once the one that held it is cancelled.
@@ -234,7 +234,8 @@ class Store(Tokens, Submits, Views, Explain):
         return heirs
 
     def _live_run(self, conn: Connection, job_uuid: str) -> str | None:
-        """The run of a job that has not ended, if the run is live (a cancel's own reason is its)."""
+        """The run of a job that has not ended, if that run is live: the one a cancel of the job
+        ends with the cancel's own reason (the others' reason names the job)."""
         return conn.execute(sa.select(jobs.c.run_uuid).select_from(JOB_FROM).where(
             jobs.c.uuid == job_uuid, jobs.c.end_state == "", one_of(RUN_STATE, LIVE_VALUES))).scalar()
 

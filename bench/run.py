@@ -33,7 +33,8 @@ share a GIL and the controller's RSS is its own. Each section has a controller o
 It also times the exec-redirection shim's cost on execs it does not redirect (no controller).
 
 The short timings (single submits, the first runs of the chain, of the fan-out/fan-in and of the
-1000-job map + gather, and their `xargs` floors) are the best of 3 rounds, each of new jobs: on
+1000-job map + gather, and their `xargs` floors) are the best of 3 rounds, each of new jobs and
+each after `sync` (the disk writing back earlier sections' files slows every file operation): on
 this machine the same run varies by about 30 % from one try to the next.
 
 `--quick` divides every count (and the map + gather budget) by 10 for a smoke test. The table is
@@ -140,8 +141,13 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def best(fn: Callable[[int], object], rounds: int = ROUNDS) -> float:
-    """The shortest of `rounds` timings of fn(round)."""
-    return min(timed(lambda: fn(r)) for r in range(rounds))
+    """The shortest of `rounds` timings of fn(round), each after the files written before it are
+    flushed (the disk writing them back slows every file operation meanwhile)."""
+    times = []
+    for r in range(rounds):
+        os.sync()
+        times.append(timed(lambda: fn(r)))
+    return min(times)
 
 
 def wait_state(client: jobnest.Client, uuid: str, state: str, timeout: float = 30) -> None:
@@ -450,6 +456,7 @@ def xargs_floor(n: int) -> float:
     try:
         for i in range(n):
             (root / str(i)).mkdir()
+        os.sync()
         command = f"seq 0 {n - 1} | xargs -P 2 -I@ sh -c 'echo @ > {root}/@/n.txt'"
         return timed(lambda: subprocess.run(command, shell=True, check=True))
     finally:
@@ -505,6 +512,7 @@ def map_gather_twice(n: int, budget: float, rounds: int = 1) -> MapGather:
     floor = min(xargs_floor(n) for _ in range(rounds))
     pairs = []
     for _ in range(rounds):
+        os.sync()
         ctl = ControllerProc()
         try:
             first = map_gather(ctl, n, budget)

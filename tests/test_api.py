@@ -1,5 +1,6 @@
 """The gRPC API end to end: a real server on a real port, real job processes, real tokens."""
 
+import os
 import sys
 import textwrap
 import threading
@@ -49,6 +50,12 @@ def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc
     (pb.JobSpec(argv=["true"], env={"A": "x\0"}), "jobs[0].env['A']", "NUL"),
     (pb.JobSpec(argv=["true"], driver=True), "jobs[0].driver_pid", "process id"),
     (pb.JobSpec(argv=["true"], mount_cwd=True), "jobs[0].mount_cwd", "needs a cwd"),
+    (pb.JobSpec(argv=["true"], cpu=1e308), "jobs[0].cpu", "more than the largest node"),
+    (pb.JobSpec(argv=["true"], driver=True, driver_pid=2**31), "jobs[0].driver_pid", "process id"),
+    (pb.JobSpec(argv=["true"], when='{"not": ' * 1000 + '{"job": "@0", "is": "done"}' + "}" * 1000),
+     "jobs[0].when", "deeper than"),
+    (pb.JobSpec(argv=["true"], when='{"job": "@\u00b2", "is": "done"}'), "jobs[0].when", "names no job"),
+    (pb.JobSpec(argv=["true"], when='{"job": "@' + "1" * 5000 + '", "is": "done"}'), "jobs[0].when", "names no job"),
 ])
 def test_bad_specs_are_refused_and_store_nothing(running: Running, spec: pb.JobSpec, field: str, words: str) -> None:
     running.client().submit(["true"], name="already-there").wait(timeout=20)
@@ -57,6 +64,30 @@ def test_bad_specs_are_refused_and_store_nothing(running: Running, spec: pb.JobS
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in error.details() and words in error.details()
     assert counts(running) == before
+
+
+def test_a_program_is_named_by_its_digest_and_no_path_leads_out_of_the_store(running: Running,
+                                                                          tmp_path: Path) -> None:
+    """A program reference that walks out of the program store to an archive elsewhere on the
+    host is refused, and nothing is stored."""
+    planted = tmp_path / "elsewhere" / "planted.tar.gz"
+    planted.parent.mkdir()
+    planted.write_bytes(jobnest._client.folder_archive(planted.parent))
+    ref = os.path.relpath(str(planted).removesuffix(".tar.gz"), running.controller.programs.root)
+    error = raw_submit(running, pb.JobSpec(argv=["true"], program=ref))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "jobs[0].program" in error.details()
+    assert counts(running) == (0, 0)
+
+
+def test_a_run_prefix_is_hex_digits_not_a_pattern(running: Running) -> None:
+    """`Invalidate` names a run by a prefix of its uuid; `%` or `_` are refused, not matched as
+    SQL wildcards (which could name the first of any runs)."""
+    client = running.client()
+    job = client.submit(["true"], name="kept").wait(timeout=20)
+    for prefix in ("%", "____%", job.info.run_uuid[:4] + "%"):
+        with pytest.raises(jobnest.InvalidSpec, match="run_uuid"):
+            client.invalidate(prefix)
+    assert client.submit(["true"], name="kept").wait(timeout=20).reused  # still reusable: nothing was invalidated
 
 
 def test_one_bad_job_in_a_batch_stores_none_of_it(running: Running) -> None:

@@ -66,6 +66,41 @@ def test_a_driver_that_died_is_failed(parts) -> None:  # type: ignore[no-untyped
     assert row["state"] == "failed" and row["reason"] == "driver exited without finishing"
 
 
+def test_a_driver_stored_with_an_impossible_pid_fails_alone(parts) -> None:  # type: ignore[no-untyped-def]
+    """A driver an older controller accepted with a pid no process can have (2**31): the passes
+    go on (they raised OverflowError at every pass, so nothing started or ended), other jobs run,
+    and the driver is failed as gone."""
+    store, _, reconciler = parts
+    driver = spec("driver.py", driver=True, driver_pid=2**31, driver_host=reconciler.host, executor="driver")
+    [bad] = ids(store.submit(Caller("admin", "me"), "", [driver], 1.0))
+    [other] = ids(store.submit(Caller("admin", "me"), "", [spec("true")], 1.0))
+    assert run_until_done(store, reconciler, other)["state"] == "succeeded"
+    row = run_until_done(store, reconciler, bad)
+    assert row["state"] == "failed" and row["reason"] == "driver exited without finishing"
+
+
+def test_a_run_that_cannot_be_observed_holds_up_no_other(parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An executor that raises on one run's poll: every other run still starts and ends."""
+    store, executor, reconciler = parts
+    [stuck] = ids(store.submit(Caller("admin", "me"), "", [spec("sleep", "30")], 1.0))
+    stuck_run = store.get_job(stuck)["run_uuid"]
+    poll = executor.poll
+
+    def broken(run):  # type: ignore[no-untyped-def]
+        if run["uuid"] == stuck_run:
+            raise RuntimeError("this run's state cannot be read")
+        return poll(run)
+
+    monkeypatch.setattr(executor, "poll", broken)
+    reconciler.tick(time.time())  # starts it
+    [other] = ids(store.submit(Caller("admin", "me"), "", [spec("true")], 2.0))
+    assert run_until_done(store, reconciler, other)["state"] == "succeeded"
+    assert store.get_job(stuck)["state"] == "running"
+    store.cancel(stuck, "done", 3.0)
+    monkeypatch.setattr(executor, "poll", poll)
+    assert run_until_done(store, reconciler, stuck)["state"] == "cancelled"
+
+
 def test_a_run_asked_to_stop_that_comes_back_to_the_queue_ends(parts) -> None:  # type: ignore[no-untyped-def]
     """A cancel that lands while a run's start is under way, whose start then finds its node away
     (so the run is queued again): the run ends cancelled, rather than waiting in the queue forever."""

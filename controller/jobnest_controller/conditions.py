@@ -17,6 +17,7 @@ from .states import State
 
 PREDICATES = ("succeeded", "failed", "cancelled", "done")
 MAX_NODES = 100_000
+MAX_DEPTH = 100  # terms within terms: evaluating them recurses
 
 Outcome = tuple[bool | None, str | None]  # (value, the job that decided it)
 
@@ -34,13 +35,17 @@ def parse(text: str) -> dict[str, Any]:
         tree = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidSpec(f"not a condition: {e}") from None
+    except RecursionError:
+        raise InvalidSpec(f"terms nested deeper than {MAX_DEPTH}") from None
     count = 0
 
-    def check(node: Any) -> None:
+    def check(node: Any, depth: int = 1) -> None:
         nonlocal count
         count += 1
         if count > MAX_NODES:
             raise InvalidSpec(f"more than {MAX_NODES} terms")
+        if depth > MAX_DEPTH:
+            raise InvalidSpec(f"terms nested deeper than {MAX_DEPTH}")
         if not isinstance(node, dict) or len(node) not in (1, 2):
             raise InvalidSpec(f"{json.dumps(node)[:80]} is not a condition term")
         if "job" in node:
@@ -49,9 +54,9 @@ def parse(text: str) -> dict[str, Any]:
                                   f"{', '.join(PREDICATES)}}}")
         elif set(node) in ({"and"}, {"or"}) and isinstance(next(iter(node.values())), list) and node[next(iter(node))]:
             for part in next(iter(node.values())):
-                check(part)
+                check(part, depth + 1)
         elif set(node) == {"not"}:
-            check(node["not"])
+            check(node["not"], depth + 1)
         else:
             raise InvalidSpec(f"{json.dumps(node)[:80]} is not a condition term")
 

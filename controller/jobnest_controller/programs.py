@@ -11,6 +11,8 @@ from pathlib import Path
 
 from jobnest.errors import InvalidSpec
 
+from .data import is_digest
+
 MAX_ARCHIVE = 64 * 2**20
 
 
@@ -20,6 +22,8 @@ class Programs:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:
+        if not is_digest(digest):  # never a path out of the store
+            raise InvalidSpec(f"{digest[:80]!r} is not a program's digest (64 hex digits)", field="program")
         return self.root / f"{digest}.tar.gz"
 
     def store(self, archive: bytes) -> str:
@@ -44,6 +48,8 @@ class Programs:
         return digest
 
     def check(self, digest: str) -> None:
+        if not is_digest(digest):
+            raise InvalidSpec(f"{digest[:80]!r} is not a program's digest (64 hex digits)", field="program")
         if not self._path(digest).exists():
             raise InvalidSpec(f"no program {digest} is stored here", field="program")
 

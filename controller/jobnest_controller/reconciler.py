@@ -103,6 +103,7 @@ class Reconciler:
         # ended): their change needs no reading back.
         self._mine: set[str] = set()
         self._stopped: dict[str, str] = {}  # queued runs asked to stop, and why: to end
+        self._unobservable: set[str] = set()  # runs whose observing raised, logged once
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -284,25 +285,38 @@ class Reconciler:
     # -- running runs --------------------------------------------------------------------------
 
     def _observe(self, active: list[dict[str, Any]], now: float) -> list[tuple[dict[str, Any], State, Exited]]:
-        """The runs that ended, and how."""
+        """The runs that ended, and how. A run that cannot be observed holds up no other: it is
+        looked at again next pass (and logged the first time)."""
         ended: list[tuple[dict[str, Any], State, Exited]] = []
         for run in active:
-            if run["executor"] == DRIVER:
-                if run["node"] == self.host and run["pid"] and not _alive(run["pid"]):
-                    ended.append((run, State.FAILED, Exited(None, "driver exited without finishing")))
+            try:
+                outcome = self._observe_one(run, now)
+            except Exception:
+                if run["uuid"] not in self._unobservable:
+                    self._unobservable.add(run["uuid"])
+                    log.exception("run %s could not be observed; it is left as it is", run["uuid"])
                 continue
-            executor = self.executors.get(run["executor"])
-            if executor is None:
-                continue
-            timeout = run["timeout"]
-            if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
-                run["desired"] = "timeout" if self.store.set_desired(run["uuid"], "timeout") else "cancel"
-            if run["desired"] != "run":
-                executor.stop(run, now)
-            exited = executor.poll(run)
-            if exited is not None:
-                ended.append((run, *_outcome(run, exited, timeout)))
+            self._unobservable.discard(run["uuid"])
+            if outcome is not None:
+                ended.append((run, *outcome))
+        self._unobservable.intersection_update(run["uuid"] for run in active)
         return ended
+
+    def _observe_one(self, run: dict[str, Any], now: float) -> tuple[State, Exited] | None:
+        if run["executor"] == DRIVER:
+            if run["node"] == self.host and run["pid"] and not _alive(run["pid"]):
+                return State.FAILED, Exited(None, "driver exited without finishing")
+            return None
+        executor = self.executors.get(run["executor"])
+        if executor is None:
+            return None
+        timeout = run["timeout"]
+        if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
+            run["desired"] = "timeout" if self.store.set_desired(run["uuid"], "timeout") else "cancel"
+        if run["desired"] != "run":
+            executor.stop(run, now)
+        exited = executor.poll(run)
+        return None if exited is None else _outcome(run, exited, timeout)
 
     def _end_stopped(self, tx: Tx, now: float) -> None:
         stopped, self._stopped = self._stopped, {}
@@ -461,7 +475,7 @@ def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or no process can have that pid
         return False
     except PermissionError:
         return True

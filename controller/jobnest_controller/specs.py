@@ -18,6 +18,8 @@ from .data import is_digest
 from .executors.base import PLACEHOLDER
 
 MAX_NAME = 200
+MAX_PID = 2**22  # Linux's largest pid_max
+BATCH_REF = re.compile(r"@[0-9]{1,9}")  # "@N": job N of the same request
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -43,18 +45,18 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         if not key or "=" in key:
             raise bad("env", f"{key!r} is not a variable name")
     if msg.driver:
-        if msg.driver_pid <= 0:
-            raise bad("driver_pid", "a driver names its process id")
+        if not 0 < msg.driver_pid <= MAX_PID:
+            raise bad("driver_pid", f"a driver names its process id (1 to {MAX_PID}), not {msg.driver_pid}")
         cpu_millis, executor = 0, "driver"
     else:
         cpu = msg.cpu if msg.HasField("cpu") else min(1.0, max_cpu_millis / 1000)
         if not (cpu > 0 and math.isfinite(cpu)):
             raise bad("cpu", f"must be a number greater than 0, got {cpu:g}")
+        if cpu * 1000 > max_cpu_millis:
+            raise bad("cpu", f"{cpu:g} cores is more than the largest node has ({max_cpu_millis / 1000:g})")
         cpu_millis = round(cpu * 1000)
         if cpu_millis < 1:
             raise bad("cpu", f"{cpu:g} is less than the smallest share, 0.001")
-        if cpu_millis > max_cpu_millis:
-            raise bad("cpu", f"{cpu:g} cores is more than the largest node has ({max_cpu_millis / 1000:g})")
         executor = msg.executor or default_executor
         if executor not in executors:
             raise bad("executor", f"unknown executor {executor!r} (known: {', '.join(sorted(executors))})")
@@ -123,7 +125,7 @@ def levels(job_specs: list[dict[str, Any]]) -> list[list[int]]:
         refs = {ref for ref in conditions.jobs_of(spec["when"]) if ref.startswith("@")} if "when" in spec else set()
         found = set()
         for ref in sorted(refs):
-            if not (ref[1:].isdigit() and int(ref[1:]) < len(job_specs)):
+            if not (BATCH_REF.fullmatch(ref) and int(ref[1:]) < len(job_specs)):
                 raise InvalidSpec(f"{ref!r} names no job of this request (it has {len(job_specs)})",
                                   field=f"jobs[{i}].{ref_field(spec, ref)}")
             found.add(int(ref[1:]))

@@ -30,7 +30,8 @@ from .explain import Explain
 from .models import jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of, raw
+from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of,
+                    raw)
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
@@ -287,12 +288,15 @@ class Store(Tokens, Submits, Views, Explain):
 
         A job may invalidate only runs that jobs of its own subtree started."""
         with self.write() as tx:
+            if not HEX_PREFIX.fullmatch(run_ref):
+                raise InvalidSpec(f"{run_ref[:80]!r} is not a run uuid or a prefix of one (4+ hex digits)",
+                                  field="run_uuid")
             found = tx.conn.execute(
                 sa.select(runs.c.uuid, runs.c.state, jobs.c.path)
                 .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                 .where(runs.c.uuid.like(run_ref + "%")).limit(2)
             ).all()
-            if not found or len(run_ref) < 4:
+            if not found:
                 raise NotFound(f"no run {run_ref}", field="run_uuid")
             if len(found) > 1:
                 raise InvalidSpec(f"{run_ref!r} names more than one run", field="run_uuid")

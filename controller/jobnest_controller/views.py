@@ -6,6 +6,7 @@ they are the job's own. `Store` takes `Views` as a part; the server and the CLI'
 through it.
 """
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,7 @@ GET_JOBS = ByKeys(jobs.c.uuid, sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).wh
 JOB_STATES = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM).where)
 JOB_PATH = Fast(sa.select(jobs.c.path).where(jobs.c.uuid == sa.bindparam("uuid")))
 RUN_OF = Fast(sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == sa.bindparam("uuid")))
+HEX_PREFIX = re.compile(r"[0-9a-f]{4,32}")  # of a uuid, as people type it
 IN_CHUNK = 5000  # uuids per IN list: well under every database's limit on parameters
 
 
@@ -249,8 +251,8 @@ class Views:
         """The full uuid of the job that `ref` (a uuid or a unique prefix of 4+ characters) names."""
         if len(ref) == 32:
             return ref
-        if len(ref) < 4 or not all(c in "0123456789abcdef" for c in ref):
-            raise InvalidSpec(f"{ref!r} is not a job uuid or a prefix of one (4+ hex digits)", field="uuid")
+        if not HEX_PREFIX.fullmatch(ref):
+            raise InvalidSpec(f"{ref[:80]!r} is not a job uuid or a prefix of one (4+ hex digits)", field="uuid")
         with self.read() as conn:
             found = conn.execute(sa.select(jobs.c.uuid).where(jobs.c.uuid.like(ref + "%")).limit(2)).scalars().all()
         if not found:

@@ -79,6 +79,35 @@ def test_a_program_is_named_by_its_digest_and_no_path_leads_out_of_the_store(run
     assert counts(running) == (0, 0)
 
 
+def test_variables_a_user_sets_are_in_the_signature_and_the_controllers_own_win(running: Running) -> None:
+    """A JOBNEST_* variable the user sets changes the result, so another job without it does not
+    reuse the run (it did: one user could poison another's result); the variables the controller
+    sets for every run replace the user's, so they stay out of the signature."""
+    client = running.client()
+    script = 'echo "$JOBNEST_X $JOBNEST_JOB" > $JOBNEST_OUTPUT/seen'
+    poisoned = client.submit(["sh", "-c", script], env={"JOBNEST_X": "poison"}).wait(timeout=20)
+    clean = client.submit(["sh", "-c", script]).wait(timeout=20)
+    assert not clean.reused and clean.info.run_uuid != poisoned.info.run_uuid
+    faked = client.submit(["sh", "-c", script], env={"JOBNEST_JOB": "not-the-job"}).wait(timeout=20)
+    assert faked.reused and faked.info.run_uuid == clean.info.run_uuid  # same result: the controller's value wins
+    seen = (Path(clean.info.output_dir) / "seen").read_text().split()
+    assert seen == [clean.uuid]
+
+
+def test_a_job_attaches_only_to_a_run_that_would_end_as_its_own_would(running: Running) -> None:
+    """A run in flight is shared only by jobs whose options that change how it ends (timeout,
+    retries, memory) are the same: another user's identical job with a short timeout made a job
+    without one fail."""
+    client = running.client()
+    hasty = client.submit(["sleep", "1.5"], timeout=0.5)
+    patient = client.submit(["sleep", "1.5"])
+    assert not patient.reused and patient.info.run_uuid != hasty.info.run_uuid
+    alike = client.submit(["sleep", "1.5"], timeout=0.5)
+    assert alike.reused and alike.info.run_uuid == hasty.info.run_uuid
+    assert (hasty.wait(timeout=20).state, patient.wait(timeout=20).state) == ("failed", "succeeded")
+    assert client.submit(["sleep", "1.5"], timeout=0.5).wait(timeout=20).reused  # a success serves any job
+
+
 def test_a_run_prefix_is_hex_digits_not_a_pattern(running: Running) -> None:
     """`Invalidate` names a run by a prefix of its uuid; `%` or `_` are refused, not matched as
     SQL wildcards (which could name the first of any runs)."""

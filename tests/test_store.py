@@ -84,11 +84,17 @@ def test_reuse_prefers_succeeded_then_in_flight_never_failed(store: Store) -> No
 
 
 def test_resources_are_not_in_the_signature(store: Store) -> None:
+    """Jobs that differ in resources share a run; in flight, only if a memory limit (which can
+    end the run) is the same."""
     [a] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=100)], 1.0))
-    [b] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900, memory=2**20)], 1.0))
+    [b] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900)], 1.0))
     [c] = ids(store.submit(ADMIN, "", [spec("echo", "y", env={"A": "1"})], 1.0))
-    runs = [store.get_job(u)["run_uuid"] for u in (a, b, c)]
-    assert runs[0] == runs[1] != runs[2]
+    [d] = ids(store.submit(ADMIN, "", [spec("echo", "y", memory=2**20)], 1.0))
+    runs = [store.get_job(u)["run_uuid"] for u in (a, b, c, d)]
+    assert runs[0] == runs[1] and len({runs[0], runs[2], runs[3]}) == 3
+    finish_run(store, runs[0], State.SUCCEEDED)
+    [e] = ids(store.submit(ADMIN, "", [spec("echo", "y", cpu_millis=900, memory=2**20)], 2.0))
+    assert store.get_job(e)["run_uuid"] == runs[0]  # a success serves any job
 
 
 def test_request_id_makes_retries_create_nothing(store: Store) -> None:

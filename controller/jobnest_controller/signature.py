@@ -1,7 +1,8 @@
 """Signatures: what determines a job's result, hashed part by part.
 
 Two jobs with the same signature may share one run. Resources are deliberately not part of it,
-and neither are the `JOBNEST_*` variables that the controller injects.
+and neither are the variables the controller sets for every run (`INJECTED`), which replace any
+value a spec gives them; every other variable is, `JOBNEST_*` ones included.
 """
 
 import hashlib
@@ -9,6 +10,9 @@ import json
 from typing import Any
 
 PARTS = ("image", "argv", "cwd", "env", "inputs", "program", "when", "cache_version")
+# Set by the reconciler (token, job, run, executor) and by every executor (output, controller).
+INJECTED = frozenset({"JOBNEST_TOKEN", "JOBNEST_JOB", "JOBNEST_RUN", "JOBNEST_EXECUTOR", "JOBNEST_OUTPUT",
+                      "JOBNEST_CONTROLLER"})
 
 
 def _digest(value: Any) -> str:
@@ -18,7 +22,7 @@ def _digest(value: Any) -> str:
 
 def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
     """The sha256 of each part of `spec` that the result depends on."""
-    env = {k: v for k, v in spec.get("env", {}).items() if not k.startswith("JOBNEST_")}
+    env = {k: v for k, v in spec.get("env", {}).items() if k not in INJECTED}
     return {
         "image": _digest(spec.get("image_id") or spec.get("image", "")),  # content, not the tag
         "argv": _digest(list(spec["argv"])),

@@ -38,9 +38,12 @@ log = logging.getLogger(__name__)
 DRIVER = "driver"  # executor name of a driver program's run: it runs outside the controller
 
 # What a job attached to an existing run takes from it when it is submitted.
+# Options outside the signature that change how a run ends: a run in flight is shared only by
+# jobs that agree on them (one that succeeded serves any job).
+OUTCOME = {"timeout": 0.0, "retries": 0, "memory": 0, "memory_on_oom": 1.0}  # with their defaults
 RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
              runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
-             runs.c.workdir, runs.c.reason, runs.c.output]
+             runs.c.workdir, runs.c.reason, runs.c.output, *(runs.c[name] for name in OUTCOME)]
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
     one_of(RUN_STATE, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
@@ -176,7 +179,7 @@ class Submits:
         job_rows: list[dict[str, Any]] = [{}] * n
         views: list[dict[str, Any]] = [{}] * n
         run_rows, driver_token = [], None
-        reusable: dict[str, dict[str, Any]] = {}
+        reusable: dict[str, list[dict[str, Any]]] = {}  # signature -> the runs with it, best first
         for level in batch_order:
             for i in level:
                 _sign(specs[i], facts)
@@ -187,14 +190,14 @@ class Submits:
             for i in level:
                 spec, sig, job_uuid = specs[i], sigs[i], job_uuids[i]
                 spec_json = json.dumps(spec)
-                run = reusable.get(sig) if _may_reuse(spec) else None
+                run = _shareable(reusable.get(sig, []), spec) if _may_reuse(spec) else None
                 if run is None:
                     # A run gets its token when it starts; a driver runs from the moment it is submitted.
                     token = secrets.token_urlsafe(24) if spec.get("driver") else None
                     run = _new_run(next(run_uuids), spec, spec_json, parts[i], sig, job_uuid, token, now)
                     run_rows.append(run)
                     if _may_reuse(spec):
-                        reusable[sig] = run  # identical specs in one batch share the run
+                        reusable.setdefault(sig, []).insert(0, run)  # identical specs in one batch share it
                     driver_token = token or driver_token
                 job_rows[i] = {
                     "uuid": job_uuid, "name": spec["name"], "owner": caller.name,
@@ -235,22 +238,22 @@ class Submits:
             found.update((uuid, Fact(*rest)) for uuid, *rest in FACTS.execute(conn, chunk))
         return found
 
-    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, dict[str, Any]]:
-        """The best run to reuse for each signature (as `RUN_FACTS`): succeeded first, then in
-        flight, newest."""
+    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The runs a job with each signature may reuse (as `RUN_FACTS`), best first: succeeded,
+        then in flight, newest first."""
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
-        best: dict[str, dict[str, Any]] = {}
+        found: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunks(list(sigs)):
             for row in REUSABLE_RUNS.execute(conn, chunk).dicts():
-                old = best.get(row["signature"])
-                if old is None or (rank[row["state"]], -row["seq"]) < (rank[old["state"]], -old["seq"]):
-                    best[row["signature"]] = row
-        return best
+                found.setdefault(row["signature"], []).append(row)
+        for rows in found.values():
+            rows.sort(key=lambda row: (rank[row["state"]], -row["seq"]))
+        return found
 
     def find_reusable(self: "Store", sigs: list[str]) -> dict[str, str]:
         """Signature -> run uuid for the runs a new job with that signature would reuse."""
         with self.read() as conn:
-            return {sig: row["uuid"] for sig, row in self._reusable(conn, set(sigs)).items()}
+            return {sig: rows[0]["uuid"] for sig, rows in self._reusable(conn, set(sigs)).items()}
 
     def release(self: "Store", tx: "Tx", run_uuids: list[str], now: float) -> list[str]:
         """Held runs whose conditions hold may be scheduled now, signed over what they read;
@@ -268,7 +271,7 @@ class Submits:
                 _sign_inputs(spec, self._facts(tx.conn, producers))
                 parts = signature_parts(spec)
                 sig = signature(parts)
-                found = self._reusable(tx.conn, {sig}).get(sig) if _may_reuse(spec) else None
+                found = _shareable(self._reusable(tx.conn, {sig}).get(sig, []), spec) if _may_reuse(spec) else None
                 RELEASE.run(tx.conn, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
                                       "b_spec": json.dumps(spec)})
                 tx.runs.add(run_uuid)
@@ -283,6 +286,15 @@ class Submits:
                 self.transition(tx, Kind.RUN, run_uuid, State.QUEUED, State.CANCELLED,
                                 f"not needed: its jobs reuse run {found['uuid']}", finished_at=now)
         return ready
+
+
+def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The first run of `candidates` a job of `spec` may take as its own: one that succeeded, or
+    one in flight that would end as the job's own run would (see `OUTCOME`)."""
+    for run in candidates:
+        if run["state"] == State.SUCCEEDED.value or all(run[k] == spec.get(k, v) for k, v in OUTCOME.items()):
+            return run
+    return None
 
 
 def _may_reuse(spec: dict[str, Any]) -> bool:
@@ -319,10 +331,8 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
         "uuid": run_uuid, "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "hold" if "when_runs" in spec else "run", "executor": DRIVER if driver else spec["executor"],
-        "cpu_millis": spec["cpu_millis"],
-        "memory": spec["memory"], "priority": spec.get("priority", 0), "timeout": spec.get("timeout", 0.0),
-        "retries": spec.get("retries", 0), "attempt": 1, "memory_on_oom": spec.get("memory_on_oom", 1.0),
-        "spec": spec_json,
+        "cpu_millis": spec["cpu_millis"], "priority": spec.get("priority", 0), "attempt": 1, "spec": spec_json,
+        **{name: spec.get(name, default) for name, default in OUTCOME.items()},
         "token_hash": hash_token(token) if token else "", "node": spec.get("driver_host", "") if driver else "",
         "pid": spec.get("driver_pid", 0) if driver else 0, "handle": "", "workdir": "",
         "cpu_enforced": False, "exit_code": None, "output": "", "created_at": now,

@@ -51,6 +51,14 @@ def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc
     (pb.JobSpec(argv=["true"], driver=True), "jobs[0].driver_pid", "process id"),
     (pb.JobSpec(argv=["true"], mount_cwd=True), "jobs[0].mount_cwd", "needs a cwd"),
     (pb.JobSpec(argv=["true"], cpu=1e308), "jobs[0].cpu", "more than the largest node"),
+    (pb.JobSpec(argv=["echo", "x" * (2**20 + 1)]), "jobs[0].argv", "longer than"),
+    (pb.JobSpec(argv=["true"], env={"A": "x" * (2**20 + 1)}), "jobs[0].env", "longer than"),
+    (pb.JobSpec(argv=["true"], labels={"k": "x" * 10_000}), "jobs[0].labels", "longer than"),
+    (pb.JobSpec(argv=["true"], image="x" * 10_000), "jobs[0].image", "longer than"),
+    (pb.JobSpec(argv=["true"], cwd="/" + "x" * 10_000), "jobs[0].cwd", "longer than"),
+    (pb.JobSpec(argv=["true"], cache_version="x" * 10_000), "jobs[0].cache_version", "longer than"),
+    (pb.JobSpec(argv=["true"], driver=True, driver_pid=1, driver_host="h" * 10_000), "jobs[0].driver_host",
+     "longer than"),
     (pb.JobSpec(argv=["true"], driver=True, driver_pid=2**31), "jobs[0].driver_pid", "process id"),
     (pb.JobSpec(argv=["true"], when='{"not": ' * 1000 + '{"job": "@0", "is": "done"}' + "}" * 1000),
      "jobs[0].when", "deeper than"),
@@ -117,6 +125,19 @@ def test_a_run_prefix_is_hex_digits_not_a_pattern(running: Running) -> None:
         with pytest.raises(jobnest.InvalidSpec, match="run_uuid"):
             client.invalidate(prefix)
     assert client.submit(["true"], name="kept").wait(timeout=20).reused  # still reusable: nothing was invalidated
+
+
+def test_a_request_id_and_a_cancel_reason_have_a_length_limit(running: Running) -> None:
+    """Unbounded text went into the store as given: a 1 MiB cancel reason on a 500-job subtree
+    added 2 GB, after which listings failed."""
+    client = running.client()
+    job = client.submit(["sleep", "30"])
+    with pytest.raises(jobnest.InvalidSpec, match="request_id.*longer than"):
+        client.submit_many([client.spec(["true"])], request_id="r" * 10_000)
+    with pytest.raises(jobnest.InvalidSpec, match="reason.*longer than"):
+        client.cancel(job.uuid, reason="why " * 100_000)
+    assert job.state in ("queued", "running") and counts(running) == (1, 1)
+    client.cancel(job.uuid, reason="done")
 
 
 def test_one_bad_job_in_a_batch_stores_none_of_it(running: Running) -> None:

@@ -47,6 +47,28 @@ def test_a_run_claimed_but_never_started_is_queued_again(parts, tmp_path: Path) 
     assert row["state"] == "succeeded" and mark.read_text() == "x\n"
 
 
+def test_a_retry_claimed_when_the_controller_died_is_not_ended_by_the_attempt_before(
+        parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Attempt 1 failed with exit code 3 and left its pid and exit-code files; the controller
+    claimed attempt 2 and was killed before starting it. The controller that comes back must not
+    read attempt 1's files as attempt 2's end (it failed the job with exit code 3)."""
+    store, executor, reconciler = parts
+    mark = tmp_path / "tried"
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("sh", "-c", f"[ -e {mark} ] || {{ touch {mark}; exit 3; }}",
+                                                              retries=1)], 1.0))
+    deadline = time.monotonic() + 20
+    while (run := store.run_of(job))["attempt"] < 2 or run["state"] != "queued":
+        assert time.monotonic() < deadline, run
+        reconciler.tick(time.time())
+        time.sleep(0.02)
+    with store.write() as tx:  # claimed by a pass of a controller killed before the start
+        store.transition(tx, Kind.RUN, run["uuid"], State.QUEUED, State.RUNNING, "", workdir=executor.workdir(run["uuid"]))
+    again = LocalExecutor(str(executor.root), 2000, 2**30, CpuLimiter(root="/nonexistent"))
+    restarted = Reconciler(store, {"local": again}, "unix:///nowhere", reconciler.programs, reconciler.data)
+    row = run_until_done(store, restarted, job)
+    assert (row["state"], row["exit_code"]) == ("succeeded", 0)
+
+
 def test_timeout_fails_the_run(parts) -> None:  # type: ignore[no-untyped-def]
     store, _, reconciler = parts
     [job] = ids(store.submit(Caller("admin", "me"), "", [spec("sleep", "30", timeout=0.3)], 1.0))

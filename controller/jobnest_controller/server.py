@@ -35,6 +35,7 @@ from .store import DRIVER, LIST_FIELDS, VIEW, Caller, Store
 log = logging.getLogger(__name__)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
+MAX_REQUEST_ID, MAX_REASON = 200, 1000  # characters
 
 
 class Activity:
@@ -138,6 +139,8 @@ class JobService(pb_grpc.JobServiceServicer):
         caller = self.caller(context)
         if not request.jobs:
             raise InvalidSpec("must hold at least one job", field="jobs")
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise InvalidSpec(f"longer than {MAX_REQUEST_ID} characters", field="request_id")
         nodes = [n for ex in self.executors.values() for n in ex.nodes()]
         max_cpu = max((n.cpu_millis for n in nodes), default=0)
         max_memory = max((n.memory for n in nodes), default=0)
@@ -281,6 +284,8 @@ class JobService(pb_grpc.JobServiceServicer):
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
+        if len(request.reason) > MAX_REASON:
+            raise InvalidSpec(f"longer than {MAX_REASON} characters", field="reason")
         reason = request.reason or f"cancelled by {caller.name if caller.kind != 'job' else 'job ' + str(caller.job_uuid)}"
         cancelled = self.store.cancel(uuid, reason, self.clock())
         self.wake()

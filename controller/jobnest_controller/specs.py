@@ -18,6 +18,10 @@ from .data import is_digest
 from .executors.base import PLACEHOLDER
 
 MAX_NAME = 200
+# Every text field has a limit: what is stored is listed and sent back, job after job.
+MAX_TEXT = {"image": 1024, "cwd": 4096, "cache_version": 256, "driver_host": 255}
+MAX_ARGS = 2**20  # characters of argv in all, and of env in all (Linux takes about 2 MiB for both)
+MAX_LABELS, MAX_LABEL = 64, 256
 MAX_PID = 2**22  # Linux's largest pid_max
 BATCH_REF = re.compile(r"@[0-9]{1,9}")  # "@N": job N of the same request
 INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -38,6 +42,15 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
     for where, text in texts.items():
         if "\0" in text:
             raise bad(where, "must not contain a NUL character")
+    for where, limit in MAX_TEXT.items():
+        if len(getattr(msg, where)) > limit:
+            raise bad(where, f"longer than {limit} characters")
+    if sum(map(len, argv)) > MAX_ARGS:
+        raise bad("argv", f"longer than {MAX_ARGS} characters in all")
+    if sum(len(k) + len(v) for k, v in msg.env.items()) > MAX_ARGS:
+        raise bad("env", f"longer than {MAX_ARGS} characters in all")
+    if len(msg.labels) > MAX_LABELS or any(len(k) > MAX_LABEL or len(v) > MAX_LABEL for k, v in msg.labels.items()):
+        raise bad("labels", f"more than {MAX_LABELS} labels, or one longer than {MAX_LABEL} characters")
     name = msg.name or os.path.basename(argv[0].rstrip("/")) or "job"
     if len(name) > MAX_NAME:
         raise bad("name", f"longer than {MAX_NAME} characters")

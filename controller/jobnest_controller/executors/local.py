@@ -15,18 +15,20 @@ from ..cgroups import CpuLimiter
 from ..scheduler import Node
 from .base import Exited, Launch, Started, expand
 
-# $1: the run's work dir, $2: cgroup.procs file or "", then the program and its arguments. The
-# shell opens the run's logs itself (which the controller's thread need not wait for); the pid
-# file tells a restarted controller the run did start, the exit_code file how it ended.
+# $1: the run's work dir, $2: cgroup.procs file or "", $3: the attempt, then the program and its
+# arguments. The shell opens the run's logs itself (which the controller's thread need not wait
+# for); the attempt's pid file tells a restarted controller that it did start, its exit_code file
+# how it ended. They are the attempt's own: a controller killed as a retry starts finds none of
+# the attempt before.
 LOGS = 'exec >>"$1/stdout.log" 2>>"$1/stderr.log"; '
-WRAPPER = (LOGS + 'w="$1"; cg="$2"; shift 2; echo $$ >"$w/pid"; [ -z "$cg" ] || echo $$ >"$cg"; '
-           '"$@"; code=$?; echo $code >"$w/exit_code"; exit $code')
-# A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $3
+WRAPPER = (LOGS + 'w="$1"; cg="$2"; a="$3"; shift 3; echo $$ >"$w/pid.$a"; [ -z "$cg" ] || echo $$ >"$cg"; '
+           '"$@"; code=$?; echo $code >"$w/exit_code.$a"; exit $code')
+# A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $4
 # is the script, and the exit trap records how it ended, `exit N` included; the wrapper's own
 # names are long, to stay clear of the script's. (A script that sets traps of its own gets the
 # plain wrapper, which keeps them apart.)
-INLINE = (LOGS + '__jobnest_w="$1"; echo $$ >"$1/pid"; [ -z "$2" ] || echo $$ >"$2"; __jobnest_s="$3"; shift 3; '
-          'trap \'echo $? >"$__jobnest_w/exit_code"\' EXIT; eval "$__jobnest_s"')
+INLINE = (LOGS + '__jobnest_w="$1/exit_code.$3"; echo $$ >"$1/pid.$3"; [ -z "$2" ] || echo $$ >"$2"; '
+          '__jobnest_s="$4"; shift 4; trap \'echo $? >"$__jobnest_w"\' EXIT; eval "$__jobnest_s"')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -68,8 +70,6 @@ class LocalExecutor:
                 os.mkdir(folder)
             except FileExistsError:  # an earlier attempt's, or its program's
                 pass
-        for stale in ("pid", "exit_code") if launch.attempt > 1 else ():  # left by an earlier attempt
-            Path(workdir, stale).unlink(missing_ok=True)
         cgroup_procs = self.limiter.create(launch.run_uuid, launch.cpu_millis)
         try:
             env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller, "JOBNEST_OUTPUT": out}
@@ -77,7 +77,7 @@ class LocalExecutor:
             inline = len(argv) == 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c" and "trap" not in argv[2]
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", workdir, cgroup_procs or "",
-                 *(argv[2:] if inline else argv)],
+                 str(launch.attempt), *(argv[2:] if inline else argv)],
                 cwd=launch.cwd or launch.program or out, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
@@ -89,7 +89,7 @@ class LocalExecutor:
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / "pid") or 0  # none stored: the controller died starting it
+        pid = run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or 0  # none stored: the controller died starting it
         child = self._children.get(pid)
         if child is not None:
             if child.poll() is None:
@@ -106,7 +106,7 @@ class LocalExecutor:
             return None
         self._stopping.pop(run["uuid"], None)
         self.limiter.remove(run["uuid"])
-        code = _read_int(workdir / "exit_code")
+        code = _read_int(workdir / f"exit_code.{run['attempt']}")
         if code is not None:
             return Exited(code, f"exit code {code}")
         if not pid:
@@ -121,7 +121,7 @@ class LocalExecutor:
         first = self._stopping.setdefault(run["uuid"], now)
         sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / "pid") or 0
+        pid = run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or 0
         if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
             _kill_group(pid, sig)
 

@@ -51,6 +51,8 @@ def raw_submit(running: Running, *specs: pb.JobSpec, token: str = ADMIN) -> grpc
     (pb.JobSpec(argv=["true"], driver=True), "jobs[0].driver_pid", "process id"),
     (pb.JobSpec(argv=["true"], mount_cwd=True), "jobs[0].mount_cwd", "needs a cwd"),
     (pb.JobSpec(argv=["true"], cpu=1e308), "jobs[0].cpu", "more than the largest node"),
+    (pb.JobSpec(argv=["true"], driver=True, driver_pid=1, driver_host="h\0"), "jobs[0].driver_host", "NUL"),
+    (pb.JobSpec(argv=["true"], labels={"k": "v\0"}), "jobs[0].labels['k']", "NUL"),
     (pb.JobSpec(argv=["echo", "x" * (2**20 + 1)]), "jobs[0].argv", "longer than"),
     (pb.JobSpec(argv=["true"], env={"A": "x" * (2**20 + 1)}), "jobs[0].env", "longer than"),
     (pb.JobSpec(argv=["true"], labels={"k": "x" * 10_000}), "jobs[0].labels", "longer than"),
@@ -132,9 +134,11 @@ def test_a_request_id_and_a_cancel_reason_have_a_length_limit(running: Running) 
     added 2 GB, after which listings failed."""
     client = running.client()
     job = client.submit(["sleep", "30"])
-    with pytest.raises(jobnest.InvalidSpec, match="request_id.*longer than"):
+    with pytest.raises(jobnest.InvalidSpec, match="request_id.*at most"):
         client.submit_many([client.spec(["true"])], request_id="r" * 10_000)
-    with pytest.raises(jobnest.InvalidSpec, match="reason.*longer than"):
+    with pytest.raises(jobnest.InvalidSpec, match="request_id.*NUL"):
+        client.submit_many([client.spec(["true"])], request_id="r\0")
+    with pytest.raises(jobnest.InvalidSpec, match="reason.*at most"):
         client.cancel(job.uuid, reason="why " * 100_000)
     assert job.state in ("queued", "running") and counts(running) == (1, 1)
     client.cancel(job.uuid, reason="done")
@@ -148,8 +152,12 @@ def test_one_bad_job_in_a_batch_stores_none_of_it(running: Running) -> None:
 
 def test_sdk_raises_typed_errors_naming_the_field(running: Running) -> None:
     client = running.client()
-    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.argv"):
+    with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.argv") as caught:
         client.submit([])
+    assert caught.value.field == "jobs[0].argv" and caught.value.problem.startswith("must not be empty")
+    with pytest.raises(jobnest.NotFound) as missing:
+        client.get("f" * 32)
+    assert missing.value.field == "uuid"
     with pytest.raises(jobnest.InvalidSpec, match="memory"):
         client.submit(["true"], memory="lots")
     with pytest.raises(jobnest.NotFound, match="uuid"):

@@ -132,7 +132,7 @@ def test_bad_inputs_are_refused_and_nothing_is_stored(running: Running, inputs: 
     client = running.client()
     with pytest.raises(jobnest.JobnestError, match=words) as caught:
         client.submit(argv, inputs=inputs)
-    assert caught.value.field is None and str(caught.value).startswith(field + ":")
+    assert caught.value.field == field and str(caught.value).startswith(field + ":")
     assert stored_jobs(client) == 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from jobnest.errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
+from jobnest.errors import FIELD_KEY, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
@@ -57,6 +57,14 @@ class Activity:
         return 0.0 if self.calls else self.clock() - self.last
 
 
+def _abort(context: grpc.ServicerContext, error: JobnestError) -> None:
+    """End the call with the error's status; its field also goes as trailing metadata, which the
+    SDK turns back into the error's `field`."""
+    if error.field:
+        context.set_trailing_metadata(((FIELD_KEY, error.field),))
+    context.abort(error.code, str(error))
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Map jobnest errors to statuses for unary and streaming methods alike."""
 
@@ -66,7 +74,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, request, context)
         except JobnestError as e:
-            context.abort(e.code, str(e))
+            _abort(context, e)
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
@@ -79,7 +87,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             yield from method(self, request, context)
         except JobnestError as e:
-            context.abort(e.code, str(e))
+            _abort(context, e)
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the controller's log")
@@ -139,8 +147,8 @@ class JobService(pb_grpc.JobServiceServicer):
         caller = self.caller(context)
         if not request.jobs:
             raise InvalidSpec("must hold at least one job", field="jobs")
-        if len(request.request_id) > MAX_REQUEST_ID:
-            raise InvalidSpec(f"longer than {MAX_REQUEST_ID} characters", field="request_id")
+        if len(request.request_id) > MAX_REQUEST_ID or "\0" in request.request_id:
+            raise InvalidSpec(f"must be at most {MAX_REQUEST_ID} characters, none of them NUL", field="request_id")
         nodes = [n for ex in self.executors.values() for n in ex.nodes()]
         max_cpu = max((n.cpu_millis for n in nodes), default=0)
         max_memory = max((n.memory for n in nodes), default=0)
@@ -284,8 +292,8 @@ class JobService(pb_grpc.JobServiceServicer):
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
-        if len(request.reason) > MAX_REASON:
-            raise InvalidSpec(f"longer than {MAX_REASON} characters", field="reason")
+        if len(request.reason) > MAX_REASON or "\0" in request.reason:
+            raise InvalidSpec(f"must be at most {MAX_REASON} characters, none of them NUL", field="reason")
         reason = request.reason or f"cancelled by {caller.name if caller.kind != 'job' else 'job ' + str(caller.job_uuid)}"
         cancelled = self.store.cancel(uuid, reason, self.clock())
         self.wake()

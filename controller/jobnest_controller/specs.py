@@ -38,7 +38,9 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
     if not argv[0]:
         raise bad("argv[0]", "must not be empty")
     texts = {"name": msg.name, "cwd": msg.cwd, "image": msg.image, "cache_version": msg.cache_version,
-             **{f"argv[{i}]": a for i, a in enumerate(argv)}, **{f"env[{k!r}]": k + v for k, v in msg.env.items()}}
+             "driver_host": msg.driver_host, "program": msg.program,
+             **{f"argv[{i}]": a for i, a in enumerate(argv)}, **{f"env[{k!r}]": k + v for k, v in msg.env.items()},
+             **{f"labels[{k!r}]": k + v for k, v in msg.labels.items()}}
     for where, text in texts.items():
         if "\0" in text:
             raise bad(where, "must not contain a NUL character")

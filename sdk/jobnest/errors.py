@@ -53,9 +53,16 @@ BY_CODE: dict[grpc.StatusCode, type[JobnestError]] = {
 }
 
 
+FIELD_KEY = "jobnest-field"  # the trailing metadata that carries an error's field
+
+
 def from_rpc_error(error: grpc.RpcError) -> JobnestError:
-    """The typed error for a failed call; the message keeps the controller's wording."""
+    """The typed error for a failed call, with its field; the message keeps the controller's wording."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
+    details = (error.details() if hasattr(error, "details") else str(error)) or code.name
+    trailers = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+    field = trailers.get(FIELD_KEY)
     cls = BY_CODE.get(code, JobnestError)
-    return cls(details or code.name)
+    if field and details.startswith(f"{field}: "):
+        return cls(details.removeprefix(f"{field}: "), field=field)
+    return cls(details)

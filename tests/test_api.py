@@ -158,6 +158,9 @@ def test_sdk_raises_typed_errors_naming_the_field(running: Running) -> None:
     with pytest.raises(jobnest.NotFound) as missing:
         client.get("f" * 32)
     assert missing.value.field == "uuid"
+    with pytest.raises(jobnest.InvalidSpec) as unicode:
+        client.submit(["true"], env={"é": "a\0"})
+    assert unicode.value.field == "jobs[0].env['é']"
     with pytest.raises(jobnest.InvalidSpec, match="memory"):
         client.submit(["true"], memory="lots")
     with pytest.raises(jobnest.NotFound, match="uuid"):

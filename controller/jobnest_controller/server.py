@@ -61,7 +61,7 @@ def _abort(context: grpc.ServicerContext, error: JobnestError) -> None:
     """End the call with the error's status; its field also goes as trailing metadata, which the
     SDK turns back into the error's `field`."""
     if error.field:
-        context.set_trailing_metadata(((FIELD_KEY, error.field),))
+        context.set_trailing_metadata(((FIELD_KEY, error.field.encode()),))  # binary: a field may name any key
     context.abort(error.code, str(error))
 
 

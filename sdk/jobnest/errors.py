@@ -53,7 +53,7 @@ BY_CODE: dict[grpc.StatusCode, type[JobnestError]] = {
 }
 
 
-FIELD_KEY = "jobnest-field"  # the trailing metadata that carries an error's field
+FIELD_KEY = "jobnest-field-bin"  # the trailing metadata that carries an error's field (UTF-8)
 
 
 def from_rpc_error(error: grpc.RpcError) -> JobnestError:
@@ -61,7 +61,7 @@ def from_rpc_error(error: grpc.RpcError) -> JobnestError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else str(error)) or code.name
     trailers = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
-    field = trailers.get(FIELD_KEY)
+    field = trailers[FIELD_KEY].decode(errors="replace") if FIELD_KEY in trailers else None
     cls = BY_CODE.get(code, JobnestError)
     if field and details.startswith(f"{field}: "):
         return cls(details.removeprefix(f"{field}: "), field=field)

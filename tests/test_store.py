@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated
+from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated, Unavailable
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store, hash_token
 from jobnest_controller import auth, submit, views
@@ -246,3 +246,15 @@ def test_statements_over_keys_are_planned_on_the_keys(tmp_path: Path) -> None:
             sql, args = by_keys.many.render(conn.dialect, unset, [f"k{i}" for i in range(20)])
             plan = " | ".join(row[-1] for row in views.raw(conn, f"EXPLAIN QUERY PLAN {sql}", args))
             assert "ix_runs_state" not in plan and "SCAN" not in plan, f"{sql}\n-> {plan}"
+
+
+def test_a_store_that_cannot_be_reached_is_unavailable_not_an_unknown_error(tmp_path: Path) -> None:
+    """Callers may retry an UNAVAILABLE; a database that cannot be opened said UNKNOWN."""
+    db = tmp_path / "jobnest.db"
+    store = Store(f"sqlite:///{db}")
+    [job] = ids(store.submit(ADMIN, "", [spec("true")], 1.0))
+    store.close()
+    db.rename(tmp_path / "elsewhere.db")
+    db.mkdir()  # what is there now is no database
+    with pytest.raises(Unavailable, match="store is unavailable"):
+        store.get_job(job)

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied
+from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unavailable
 
 from .auth import Caller, Tokens, hash_token
 from .events import Bus, JobEvent
@@ -389,5 +389,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _db_errors() -> Iterator[None]:
     try:
         yield
+    except sa.exc.OperationalError as e:  # the database is away, locked or failing: worth a retry
+        raise Unavailable(f"the store is unavailable: {getattr(e, 'orig', None) or e}") from e
     except sa.exc.SQLAlchemyError as e:  # the statement stays in the log, not in the answer
         raise JobnestError(f"store error: {e.__class__.__name__}: {getattr(e, 'orig', None) or e}") from e

@@ -82,6 +82,18 @@ def test_an_image_no_node_has_is_refused_and_nothing_stored(docker_running: Runn
         assert conn.execute(sa.select(sa.func.count()).select_from(jobs_table)).scalar_one() == 0
 
 
+def test_an_image_name_the_engine_refuses_is_the_job_s_fault_not_the_node_s(docker_running: Running) -> None:
+    """Docker answers 400 to a malformed image name: the submit is refused naming the image,
+    and the node stays up for everyone else (it was marked unreachable for 2 s)."""
+    client = docker_running.client()
+    executor = docker_running.controller.executors["docker"]
+    for bad in ("Not A Valid:Name!!", "UPPER/case"):
+        with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.image: .* the docker engine refuses"):
+            in_docker(client, ["true"], image=bad)
+        assert [node.name for node in executor.nodes()] == ["docker"]
+    assert in_docker(client, ["true"]).wait(timeout=60).state == "succeeded"
+
+
 def test_the_signature_names_image_content_not_its_tag(docker_running: Running, tmp_path: Path) -> None:
     tag = f"jobnest-test/retag:{os.getpid()}"
     other = tmp_path / "other"

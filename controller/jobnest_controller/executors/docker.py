@@ -115,7 +115,13 @@ class DockerExecutor:
                 found[node] = str(self._client(node).images.get(image).id)
             except self._docker.errors.ImageNotFound:
                 missing.append(node)
-            except Exception as e:
+            except self._docker.errors.APIError as e:
+                if not e.is_client_error():
+                    self._failed(node, e)
+                    continue
+                # A name the engine refuses (400): the job's mistake, not the node's.
+                raise InvalidSpec(f"{image[:200]!r} is a name the docker engine refuses: {e.explanation}") from None
+            except Exception as e:  # the engine cannot be reached
                 self._failed(node, e)
         if not found and not missing:
             if image in self._seen_images:

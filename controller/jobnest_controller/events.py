@@ -2,8 +2,8 @@
 
 Job state changes go to `Watch` and `Logs` streams and to the reconciler's conditions; the runs a
 write touched (made, moved, asked to stop) go to the reconciler, which reads them again to keep
-its scheduling index in step with the store (new runs come whole). The store publishes after each commit, while it
-still holds its write lock, so subscribers see changes in commit order.
+its scheduling index in step with the store (new runs come whole). The store publishes after
+each commit, while it still holds its write lock, so subscribers see changes in commit order.
 """
 
 import queue

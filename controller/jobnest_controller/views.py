@@ -123,8 +123,8 @@ class Fast:
 
     def run_many(self, conn: Connection, params: list[dict[str, Any]]) -> None:
         if params:
-            sql, _ = self.render(conn.dialect, params[0], None)
-            raw(conn, sql, [self.render(conn.dialect, p, None)[1] for p in params], many=True)
+            rendered = [self.render(conn.dialect, p) for p in params]
+            raw(conn, rendered[0][0], [args for _, args in rendered], many=True)
 
 
 def raw(conn: Connection, sql: str, args: Any, many: bool = False) -> list[tuple[Any, ...]]:

@@ -233,6 +233,80 @@ def test_user_tokens_are_created_by_admins_only(running: Running) -> None:
         running.client().create_token("has space")
 
 
+def test_a_user_token_reaches_only_its_owners_jobs_runs_and_data(running: Running, tmp_path: Path) -> None:
+    """Users A and B on one controller: every call of A on B's jobs, runs and data is refused, and
+    nothing of B's changes; an admin sees both. Each probe got in before owners were enforced."""
+    admin = running.client()
+    a = running.client(admin.create_token("alice"))
+    b = running.client(admin.create_token("bob"))
+    (tmp_path / "secret.txt").write_text("bob's data\n")
+    upload = b.upload(tmp_path / "secret.txt")
+    theirs = b.submit(["sh", "-c", "cat {inputs.s} > {output}/copy; sleep 30"], name="theirs", cpu=0.1,
+                      inputs={"s": upload})
+    done = b.submit(["sh", "-c", "echo result > {output}/r"], name="done", cpu=0.1).wait(timeout=20)
+    mine = a.submit(["true"], name="mine", cpu=0.1)
+    for probe in [lambda: a.get(theirs.uuid), lambda: a.cancel(theirs.uuid), lambda: list(a.logs(done.uuid)),
+                  lambda: a.why(done.uuid), lambda: list(a.list(subtree=theirs.uuid)),
+                  lambda: list(a.watch(uuids=[theirs.uuid])), lambda: a.invalidate(done.info.run_uuid),
+                  lambda: a.submit(["true"], when=jobnest.Job(a, theirs.uuid).succeeded),
+                  lambda: a.submit(["true"], inputs={"x": done.output})]:
+        with pytest.raises(jobnest.PermissionDenied, match="not one of alice's|outside alice's"):
+            probe()
+    assert [j.name for j in a.list()] == ["mine"]
+    assert sorted(j.name for j in admin.list()) == ["done", "mine", "theirs"]
+    assert {j.name: j.owner for j in admin.list()}["mine"] == "alice"
+    # Data is reached through what one may read, never by its digest alone.
+    for probe in [lambda: a.manifest(upload.digest), lambda: a.download(done.info.output, tmp_path / "got"),
+                  lambda: a.submit(["true"], inputs={"x": jobnest.Upload("x", upload.digest)})]:
+        with pytest.raises(jobnest.NotFound, match="no data"):
+            probe()
+    blob = b.manifest(upload.digest).entries[0].digest
+    with pytest.raises(jobnest.NotFound):
+        list(a.read_blob(blob, upload.digest))
+    assert a._unary("Missing", pb.BlobRefs(digests=[blob]), stub=a._data).digests == [blob]  # stored, not hers
+    stolen = pb.Manifest(entries=[pb.ManifestEntry(path="s", digest=blob, size=11)])
+    with pytest.raises(jobnest.InvalidSpec, match="was not uploaded"):
+        a._unary("PutManifest", stolen, stub=a._data)
+    assert (b.download(done.info.output, tmp_path / "b") / "r").read_text() == "result\n"
+    assert (a.download(mine.wait(timeout=20).info.output, tmp_path / "a")).is_dir()
+    assert b.get(theirs.uuid).state == "running" and not done.reused
+    assert not a.submit(["sh", "-c", "echo result > {output}/r"], name="done", cpu=0.1).reused  # a local run
+    theirs.cancel()
+
+
+def test_tokens_are_unique_revocable_and_expire(running: Running) -> None:
+    admin = running.client()
+    carol = admin.create_token("carol")
+    for name, error, words in [("carol", jobnest.Conflict, "exists"), ("admin", jobnest.InvalidSpec, "an admin")]:
+        with pytest.raises(error, match=words):
+            admin.create_token(name)
+    with pytest.raises(jobnest.InvalidSpec, match="expires_in"):
+        admin.create_token("dave", expires_in=-1)
+    brief = admin.create_token("erin", expires_in=1)
+    running.client(brief).submit(["true"], cpu=0.1)
+    assert [t["name"] for t in admin.tokens()] == ["carol", "erin"]
+    with pytest.raises(jobnest.PermissionDenied):
+        running.client(carol).tokens()
+    admin.revoke_token("carol")
+    with pytest.raises(jobnest.Unauthenticated, match="revoked"):
+        list(running.client(carol).list())
+    wait_for(lambda: time.time() > admin.tokens()[0]["expires_at"])
+    with pytest.raises(jobnest.Unauthenticated, match="'erin' has expired"):
+        list(running.client(brief).list())
+    with pytest.raises(jobnest.NotFound, match="no token named 'carol'"):
+        admin.revoke_token("carol")
+
+
+def test_a_request_id_used_again_with_other_jobs_is_refused(running: Running) -> None:
+    client = running.client()
+    [first] = client.submit_many([client.spec(["true"], cpu=0.1)], request_id="req-1")
+    [again] = client.submit_many([client.spec(["true"], cpu=0.1)], request_id="req-1")  # a retry
+    assert again.uuid == first.uuid
+    with pytest.raises(jobnest.InvalidSpec, match="request_id: 'req-1' was the id of another request"):
+        client.submit_many([client.spec(["false"], cpu=0.1)], request_id="req-1")
+    assert counts(running) == (1, 1)
+
+
 PROBE = textwrap.dedent("""
     import os, sys, jobnest
     from jobnest.v1 import jobnest_pb2 as pb

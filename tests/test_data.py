@@ -124,7 +124,7 @@ def stored_jobs(client: jobnest.Client) -> int:
     ({"bad-name": "data:" + "0" * 64}, ["true"], "jobs[0].inputs['bad-name']", "letters, digits and _"),
     ({}, ["cat", "{inputs.y}"], "jobs[0].argv[1]", "no input 'y'"),
     ({"x": "job:" + "ab" * 16}, ["true"], "jobs[0].inputs['x']", "no job"),
-    ({"x": "data:" + "0" * 64}, ["true"], "jobs[0].inputs['x']", "no upload"),
+    ({"x": "data:" + "0" * 64}, ["true"], "jobs[0].inputs['x']", "no data"),
     ({"x": "job:@3"}, ["true"], "jobs[0].inputs['x']", "names no job of this request"),
 ])
 def test_bad_inputs_are_refused_and_nothing_is_stored(running: Running, inputs: dict[str, str], argv: list[str],
@@ -195,12 +195,12 @@ def test_the_data_service_refuses_bad_requests_and_keeps_nothing(running: Runnin
     with pytest.raises(jobnest.InvalidSpec, match=r"data: 4 bytes arrived, not the 5 announced"):
         upload(good, 5, b"hell")
     with pytest.raises(jobnest.NotFound, match="no blob"):
-        list(client.read_blob(good))
+        list(client.read_blob(good, ""))  # an admin reads any blob
     entry = pb.ManifestEntry(path="a", digest=good, size=5)
     with pytest.raises(jobnest.InvalidSpec, match=r"entries\['a'\]: blob .* was not uploaded"):
         call("PutManifest", pb.Manifest(entries=[entry]))
     upload(good, 5, b"he", b"llo")
-    assert b"".join(client.read_blob(good)) == b"hello"
+    assert b"".join(client.read_blob(good, "")) == b"hello"
     for entries, words in [
         ([pb.ManifestEntry(path="../a", digest=good, size=5)], r"entries\['../a'\]: must be a relative path"),
         ([pb.ManifestEntry(path="/a", digest=good, size=5)], "must be a relative path"),

@@ -38,6 +38,26 @@ def test_a_job_runs_in_a_container_with_its_output_dir(docker_running: Running) 
     assert job.info.node == "docker" and job.info.cpu_enforced
 
 
+def test_other_users_reuse_only_runs_that_succeeded_in_a_container_with_no_host_folder(docker_running: Running,
+                                                                                       tmp_path: Path) -> None:
+    """The reuse rule across owners: Bob takes Alice's finished container run, never her run in
+    flight (her options could fail it), nor one that read a host folder; Alice shares her own."""
+    admin = docker_running.client()
+    alice, bob = (docker_running.client(admin.create_token(name)) for name in ("alice", "bob"))
+    done = in_docker(alice, ["echo", "made once"], cpu=0.1).wait(timeout=60)
+    assert done.state == "succeeded", done.info.reason
+    taken = in_docker(bob, ["echo", "made once"], cpu=0.1)
+    assert taken.reused and taken.info.run_uuid == done.info.run_uuid and taken.wait(timeout=20).logs() == "made once\n"
+    flying = in_docker(alice, ["sleep", "30"], cpu=0.1)
+    assert in_docker(alice, ["sleep", "30"], cpu=0.1).reused
+    assert not in_docker(bob, ["sleep", "30"], cpu=0.1).reused
+    mounted = dict(cwd=str(tmp_path), mount_cwd=True, cpu=0.1)
+    assert in_docker(alice, ["true"], **mounted).wait(timeout=60).state == "succeeded"
+    assert in_docker(alice, ["true"], **mounted).reused and not in_docker(bob, ["true"], **mounted).reused
+    assert not in_docker(alice, ["true"], cwd=str(tmp_path), cpu=0.1).reused  # unmounted: another signature
+    flying.cancel()
+
+
 def test_exit_codes_and_cancel(docker_running: Running) -> None:
     client = docker_running.client()
     failed = in_docker(client, ["sh", "-c", "exit 3"]).wait(timeout=60)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobnest.errors import InvalidSpec, JobnestError, NotFound, Unauthenticated, Unavailable
+from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, Unauthenticated, Unavailable
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store, hash_token
 from jobnest_controller import auth, submit, views
@@ -194,17 +194,48 @@ def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     with store.write() as tx:
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
         token = store.new_run_tokens(tx, {run: "/nowhere"})[run]
-    caller = store.authenticate(token)
+    caller = store.authenticate(token, 2.0)
     assert caller.kind == "job" and caller.job_uuid == a
     with store.write() as tx:
         store.transition(tx, Kind.RUN, run, State.RUNNING, State.SUCCEEDED, "", exit_code=0)
     with pytest.raises(Unauthenticated, match="expired"):
-        store.authenticate(token)
+        store.authenticate(token, 2.0)
     user = store.create_user_token("bob", 1.0)
-    assert store.authenticate(user) == Caller("user", "bob")
+    assert store.authenticate(user, 2.0) == Caller("user", "bob")
     with pytest.raises(Unauthenticated, match="not recognised"):
-        store.authenticate("nope-" + user)
+        store.authenticate("nope-" + user, 2.0)
     assert hash_token(user) != user
+
+
+def test_user_tokens_are_unique_by_name_expire_and_can_be_revoked(store: Store) -> None:
+    bob = store.create_user_token("bob", 1.0, expires_at=100.0)
+    with pytest.raises(Conflict, match="a token named 'bob' exists"):
+        store.create_user_token("bob", 2.0)
+    assert store.authenticate(bob, 99.0) == Caller("user", "bob")
+    with pytest.raises(Unauthenticated, match="'bob' has expired"):
+        store.authenticate(bob, 100.0)
+    assert store.user_tokens() == [{"name": "bob", "created_at": 1.0, "expires_at": 100.0}]
+    store.revoke_user_token("bob")
+    with pytest.raises(Unauthenticated, match="revoked"):
+        store.authenticate(bob, 50.0)
+    with pytest.raises(NotFound, match="no token named 'bob'"):
+        store.revoke_user_token("bob")
+    assert store.authenticate(store.create_user_token("bob", 3.0), 4.0) == Caller("user", "bob")  # a new one
+
+
+def test_data_is_readable_within_its_senders_scope(store: Store) -> None:
+    """Blobs count as held by the owner that sent them; an upload's manifest by the scope that sent it."""
+    alice, bob = Caller("user", "alice"), Caller("user", "bob")
+    runner = Caller("job", "alice", "f" * 32, "/0001/", "r" * 32)
+    blob, manifest, theirs = "a" * 64, "b" * 64, "c" * 64
+    store.hold(alice, [blob, manifest])
+    store.hold(runner, [theirs])
+    assert store.held(alice, [blob, theirs, "d" * 64]) == {blob, theirs}  # held by the owner
+    assert store.held(bob, [blob, theirs]) == set()
+    assert store.held(ADMIN, [blob]) == {blob}
+    assert store.may_read(alice, manifest) and store.may_read(alice, theirs)
+    assert not store.may_read(runner, manifest)  # sent by alice outside the runner's subtree
+    assert store.may_read(runner, theirs) and not store.may_read(bob, manifest)
 
 
 def test_unknown_job(store: Store) -> None:

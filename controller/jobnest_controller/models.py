@@ -14,7 +14,7 @@ class Job(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)  # submit order
     uuid: str = Field(unique=True, index=True)
     name: str
-    owner: str
+    owner: str = Field(index=True)
     spawned_by_job_uuid: str | None = Field(default=None, index=True)
     # "/root/.../uuid/": a subtree is a prefix, so scope checks and listings are one indexed query.
     path: str = Field(index=True)
@@ -38,6 +38,7 @@ class Run(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(unique=True, index=True)
     origin_job_uuid: str
+    owner: str  # its origin job's: who may reuse it before it has succeeded (see `submit._shareable`)
     signature: str = Field(index=True)
     sig_parts: str  # JSON {part: sha256}
     name: str = Field(index=True)
@@ -60,7 +61,7 @@ class Run(SQLModel, table=True):
     workdir: str = ""
     cpu_enforced: bool = False
     exit_code: int | None = None
-    output: str = ""  # the digest of its output's manifest, stored when it succeeded
+    output: str = Field(default="", index=True)  # the digest of its output's manifest, once it succeeded
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -74,15 +75,30 @@ class Request(SQLModel, table=True):
     caller: str = Field(primary_key=True)  # ids are the caller's own: another's never match
     request_id: str = Field(primary_key=True)
     job_uuids: str  # JSON list, in the order of the request
+    body: str  # sha256 of the request's jobs: the same id with another body is refused
 
 
 class UserToken(SQLModel, table=True):
+    """A user's token: its name is the owner of the jobs it submits, so names are unique."""
+
     __tablename__ = "user_tokens"
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str
+    name: str = Field(unique=True)
     token_hash: str = Field(unique=True, index=True)
     created_at: float
+    expires_at: float | None = None
+
+
+class Holding(SQLModel, table=True):
+    """Stored bytes a caller sent, which it may name again: a blob or a program (by its owner),
+    an upload's manifest (by its owner, within the scope of the caller that sent it)."""
+
+    __tablename__ = "holdings"
+
+    owner: str = Field(primary_key=True)
+    digest: str = Field(primary_key=True)
+    path: str = Field(primary_key=True)  # "/" for a person; a job's path for a job's upload
 
 
 # The SQLAlchemy Core tables behind the models, which the store's hot paths use.
@@ -90,3 +106,4 @@ jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
 runs: sa.Table = Run.__table__  # type: ignore[attr-defined]
 user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
 requests: sa.Table = Request.__table__  # type: ignore[attr-defined]
+holdings: sa.Table = Holding.__table__  # type: ignore[attr-defined]

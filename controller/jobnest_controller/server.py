@@ -5,6 +5,7 @@
 
 import functools
 import getpass
+import hashlib
 import hmac
 import inspect
 import json
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
 MAX_REQUEST_ID, MAX_REASON = 200, 1000  # characters
+MAX_EXPIRY = 10 * 365 * 86400.0  # seconds a token may be given
 
 
 class Activity:
@@ -126,18 +128,27 @@ class JobService(pb_grpc.JobServiceServicer):
         if token:
             if self.admin_token and hmac.compare_digest(token, self.admin_token):
                 return Caller("admin", "admin")
-            return self.store.authenticate(token)
+            return self.store.authenticate(token, self.clock())
         if self.trust_local:
             return Caller("admin", _login())
         raise Unauthenticated("a token is required here (only the owner's socket takes none)", field="authorization")
+
+    def readable(self, caller: Caller, digest: str, field: str) -> dict[str, Any]:
+        """The manifest of the data `digest` names, if the caller may read it (else as if absent)."""
+        if not self.store.may_read(caller, digest):
+            raise NotFound(f"no data {digest[:80]} is stored here", field=field)
+        try:
+            return self.data.manifest(digest)
+        except NotFound:
+            raise NotFound(f"no data {digest[:80]} is stored here", field=field) from None
 
     def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:
         """The full uuid and path of the job `ref` names, if the caller may see it."""
         if not ref:
             raise InvalidSpec("must name a job", field="uuid")
         uuid = self.store.resolve(ref)
-        path = self.store.job_path(uuid)
-        caller.check_scope(uuid, path)
+        path, owner = self.store.job_scope(uuid)
+        caller.check_scope(uuid, path, owner)
         return uuid, path
 
     # -- calls ---------------------------------------------------------------------------------
@@ -167,16 +178,15 @@ class JobService(pb_grpc.JobServiceServicer):
             specs.rename_refs(spec, named.__getitem__)
             for name, ref in spec.get("inputs", {}).items():
                 if "data" in ref:
-                    try:
-                        self.data.manifest(ref["data"])
-                    except NotFound:
-                        raise NotFound(f"no upload {ref['data']} is stored here",
-                                       field=f"jobs[{i}].inputs[{name!r}]") from None
+                    self.readable(caller, ref["data"], f"jobs[{i}].inputs[{name!r}]")
             try:
                 if msg.program_archive:
                     spec["program"] = self.programs.store(msg.program_archive)
+                    self.store.hold(caller, [spec["program"]])
                 elif spec["program"]:
                     self.programs.check(spec["program"])
+                    if not self.store.held(caller, [spec["program"]]):  # as if absent: a digest is no key
+                        raise InvalidSpec(f"no program {spec['program']} is stored here", field="program")
             except InvalidSpec as e:
                 raise InvalidSpec(e.problem, field=f"jobs[{i}].{e.field}") from None
             key = (spec["executor"], spec["image"])
@@ -191,7 +201,8 @@ class JobService(pb_grpc.JobServiceServicer):
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
             if caller.kind == "job":
                 raise PermissionDenied("a job submits jobs, not drivers", field="jobs[0].driver")
-        jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock())
+        body = hashlib.sha256(b"".join(m.SerializeToString(deterministic=True) for m in request.jobs)).hexdigest()
+        jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock(), body)
         self.wake()
         return pb.SubmitResponse(jobs=[job_message(r, self.waiting) for r in jobs],
                                  driver_token=driver_token or "")
@@ -231,7 +242,8 @@ class JobService(pb_grpc.JobServiceServicer):
         if subtree is None and caller.kind == "job":
             subtree = caller.path
         chunks = self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
-                                      roots=request.roots, limit=request.limit)
+                                      roots=request.roots, limit=request.limit,
+                                      owner=None if caller.kind == "admin" else caller.name)
         if not request.include_reused:
             for rows in chunks:
                 yield list_chunk(rows, self.waiting)
@@ -246,7 +258,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 listed.update(r.uuid for r in rows)
                 origins += [r.run_origin_job_uuid for r in rows if r.reused]
                 yield list_chunk(rows, self.waiting)
-            visible = [p for p in map(self.store.job_path, set(origins) - listed) if p.startswith(caller.path)]
+            visible = [p for p, owner in map(self.store.job_scope, set(origins) - listed) if caller.sees(p, owner)]
             if not visible:
                 return
             origins = []
@@ -350,14 +362,36 @@ class JobService(pb_grpc.JobServiceServicer):
         self.store.invalidate(caller, request.run_uuid)
         return pb.InvalidateResponse()
 
+    def _admin(self, context: grpc.ServicerContext) -> None:
+        if self.caller(context).kind != "admin":
+            raise PermissionDenied("only an admin manages tokens", field="token")
+
     @_rpc
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
-        caller = self.caller(context)
-        if caller.kind != "admin":
-            raise PermissionDenied("only an admin creates tokens", field="token")
+        self._admin(context)
         if not re.fullmatch(r"[\w.@-]{1,100}", request.name):
-            raise InvalidSpec(f"{request.name!r} is not a token name (letters, digits, . @ - _)", field="name")
-        return pb.CreateTokenResponse(token=self.store.create_user_token(request.name, self.clock()))
+            raise InvalidSpec(f"{request.name[:100]!r} is not a token name (letters, digits, . @ - _)", field="name")
+        if request.name in {"admin", _login()}:  # the names admins' jobs are owned by
+            raise InvalidSpec(f"{request.name!r} is the name of an admin, not of a user", field="name")
+        if not 0 <= request.expires_in <= MAX_EXPIRY:
+            raise InvalidSpec(f"must be 0 (never) or up to {MAX_EXPIRY:.0f} seconds, got {request.expires_in}",
+                              field="expires_in")
+        now = self.clock()
+        expires_at = now + request.expires_in if request.expires_in else None
+        return pb.CreateTokenResponse(token=self.store.create_user_token(request.name, now, expires_at))
+
+    @_rpc
+    def ListTokens(self, request: pb.ListTokensRequest, context: grpc.ServicerContext) -> pb.ListTokensResponse:
+        self._admin(context)
+        return pb.ListTokensResponse(tokens=[pb.TokenInfo(name=t["name"], created_at=t["created_at"],
+                                                          expires_at=t["expires_at"] or 0.0)
+                                             for t in self.store.user_tokens()])
+
+    @_rpc
+    def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.RevokeTokenResponse:
+        self._admin(context)
+        self.store.revoke_user_token(request.name)
+        return pb.RevokeTokenResponse()
 
     @_rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
@@ -373,7 +407,10 @@ class JobService(pb_grpc.JobServiceServicer):
 
 class DataService(pb_grpc.DataServiceServicer):
     """Blobs and manifests, so that a driver anywhere can upload inputs and download outputs.
-    Data is named by its content: whoever may call the controller may read what it names."""
+
+    Knowing a digest gives nothing: a caller reads data it sent within its scope, or the output
+    of a run one of its jobs is attached to (`Store.may_read`), and a blob only through such data.
+    A blob it never sent is missing for it, so that it proves it has the bytes by sending them."""
 
     def __init__(self, jobs: JobService, data: Data) -> None:
         self.jobs = jobs
@@ -382,37 +419,49 @@ class DataService(pb_grpc.DataServiceServicer):
 
     @_rpc
     def Missing(self, request: pb.BlobRefs, context: grpc.ServicerContext) -> pb.BlobRefs:
-        self.jobs.caller(context)
-        return pb.BlobRefs(digests=self.data.missing(list(request.digests), request.size))
+        caller = self.jobs.caller(context)
+        absent = set(self.data.missing(list(request.digests), request.size))
+        held = self.jobs.store.held(caller, request.digests)
+        return pb.BlobRefs(digests=[d for d in request.digests if d in absent or d not in held])
 
     @_rpc
     def Upload(self, chunks: Iterator[pb.BlobChunk], context: grpc.ServicerContext) -> pb.BlobRef:
-        self.jobs.caller(context)
-        return pb.BlobRef(digest=self.data.receive((c.digest, c.size, c.data) for c in chunks))
+        caller = self.jobs.caller(context)
+        digest = self.data.receive((c.digest, c.size, c.data) for c in chunks)
+        self.jobs.store.hold(caller, [digest])
+        return pb.BlobRef(digest=digest)
 
     @_rpc
     def Download(self, request: pb.BlobRef, context: grpc.ServicerContext) -> Iterator[pb.BlobChunk]:
-        self.jobs.caller(context)
+        caller = self.jobs.caller(context)
+        if caller.kind != "admin":
+            files = self.jobs.readable(caller, request.manifest, "manifest")["files"].values()
+            if not any(e.get("sha256") == request.digest for e in files):
+                raise NotFound(f"data {request.manifest} holds no blob {request.digest[:80]}", field="digest")
         for data in self.data.open_blob(request.digest):
             yield pb.BlobChunk(data=data)
 
     @_rpc
     def PutManifest(self, request: pb.Manifest, context: grpc.ServicerContext) -> pb.Manifest:
-        self.jobs.caller(context)
+        caller = self.jobs.caller(context)
         files: dict[str, dict[str, Any]] = {}
+        held = self.jobs.store.held(caller, [e.digest for e in request.entries if not e.link])
         for e in request.entries:
             if e.path in files:
                 raise InvalidSpec("named twice", field=f"entries[{e.path!r}]")
+            if not (e.link or e.digest in held):  # as if absent
+                raise InvalidSpec(f"blob {e.digest[:80]!r} was not uploaded", field=f"entries[{e.path!r}]")
             files[e.path] = {"link": e.link} if e.link else {"sha256": e.digest, "size": e.size, "x": e.executable}
-        return self._manifest(self.data.put_manifest(files, request.file))
+        digest = self.data.put_manifest(files, request.file)
+        self.jobs.store.hold(caller, [digest])
+        return self._manifest(digest, self.data.manifest(digest))
 
     @_rpc
     def GetManifest(self, request: pb.BlobRef, context: grpc.ServicerContext) -> pb.Manifest:
-        self.jobs.caller(context)
-        return self._manifest(request.digest)
+        caller = self.jobs.caller(context)
+        return self._manifest(request.digest, self.jobs.readable(caller, request.digest, "digest"))
 
-    def _manifest(self, digest: str) -> pb.Manifest:
-        manifest = self.data.manifest(digest)
+    def _manifest(self, digest: str, manifest: dict[str, Any]) -> pb.Manifest:
         return pb.Manifest(digest=digest, file=manifest.get("file", ""), entries=[
             pb.ManifestEntry(path=path, link=e["link"]) if "link" in e else
             pb.ManifestEntry(path=path, digest=e["sha256"], size=e["size"], executable=e["x"])

@@ -26,7 +26,8 @@ def signature_parts(spec: dict[str, Any]) -> dict[str, str]:
     return {
         "image": _digest(spec.get("image_id") or spec.get("image", "")),  # content, not the tag
         "argv": _digest(list(spec["argv"])),
-        "cwd": _digest(spec.get("cwd", "")),
+        # a folder of the host mounted at cwd is read, not hashed: it must not match one unmounted
+        "cwd": _digest({"cwd": spec["cwd"], "mounted": True} if spec.get("mount_cwd") else spec.get("cwd", "")),
         "env": _digest(env),
         # the inputs' content digests: an upstream rerun that makes the same bytes changes nothing
         # (while an upstream job runs, its run stands in, until the reconciler releases the job)

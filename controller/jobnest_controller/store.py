@@ -27,7 +27,7 @@ from .auth import Caller, Tokens, hash_token
 from .events import Bus, JobEvent
 from .executors.base import Started
 from .explain import Explain
-from .models import jobs, requests, runs, user_tokens
+from .models import holdings, jobs, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
 from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of,
@@ -104,7 +104,7 @@ class Store(Tokens, Submits, Views, Explain):
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
-            for table in (jobs, runs, requests, user_tokens):
+            for table in (jobs, runs, requests, user_tokens, holdings):
                 missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
                 if missing:
                     raise JobnestError(f"the store at {self.url} is older than this controller: table "
@@ -286,13 +286,13 @@ class Store(Tokens, Submits, Views, Explain):
     def invalidate(self, caller: Caller, run_ref: str) -> str:
         """Mark a finished run's result bad, so that no job reuses it again; returns its uuid.
 
-        A job may invalidate only runs that jobs of its own subtree started."""
+        A caller may invalidate only runs that jobs within its reach (`Caller.sees`) started."""
         with self.write() as tx:
             if not HEX_PREFIX.fullmatch(run_ref):
                 raise InvalidSpec(f"{run_ref[:80]!r} is not a run uuid or a prefix of one (4+ hex digits)",
                                   field="run_uuid")
             found = tx.conn.execute(
-                sa.select(runs.c.uuid, runs.c.state, jobs.c.path)
+                sa.select(runs.c.uuid, runs.c.state, jobs.c.path, jobs.c.owner)
                 .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                 .where(runs.c.uuid.like(run_ref + "%")).limit(2)
             ).all()
@@ -300,10 +300,10 @@ class Store(Tokens, Submits, Views, Explain):
                 raise NotFound(f"no run {run_ref}", field="run_uuid")
             if len(found) > 1:
                 raise InvalidSpec(f"{run_ref!r} names more than one run", field="run_uuid")
-            [(run_uuid, state, origin_path)] = found
-            if caller.kind == "job" and not origin_path.startswith(caller.path):
-                raise PermissionDenied(f"run {run_uuid} was started outside the subtree of job {caller.job_uuid}",
-                                       field="run_uuid")
+            [(run_uuid, state, origin_path, owner)] = found
+            if not caller.sees(origin_path, owner):
+                where = f"the subtree of job {caller.job_uuid}" if caller.kind == "job" else f"{caller.name}'s jobs"
+                raise PermissionDenied(f"run {run_uuid} was started outside {where}", field="run_uuid")
             if not State(state).terminal:
                 raise Conflict(f"run {run_uuid} is still {state}: cancel it, or invalidate it once it ends",
                                field="run_uuid")

@@ -6,6 +6,7 @@ whoever takes the write lock first stores every submission waiting for it in one
 each caller returns once its own jobs are durable.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DRIVER = "driver"  # executor name of a driver program's run: it runs outside the controller
+PROCESS_EXECUTORS = {"local", DRIVER}  # runs that are processes of a user, not containers
 
 # What a job attached to an existing run takes from it when it is submitted.
 # Options outside the signature that change how a run ends: a run in flight is shared only by
@@ -43,7 +45,7 @@ DRIVER = "driver"  # executor name of a driver program's run: it runs outside th
 OUTCOME = {"timeout": 0.0, "retries": 0, "memory": 0, "memory_on_oom": 1.0}  # with their defaults
 RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid, runs.c.seq, runs.c.exit_code,
              runs.c.started_at, runs.c.finished_at, runs.c.node, runs.c.executor, runs.c.cpu_enforced,
-             runs.c.workdir, runs.c.reason, runs.c.output, *(runs.c[name] for name in OUTCOME)]
+             runs.c.workdir, runs.c.reason, runs.c.output, runs.c.owner, *(runs.c[name] for name in OUTCOME)]
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
     one_of(RUN_STATE, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
@@ -51,7 +53,7 @@ CLAIM_REQUEST = {dialect: Fast(insert(requests).on_conflict_do_nothing().returni
                  for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
 FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
                .select_from(JOB_FROM).where)
-HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec).where(
+HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.owner).where(
     runs.c.desired == "hold", RUN_STATE == State.QUEUED.value).where)
 RELEASE = Fast(sa.update(runs).where(runs.c.uuid == sa.bindparam("run")).values(
     desired="run", signature=sa.bindparam("b_signature"), sig_parts=sa.bindparam("b_sig_parts"),
@@ -61,7 +63,7 @@ LAST_RUN = sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))
 # read by `Store.queued_runs` of any other.
 INDEXED = ("uuid", "desired", "executor", "cpu_millis", "memory", "priority", "seq", "origin_job_uuid", "reason",
            "created_at")
-REQUEST_JOBS = Fast(sa.select(requests.c.job_uuids).where(
+REQUEST_JOBS = Fast(sa.select(requests.c.job_uuids, requests.c.body).where(
     requests.c.caller == sa.bindparam("caller"), requests.c.request_id == sa.bindparam("request_id")))
 
 
@@ -105,6 +107,7 @@ class Submission:
     request_id: str
     specs: list[dict[str, Any]]
     now: float
+    body: str  # a digest of what was asked, to tell a retry from another request with the same id
     outcome: tuple[list[dict[str, Any]], str | None] | JobnestError | None = None
 
 
@@ -116,14 +119,16 @@ class Fact(NamedTuple):
 
 
 class Submits:
-    def submit(self: "Store", caller: Caller, request_id: str, specs: list[dict[str, Any]], now: float
-               ) -> tuple[list[dict[str, Any]], str | None]:
+    def submit(self: "Store", caller: Caller, request_id: str, specs: list[dict[str, Any]], now: float,
+               body: str = "") -> tuple[list[dict[str, Any]], str | None]:
         """Store a batch of validated specs; returns the jobs (as `VIEW`) and, for a driver, its token.
 
         Each job reuses a succeeded run with its signature, else a queued or running one, unless
-        it asks not to. A request id seen before returns the first request's jobs.
+        it asks not to. A request id seen before returns the first request's jobs, if `body` (a
+        digest of the request; by default, of `specs`) is the same; else it is refused.
         """
-        mine = Submission(caller, request_id, specs, now)
+        body = body or hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()
+        mine = Submission(caller, request_id, specs, now, body)
         with self._submissions_lock:
             self._submissions.append(mine)
         with self._write_lock:
@@ -190,11 +195,11 @@ class Submits:
             for i in level:
                 spec, sig, job_uuid = specs[i], sigs[i], job_uuids[i]
                 spec_json = json.dumps(spec)
-                run = _shareable(reusable.get(sig, []), spec) if _may_reuse(spec) else None
+                run = _shareable(reusable.get(sig, []), spec, caller.name) if _may_reuse(spec) else None
                 if run is None:
                     # A run gets its token when it starts; a driver runs from the moment it is submitted.
                     token = secrets.token_urlsafe(24) if spec.get("driver") else None
-                    run = _new_run(next(run_uuids), spec, spec_json, parts[i], sig, job_uuid, token, now)
+                    run = _new_run(next(run_uuids), spec, spec_json, parts[i], sig, job_uuid, caller.name, token, now)
                     run_rows.append(run)
                     if _may_reuse(spec):
                         reusable.setdefault(sig, []).insert(0, run)  # identical specs in one batch share it
@@ -210,9 +215,13 @@ class Submits:
                 if len(batch_order) > 1:  # jobs of later levels name it
                     facts[job_uuid] = Fact(run["state"], run["uuid"], run["executor"], run["output"])
         if s.request_id:  # one statement when the id is new, as it nearly always is
-            claim = {"caller": caller.key, "request_id": s.request_id, "job_uuids": json.dumps(job_uuids)}
+            claim = {"caller": caller.key, "request_id": s.request_id, "job_uuids": json.dumps(job_uuids),
+                     "body": s.body}
             if not CLAIM_REQUEST[self.engine.dialect.name].run(tx.conn, claim):
-                known = REQUEST_JOBS.run(tx.conn, claim).scalar()
+                [(known, body)] = REQUEST_JOBS.run(tx.conn, claim)
+                if body != s.body:
+                    raise InvalidSpec(f"{s.request_id[:80]!r} was the id of another request, with other jobs: "
+                                      "a retry sends the same jobs, a new request a new id", field="request_id")
                 return self.get_jobs(json.loads(known), tx.conn), None
         if run_rows:
             # Numbered here rather than by the database, so the reconciler is told of the new
@@ -264,14 +273,15 @@ class Submits:
         and its jobs are attached to the other)."""
         ready = []
         for chunk in chunks(run_uuids):
-            for run_uuid, spec_json in HELD.execute(tx.conn, chunk):
+            for run_uuid, spec_json, owner in HELD.execute(tx.conn, chunk):
                 spec = json.loads(spec_json)
                 spec.pop("when_runs", None)
                 producers = {ref["job"] for ref in spec.get("inputs", {}).values() if "job" in ref}
                 _sign_inputs(spec, self._facts(tx.conn, producers))
                 parts = signature_parts(spec)
                 sig = signature(parts)
-                found = _shareable(self._reusable(tx.conn, {sig}).get(sig, []), spec) if _may_reuse(spec) else None
+                found = (_shareable(self._reusable(tx.conn, {sig}).get(sig, []), spec, owner)
+                         if _may_reuse(spec) else None)
                 RELEASE.run(tx.conn, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
                                       "b_spec": json.dumps(spec)})
                 tx.runs.add(run_uuid)
@@ -288,11 +298,20 @@ class Submits:
         return ready
 
 
-def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The first run of `candidates` a job of `spec` may take as its own: one that succeeded, or
-    one in flight that would end as the job's own run would (see `OUTCOME`)."""
+def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any], owner: str) -> dict[str, Any] | None:
+    """The first run of `candidates` a job of `spec`, submitted for `owner`, may take as its own.
+
+    Within an owner: one that succeeded, or one in flight that would end as the job's own run
+    would (see `OUTCOME`). Across owners: only one that succeeded in a container (a local
+    process could read or change anything of the controller's user), with no host folder
+    mounted. Its inputs are the job's own (they are in the signature), which the job's owner
+    could name, so reuse shows nobody anything they could not read."""
     for run in candidates:
-        if run["state"] == State.SUCCEEDED.value or all(run[k] == spec.get(k, v) for k, v in OUTCOME.items()):
+        succeeded = run["state"] == State.SUCCEEDED.value
+        if run["owner"] != owner and not (succeeded and run["executor"] not in PROCESS_EXECUTORS
+                                          and not spec.get("mount_cwd")):
+            continue
+        if succeeded or all(run[k] == spec.get(k, v) for k, v in OUTCOME.items()):
             return run
     return None
 
@@ -325,10 +344,10 @@ def _sign(spec: dict[str, Any], facts: dict[str, Fact]) -> None:
 
 
 def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[str, str], sig: str, job_uuid: str,
-             token: str | None, now: float) -> dict[str, Any]:
+             owner: str, token: str | None, now: float) -> dict[str, Any]:
     driver = bool(spec.get("driver"))
     return {
-        "uuid": run_uuid, "origin_job_uuid": job_uuid, "signature": sig, "sig_parts": json.dumps(parts),
+        "uuid": run_uuid, "origin_job_uuid": job_uuid, "owner": owner, "signature": sig, "sig_parts": json.dumps(parts),
         "name": spec["name"], "state": (State.RUNNING if driver else State.QUEUED).value, "reason": "",
         "desired": "hold" if "when_runs" in spec else "run", "executor": DRIVER if driver else spec["executor"],
         "cpu_millis": spec["cpu_millis"], "priority": spec.get("priority", 0), "attempt": 1, "spec": spec_json,

@@ -166,6 +166,7 @@ GET_JOB = Fast(sa.select(*VIEW_COLUMNS, jobs.c.spec, jobs.c.path).select_from(JO
 GET_JOBS = ByKeys(jobs.c.uuid, sa.select(*VIEW_COLUMNS).select_from(JOB_FROM).where)
 JOB_STATES = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE).select_from(JOB_FROM).where)
 JOB_PATH = Fast(sa.select(jobs.c.path).where(jobs.c.uuid == sa.bindparam("uuid")))
+JOB_SCOPE = Fast(sa.select(jobs.c.path, jobs.c.owner).where(jobs.c.uuid == sa.bindparam("uuid")))
 RUN_OF = Fast(sa.select(runs).select_from(JOB_FROM).where(jobs.c.uuid == sa.bindparam("uuid")))
 HEX_PREFIX = re.compile(r"[0-9a-f]{4,32}")  # of a uuid, as people type it
 IN_CHUNK = 5000  # uuids per IN list: well under every database's limit on parameters
@@ -224,9 +225,9 @@ class Views:
         return found
 
     def list_jobs(self: "Store", *, subtree_path: str | None = None, parent: str | None = None,
-                  states: list[str] | None = None, roots: bool = False, limit: int = 0,
+                  states: list[str] | None = None, roots: bool = False, limit: int = 0, owner: str | None = None,
                   chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
-        """Jobs as `LIST_FIELDS` rows (tuples), in chunks, by subtree, parent and state.
+        """Jobs as `LIST_FIELDS` rows (tuples), in chunks, by subtree, parent, state and owner.
 
         A subtree comes in tree order (each job before its children, siblings in submit order),
         straight off the path index; anything else in submit order.
@@ -242,6 +243,8 @@ class Views:
             query = query.where(jobs.c.spawned_by_job_uuid.is_(None))
         if states:
             query = query.where(STATE.in_(states))
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         if limit:
             query = query.limit(limit)
         with self.read() as conn:
@@ -262,11 +265,15 @@ class Views:
         return found[0]
 
     def job_path(self: "Store", uuid: str) -> str:
+        return self.job_scope(uuid)[0]
+
+    def job_scope(self: "Store", uuid: str) -> tuple[str, str]:
+        """A job's path and owner: what decides who may see it."""
         with self.read() as conn:
-            path = JOB_PATH.run(conn, {"uuid": uuid}).scalar()
-        if path is None:
+            found = JOB_SCOPE.run(conn, {"uuid": uuid})
+        if not found:
             raise NotFound(f"no job {uuid}", field="uuid")
-        return path
+        return found[0]
 
     def run_of(self: "Store", job_uuid: str) -> dict[str, Any]:
         return self._of_job(RUN_OF, job_uuid)

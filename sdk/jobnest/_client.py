@@ -40,6 +40,7 @@ from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between the attempts of a call while unavailable
 MAX_MESSAGE = 128 * 2**20  # as the controller allows: a program archive, the manifest of a big output
 LOCAL_IDLE_TIMEOUT = float(os.environ.get("JOBNEST_LOCAL_IDLE_TIMEOUT", "300"))
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -144,9 +145,18 @@ class Client:
         return [("authorization", f"Bearer {token}")] if token else []
 
     def _unary(self, name: str, request: Any, timeout: float | None = 60, token: str | None = None,
-               stub: Any = None) -> Any:
-        with _errors():
-            return getattr(stub or self._stub, name)(request, metadata=self._metadata(token), timeout=timeout)
+               stub: Any = None, retry: bool = True) -> Any:
+        """One call; sent again while the controller is unavailable (restarting, or its store
+        away), for a few seconds. Every call retried is safe to repeat: a submit has its request id."""
+        for pause in (*RETRY_PAUSES, None) if retry else (None,):
+            try:
+                with _errors():
+                    return getattr(stub or self._stub, name)(request, metadata=self._metadata(token),
+                                                             timeout=timeout)
+            except Unavailable:
+                if pause is None:
+                    raise
+                time.sleep(pause)
 
     def _stream(self, name: str, request: Any, timeout: float | None = None, stub: Any = None) -> Iterator[Any]:
         call = getattr(stub or self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
@@ -321,7 +331,7 @@ class Client:
                 "parts": {p.name: {"hash": p.hash, "compared": p.compared_hash or None} for p in r.parts}}
 
     def status(self) -> dict[str, Any]:
-        r = self._unary("Status", pb.StatusRequest(), timeout=10)
+        r = self._unary("Status", pb.StatusRequest(), timeout=10, retry=False)  # a probe: is it there?
         return {"address": self.address, "version": r.version, "pid": r.pid, "store": r.store,
                 "runs": dict(r.runs),
                 "nodes": [{"name": n.name, "cpu": n.cpu_millis / 1000, "cpu_used": n.cpu_used / 1000,
@@ -337,8 +347,19 @@ class Client:
         specs = [self.spec([a.replace("{item}", str(item)) for a in argv], **options) for item in items]
         return self.submit_many(specs) if specs else []
 
-    def create_token(self, name: str) -> str:
-        return self._unary("CreateToken", pb.CreateTokenRequest(name=name)).token
+    def create_token(self, name: str, expires_in: float = 0) -> str:
+        """A new user token for the user `name` (admins only); it expires after `expires_in`
+        seconds (0: never). Shown once: only its hash is kept."""
+        return self._unary("CreateToken", pb.CreateTokenRequest(name=name, expires_in=expires_in), retry=False).token
+
+    def tokens(self) -> builtins.list[dict[str, Any]]:
+        """The user tokens, by name (admins only)."""
+        return [{"name": t.name, "created_at": t.created_at, "expires_at": t.expires_at or None}
+                for t in self._unary("ListTokens", pb.ListTokensRequest()).tokens]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke user `name`'s token (admins only); its jobs stay, owned by `name`."""
+        self._unary("RevokeToken", pb.RevokeTokenRequest(name=name))
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -348,24 +369,28 @@ class Client:
         entries = walk(root)
         files = {e.digest: e for e in entries if not e.link}
         size = sum(e.size for e in files.values())
-        missing = self._unary("Missing", pb.BlobRefs(digests=list(files), size=size), stub=self._data).digests
+        self._ensure_driver()  # sent as the jobs that read it are submitted: within their scope
+        token = self._driver_token
+        missing = self._unary("Missing", pb.BlobRefs(digests=list(files), size=size), token=token,
+                              stub=self._data).digests
         for digest in missing:
             rel = files[digest].path
             self._unary("Upload", chunks(root if not root.is_dir() else root / rel, files[digest]),
-                        timeout=None, stub=self._data)
+                        timeout=None, token=token, stub=self._data, retry=False)  # a stream: spent
         manifest = pb.Manifest(entries=entries, file="" if root.is_dir() else root.name)
-        return Upload(root, self._unary("PutManifest", manifest, stub=self._data).digest)
+        return Upload(root, self._unary("PutManifest", manifest, token=token, stub=self._data).digest)
 
     def manifest(self, digest: str) -> pb.Manifest:
         return self._unary("GetManifest", pb.BlobRef(digest=digest), stub=self._data)
 
-    def read_blob(self, digest: str) -> Iterator[bytes]:
-        for chunk in self._stream("Download", pb.BlobRef(digest=digest), stub=self._data):
+    def read_blob(self, digest: str, manifest: str) -> Iterator[bytes]:
+        """The bytes of one blob of the data `manifest` (which the caller may read)."""
+        for chunk in self._stream("Download", pb.BlobRef(digest=digest, manifest=manifest), stub=self._data):
             yield chunk.data
 
     def download(self, digest: str, dest: str | os.PathLike[str]) -> Path:
         """Fetch stored data (an output or an upload) into the folder `dest`."""
-        return lay_out(self.manifest(digest), Path(dest), self.read_blob)
+        return lay_out(self.manifest(digest), Path(dest), lambda blob: self.read_blob(blob, digest))
 
 
 class Batch:
@@ -535,7 +560,7 @@ class Job:
         entry = next((e for e in self.client.manifest(info.output).entries if e.path == "result.json"), None)
         if entry is None:
             return None
-        return json.loads(b"".join(self.client.read_blob(entry.digest)))
+        return json.loads(b"".join(self.client.read_blob(entry.digest, info.output)))
 
     def wait(self, timeout: float | None = None) -> "Job":
         self.client.wait([self.uuid], timeout)

@@ -79,6 +79,16 @@ class JobServiceStub:
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenResponse.FromString,
                 _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/jobnest.v1.JobService/ListTokens',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/jobnest.v1.JobService/RevokeToken',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
         self.Invalidate = channel.unary_unary(
                 '/jobnest.v1.JobService/Invalidate',
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.InvalidateRequest.SerializeToString,
@@ -144,6 +154,19 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateToken(self, request, context):
+        """User tokens, for admins: a token sees and changes only its owner's jobs, runs and data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +232,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.FromString,
                     response_serializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.ListTokensRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenResponse.SerializeToString,
             ),
             'Invalidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Invalidate,
@@ -475,6 +508,60 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/ListTokens',
+            jobnest_dot_v1_dot_jobnest__pb2.ListTokensRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/RevokeToken',
+            jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Invalidate(request,
             target,
             options=(),
@@ -569,7 +656,7 @@ class DataServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Missing(self, request, context):
-        """Which of these blobs the controller lacks.
+        """Which of these blobs the controller lacks, or the caller never sent (then it sends them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,11 +77,12 @@ class ControllerProc:
     def __init__(self, cpu: float | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="jobnest-bench-", dir="/tmp"))
         args = [sys.executable, "-m", "jobnest_controller", "--home", str(self.home),
-                "--listen", "127.0.0.1:0", "--admin-token", TOKEN]
+                "--listen", "127.0.0.1:0"]
         if cpu is not None:
             args += ["--cpu", str(cpu)]
         self.log = open(self.home / "controller.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "JOBNEST_ADMIN_TOKEN": TOKEN})
         line = self.proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
         if not line.startswith("port "):
             self.proc.wait(10)

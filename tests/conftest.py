@@ -61,7 +61,9 @@ def require_engine() -> None:
 def docker_running(tmp_path: Path) -> Iterator[Running]:
     require_engine()
     home = tmp_path / "home"
-    controller = Controller(make_settings(home, docker=[ENGINE]))
+    settings = make_settings(home, docker=[ENGINE])
+    settings.mount_roots = [str(tmp_path / "mounts")]  # host folders its jobs may mount
+    controller = Controller(settings)
     controller.start()
     try:
         yield Running(controller)

@@ -21,8 +21,9 @@ def test_pipeline_on_a_controller_in_a_container() -> None:
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # its reaper image cannot be pulled here
     from testcontainers.core.container import DockerContainer
 
-    command = f"jobnest controller --listen 0.0.0.0:7070 --admin-token {TOKEN} --docker none --home /var/lib/jobnest"
+    command = "jobnest controller --listen 0.0.0.0:7070 --docker none --home /var/lib/jobnest"
     container = (DockerContainer(JOBNEST_IMAGE).with_command(command).with_exposed_ports(7070)
+                 .with_env("JOBNEST_ADMIN_TOKEN", TOKEN)
                  .with_kwargs(labels={"jobnest.test": "container-controller"}, init=True))
     with container:
         # Published on every address of this machine: reach it on loopback.

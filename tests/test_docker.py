@@ -51,11 +51,40 @@ def test_other_users_reuse_only_runs_that_succeeded_in_a_container_with_no_host_
     flying = in_docker(alice, ["sleep", "30"], cpu=0.1)
     assert in_docker(alice, ["sleep", "30"], cpu=0.1).reused
     assert not in_docker(bob, ["sleep", "30"], cpu=0.1).reused
-    mounted = dict(cwd=str(tmp_path), mount_cwd=True, cpu=0.1)
+    folder = tmp_path / "mounts" / "project"
+    folder.mkdir(parents=True)
+    mounted = dict(cwd=str(folder), mount_cwd=True, cpu=0.1)
     assert in_docker(alice, ["true"], **mounted).wait(timeout=60).state == "succeeded"
     assert in_docker(alice, ["true"], **mounted).reused and not in_docker(bob, ["true"], **mounted).reused
-    assert not in_docker(alice, ["true"], cwd=str(tmp_path), cpu=0.1).reused  # unmounted: another signature
+    assert not in_docker(alice, ["true"], cwd=str(folder), cpu=0.1).reused  # unmounted: another signature
     flying.cancel()
+
+
+def test_a_job_mounts_only_folders_under_the_allowed_roots_and_nothing_of_the_controller(
+        docker_running: Running, tmp_path: Path) -> None:
+    """Over TCP a job may mount its cwd only under the controller's mount roots, resolved, and never
+    anything of the controller's own or the Docker socket: before, any folder was mounted read-write."""
+    client = docker_running.client()
+    root = tmp_path / "mounts"
+    (root / "project").mkdir(parents=True)
+    (root / "to-home").symlink_to(tmp_path / "home")
+    (tmp_path / "elsewhere").mkdir()
+    job = in_docker(client, ["sh", "-c", "echo made > made.txt"], cwd=str(root / "project"), mount_cwd=True, cpu=0.1)
+    assert job.wait(timeout=60).state == "succeeded", job.info.reason
+    assert (root / "project" / "made.txt").read_text() == "made\n"
+    for cwd, words in [(tmp_path / "elsewhere", "not under a folder jobs may mount"), (tmp_path, "controller's own"), ("/var/run", "controller's own"),
+                       (tmp_path / "home", "controller's own"), (root / "to-home", "controller's own"),
+                       (root / "missing", "not a folder")]:
+        with pytest.raises(jobnest.PermissionDenied, match=rf"jobs\[0\]\.mount_cwd: .*{words}"):
+            in_docker(client, ["true"], cwd=str(cwd), mount_cwd=True, cpu=0.1)
+    # A folder swapped for a link to the home between the submit and the start is refused at the start.
+    gate = in_docker(client, ["sleep", "2"], cpu=0.1)
+    (root / "later").mkdir()
+    late = in_docker(client, ["ls"], cwd=str(root / "later"), mount_cwd=True, cpu=0.1, when=gate.done)
+    (root / "later").rmdir()
+    (root / "later").symlink_to(tmp_path / "home")
+    assert late.wait(timeout=60).state == "failed" and "controller's own" in late.info.reason
+    assert len(list(client.list())) == 3
 
 
 def test_exit_codes_and_cancel(docker_running: Running) -> None:

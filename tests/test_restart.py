@@ -5,6 +5,7 @@ in its run's output dir when it starts, so a run started twice would show two li
 """
 
 import signal
+import os
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from .conftest import BUSYBOX, ENGINE, remove_containers, require_engine
 def start_controller(home: Path, docker: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen", "127.0.0.1:0",
-         "--admin-token", ADMIN, "--cpu", "2", "--docker", docker],
+         "--cpu", "2", "--docker", docker],
         stdout=subprocess.PIPE, stderr=open(home.parent / "controller.log", "a"), text=True,
+        env={**os.environ, "JOBNEST_ADMIN_TOKEN": ADMIN},
     )
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("port "), line
@@ -66,3 +68,24 @@ def test_sigkill_and_restart_loses_nothing(tmp_path: Path, executor: str) -> Non
         proc.terminate()
         proc.wait(timeout=10)
         remove_containers(home)
+
+
+def test_the_admin_token_is_never_on_a_command_line(tmp_path: Path) -> None:
+    """A command line is readable by every process (a job's too, from /proc): the flag is refused,
+    and the token comes from the environment or a file."""
+    refused = subprocess.run([sys.executable, "-m", "jobnest_controller", "--home", str(tmp_path / "h1"),
+                              "--admin-token", ADMIN], capture_output=True, text=True)
+    assert refused.returncode == 2 and "readable by every process" in refused.stderr
+    (tmp_path / "token").write_text(ADMIN + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "jobnest_controller", "--home", str(tmp_path / "h2"),
+                             "--listen", "127.0.0.1:0", "--docker", "none", "--admin-token-file", str(tmp_path / "token")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("port "), line
+        assert ADMIN not in Path(f"/proc/{proc.pid}/cmdline").read_text()
+        client = jobnest.Client(f"127.0.0.1:{line.split()[1]}", ADMIN, driver=False)
+        assert client.create_token("someone").startswith("jn_")
+    finally:
+        proc.kill()
+        proc.wait()

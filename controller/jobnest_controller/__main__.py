@@ -19,6 +19,12 @@ from .app import Controller
 from .settings import KubernetesSettings, NodeSettings, ServerSettings, Settings, StoreSettings, default_home
 
 
+def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.BadParameter("a token on a command line is readable by every process of the machine: "
+                                 "set JOBNEST_ADMIN_TOKEN or pass --admin-token-file", param_hint="--admin-token")
+
+
 @click.command()
 @click.option("--home", envvar="JOBNEST_HOME", default=default_home, show_envvar=True,
               help="State folder: socket, SQLite store, run work dirs.")
@@ -27,8 +33,14 @@ from .settings import KubernetesSettings, NodeSettings, ServerSettings, Settings
               help="Also serve on TCP host:port (every call then needs a token).")
 @click.option("--advertise", envvar="JOBNEST_ADVERTISE", default="", show_envvar=True,
               help="Controller address handed to jobs.")
-@click.option("--admin-token", envvar="JOBNEST_ADMIN_TOKEN", default="", show_envvar=True,
-              help="Bootstrap admin token for TCP.")
+@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False), envvar="JOBNEST_ADMIN_TOKEN_FILE",
+              default=None, show_envvar=True,
+              help="File holding the bootstrap admin token for TCP (or set JOBNEST_ADMIN_TOKEN). Never a flag: "
+                   "every process of the machine can read a command line.")
+@click.option("--admin-token", hidden=True, expose_value=False, callback=_refuse_token_flag)
+@click.option("--mount-root", "mount_roots", multiple=True, envvar="JOBNEST_MOUNT_ROOTS", show_envvar=True,
+              help="A host folder under which container jobs may mount their cwd (repeatable; the variable "
+                   "takes a comma-separated list).")
 @click.option("--store", "store_url", envvar="JOBNEST_STORE", default="", show_envvar=True,
               help="Store URL: sqlite:///path or postgresql://...")
 @click.option("--cpu", type=float, envvar="JOBNEST_NODE_CPU", default=None, show_envvar=True,
@@ -60,7 +72,8 @@ from .settings import KubernetesSettings, NodeSettings, ServerSettings, Settings
               default=32 * 2**30, show_envvar=True, help="Bytes of memory of Kubernetes runs in flight at most.")
 @click.option("--idle-timeout", type=float, envvar="JOBNEST_IDLE_TIMEOUT", default=0.0, show_envvar=True,
               help="Exit after this many idle seconds (0: never).")
-def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, store_url: str,
+def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: str | None,
+         mount_roots: tuple[str, ...], store_url: str,
          cpu: float | None, memory: int | None, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
          k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, idle_timeout: float) -> None:
@@ -84,8 +97,12 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token: str, 
     kubernetes = KubernetesSettings(namespace=k8s_namespace, kubeconfig=k8s_kubeconfig, pvc=k8s_pvc,
                                     service_account=k8s_service_account, node_selector=selector,
                                     cpu_quota_millis=round(k8s_cpu_quota * 1000), memory_quota=k8s_memory_quota)
+    admin_token = os.environ.pop("JOBNEST_ADMIN_TOKEN", "")  # nothing this process starts inherits it
+    if admin_token_file:
+        admin_token = Path(admin_token_file).read_text().strip()
     settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,
                                                          advertise=advertise),
+                        mount_roots=[r for item in mount_roots for r in item.split(",") if r],
                         store=StoreSettings(store_url), node=node, kubernetes=kubernetes, idle_timeout=idle_timeout,
                         default_executor=default_executor, max_upload=max_upload,
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from jobnest.errors import JobnestError
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
+from . import confine
 from .cgroups import CpuLimiter
 from .data import Data
 from .executors.base import Executor
@@ -46,7 +47,8 @@ class Controller:
         }
         if settings.docker:
             from .executors.docker import DockerExecutor  # only where Docker is wanted
-            self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home))
+            self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home),
+                                                      forbidden=confine.forbidden(settings))
         if settings.kubernetes.namespace:
             from .executors.kubernetes import KubernetesExecutor  # only where Kubernetes is wanted
             # Releases of the chart share the home's path: the address tells them apart.
@@ -74,8 +76,11 @@ class Controller:
         self._loop = threading.Thread(target=self._run_loop, name="reconciler", daemon=True)
 
     def _server(self, trust_local: bool) -> grpc.Server:
+        # On the owner's socket the owner's own folders may be mounted too.
+        roots = self.settings.mount_roots + ([str(Path.home())] if trust_local else [])
         service = JobService(self.store, self.executors, self.programs, self.data,
                              admin_token=self.settings.server.admin_token,
+                             mount_roots=roots, forbidden=confine.forbidden(self.settings),
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              reconciler=self.reconciler)

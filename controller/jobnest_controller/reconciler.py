@@ -407,7 +407,7 @@ class Reconciler:
             launches.append((self.executors[run["executor"]], spec, Launch(
                 run_uuid, node_of[run_uuid], spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"],
                 run["memory"], self.controller_address, spec.get("image_id") or spec.get("image", ""),
-                attempt=run["attempt"], mount_cwd=spec.get("mount_cwd", False))))
+                attempt=run["attempt"], mount_cwd=spec.get("mount_cwd", False), mount_root=spec.get("mount_root", ""))))
         return launches
 
     def _record_starts(self, tx: Tx, starts: dict[str, Started | Exception], now: float) -> None:

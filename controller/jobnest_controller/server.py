@@ -24,7 +24,7 @@ from jobnest.errors import FIELD_KEY, InvalidSpec, JobnestError, NotFound, Permi
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
-from . import conditions, specs
+from . import conditions, confine, specs
 from .data import Data
 from .executors.base import Executor
 from .programs import Programs
@@ -101,7 +101,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, data: Data, *,
-                 admin_token: str,
+                 admin_token: str, mount_roots: list[str], forbidden: list[str],
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  reconciler: Reconciler, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -109,6 +109,8 @@ class JobService(pb_grpc.JobServiceServicer):
         self.programs = programs
         self.data = data
         self.admin_token = admin_token
+        self.mount_roots = mount_roots  # host folders jobs submitted here may mount (see `confine`)
+        self.forbidden = forbidden
         self.default_executor = default_executor
         self.wake = wake
         self.activity = activity
@@ -176,6 +178,11 @@ class JobService(pb_grpc.JobServiceServicer):
                     raise type(e)(f"names job {ref!r}: {e.problem}",
                                   field=f"jobs[{i}].{specs.ref_field(spec, ref)}") from None
             specs.rename_refs(spec, named.__getitem__)
+            if spec.get("mount_cwd"):
+                try:
+                    spec["mount_root"] = confine.mount_root(spec["cwd"], self.mount_roots, self.forbidden)
+                except PermissionDenied as e:
+                    raise PermissionDenied(e.problem, field=f"jobs[{i}].mount_cwd") from None
             for name, ref in spec.get("inputs", {}).items():
                 if "data" in ref:
                     self.readable(caller, ref["data"], f"jobs[{i}].inputs[{name!r}]")

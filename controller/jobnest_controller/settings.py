@@ -88,6 +88,9 @@ class Settings:
     """Seconds between reconciler passes while runs are live."""
     max_upload: int = 2**30
     """The most bytes one upload (a file or a folder sent as a job's input) may hold."""
+    mount_roots: list[str] = field(default_factory=list)
+    """Host folders under which a container job may mount its cwd (`mount_cwd`). Calls on the
+    owner's socket may also mount folders under the owner's home folder; none by default on TCP."""
 
     def __post_init__(self) -> None:
         self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")

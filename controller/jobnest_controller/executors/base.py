@@ -25,6 +25,7 @@ class Launch:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> its data: a read-only folder or file
     attempt: int = 1  # a failed run's retries are attempts 2, 3, ...
     mount_cwd: bool = False  # container executors: mount cwd, a folder of this machine, at the same path
+    mount_root: str = ""  # the allowed folder (`confine`) it must still lie under
 
 
 PLACEHOLDER = re.compile(r"(?<!\$)\{(output|inputs\.[A-Za-z_][A-Za-z0-9_]*)\}")

@@ -10,15 +10,17 @@ its containers again by id (or by label, for one it was starting) and learns how
 """
 
 import logging
+import os
 import signal
 import threading
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
+from .. import confine
 from ..scheduler import Node
 from .base import Exited, Launch, Started, expand
 
@@ -38,7 +40,7 @@ class DockerExecutor:
     name = "docker"
     slow_starts = True
 
-    def __init__(self, root: str, endpoints: list[str], controller_id: str) -> None:
+    def __init__(self, root: str, endpoints: list[str], controller_id: str, forbidden: Sequence[str] = ()) -> None:
         try:
             import docker
         except ImportError:
@@ -48,6 +50,7 @@ class DockerExecutor:
         self.root.mkdir(parents=True, exist_ok=True)
         self.endpoints = {(f"docker-{i}" if len(endpoints) > 1 else "docker"): e for i, e in enumerate(endpoints)}
         self.controller_id = controller_id
+        self.forbidden = list(forbidden)  # what no job may mount (see `confine`)
         self._clients: dict[str, Any] = {}
         self._capacity: dict[str, Node] = {}
         self._down: dict[str, tuple[str, float]] = {}  # node -> (why, when last tried)
@@ -153,8 +156,9 @@ class DockerExecutor:
             folder = host.parent if host.is_file() else host  # a one-file upload: its folder
             binds.append((str(folder), f"{INPUTS}/{name}", "ro"))
             seen[name] = f"{INPUTS}/{name}" + (f"/{host.name}" if folder != host else "")
-        if launch.mount_cwd and Path(launch.cwd).is_dir():
-            binds.append((launch.cwd, launch.cwd, "rw"))
+        if launch.mount_cwd:  # checked again: a folder may have been swapped for a link since the submit
+            confine.mount_root(launch.cwd, [launch.mount_root], self.forbidden)
+            binds.append((os.path.realpath(launch.cwd), launch.cwd, "rw"))
         if launch.controller.startswith("unix://"):
             binds.append((launch.controller.removeprefix("unix://"), JOBS_SOCKET, "rw"))
             env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"

@@ -1,5 +1,6 @@
 """The local side: the on-demand local controller, the example pipeline, and cpu shares."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -71,3 +72,72 @@ def test_cpu_share_is_enforced_with_cgroups(running: Running, tmp_path: Path) ->
     assert job.info.cpu_enforced
     share = float(job.logs())
     assert 0.15 <= share <= 0.35, f"a 0.25 share got {share} of a core"
+
+
+SANDBOX_PROBE = """
+import os, socket, sys
+home, store, controller_pid, stored, given = sys.argv[1:6]
+def connects(path):
+    try:
+        socket.socket(socket.AF_UNIX).connect(path)
+        return "open"
+    except OSError as e:
+        return type(e).__name__
+def reads(path):
+    try:
+        open(path, "rb").read(1)
+        return "read"
+    except OSError as e:
+        return type(e).__name__
+def writes(path):
+    try:
+        with open(path, "a") as f:
+            f.write("poison")
+        return "wrote"
+    except OSError as e:
+        return type(e).__name__
+def chmods(path):
+    try:
+        os.chmod(path, 0o666)
+        return "changed"
+    except OSError as e:
+        return type(e).__name__
+print("owner-socket", connects(os.path.join(home, "controller.sock")))
+print("docker-socket", connects("/var/run/docker.sock"))
+print("store", reads(store))
+print("home", sorted(os.listdir(home)))
+print("runs", os.listdir(os.path.join(home, "runs")) == [os.environ["JOBNEST_RUN"]])
+print("input-append", writes(given), "input-chmod", chmods(given))
+print("blob", reads(os.path.join(home, "data", "blobs", stored[:2], stored)))
+print("environ", reads(f"/proc/{controller_pid}/environ"), "root", reads(f"/proc/{controller_pid}/root/{store}"))
+import jobnest
+print("child", jobnest.connect().submit(["true"], name="child").wait(timeout=30).state)
+"""
+
+
+def test_a_local_job_reaches_none_of_the_controller_s_own_files_and_cannot_change_its_inputs(
+        running: Running, tmp_path: Path) -> None:
+    """Before, a local job opened the owner's socket (admin without a token), read the store and
+    other runs, appended to its input (the stored blob) and read the controller's environment."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root, where local jobs are confined")
+        pytest.skip("local jobs are confined only by a controller running as root")
+    home = Path(running.controller.settings.home)
+    (tmp_path / "in.txt").write_text("original")
+    client = running.client()
+    stored = hashlib.sha256(b"original").hexdigest()
+    other = client.submit(["sh", "-c", "echo private > {output}/x"], name="other").wait(timeout=30)
+    job = client.submit([sys.executable, "-c", SANDBOX_PROBE, str(home), str(home / "jobnest.db"), str(os.getpid()),
+                         stored, "{inputs.i}"], inputs={"i": jobnest.upload(tmp_path / "in.txt")})
+    job.wait(timeout=60)
+    assert job.state == "succeeded", job.logs(stream=None)
+    seen = dict(line.split(" ", 1) for line in job.logs().splitlines())
+    assert seen == {"owner-socket": "FileNotFoundError", "docker-socket": "ConnectionRefusedError",
+                    "store": "FileNotFoundError", "home": "['data', 'jobs', 'runs']", "runs": "True",
+                    "input-append": "PermissionError input-chmod OSError", "blob": "FileNotFoundError",
+                    "environ": "PermissionError root PermissionError", "child": "succeeded"}, job.logs(stream=None)
+    assert (home / "data" / "blobs" / stored[:2] / stored).read_bytes() == b"original"
+    assert client.upload(tmp_path / "in.txt").digest  # the stored bytes are whole
+    with pytest.raises(jobnest.PermissionDenied, match=r"jobs\[0\]\.cwd: .* the controller's own"):
+        client.submit(["cat", "x"], cwd=other.info.output_dir)  # another run's folder

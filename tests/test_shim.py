@@ -152,9 +152,11 @@ def test_the_job_runs_in_the_callers_folder_with_only_the_variables_asked_for(ru
 
 def test_with_an_image_the_call_runs_in_a_container_that_sees_the_callers_folder(docker_running: Running,
                                                                                   tools: Path, tmp_path: Path) -> None:
-    (tmp_path / "here.txt").write_text("local file\n")
+    folder = tmp_path / "mounts" / "work"  # under the controller's mount roots
+    folder.mkdir(parents=True)
+    (folder / "here.txt").write_text("local file\n")
     env = shim_env(docker_running, tools, "cat", JOBNEST_EXEC_IMAGE=BUSYBOX)
-    done = sh(env, "cat here.txt", cwd=tmp_path)
+    done = sh(env, "cat here.txt", cwd=folder)
     assert done.returncode == 0 and done.stdout == "local file\n", done.stderr
     [job] = docker_running.client().list()
     assert job.executor == "docker" and job.name == "cat"

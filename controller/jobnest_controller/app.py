@@ -42,8 +42,16 @@ class Controller:
         home.chmod(0o700)  # specs, logs and outputs are private
         self.store = Store(settings.store.url)
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
+        self.data = Data(str(home / "data"), settings.max_upload)
+        sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, confine.forbidden(settings))
+        if sandbox.available:
+            confine.undumpable()
+        else:
+            log.warning("local jobs are not confined (that needs root and unshare): they can reach this "
+                        "controller's files and its owner's socket")
         self.executors: dict[str, Executor] = {
-            "local": LocalExecutor(str(home / "runs"), settings.node.cpu_millis, settings.node.memory, limiter),
+            "local": LocalExecutor(str(home / "runs"), settings.node.cpu_millis, settings.node.memory, limiter,
+                                   sandbox),
         }
         if settings.docker:
             from .executors.docker import DockerExecutor  # only where Docker is wanted
@@ -61,7 +69,6 @@ class Controller:
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.programs = Programs(str(home / "programs"))
-        self.data = Data(str(home / "data"), settings.max_upload)
         self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data)
         self.activity = Activity()
         self._wake = threading.Event()
@@ -81,6 +88,7 @@ class Controller:
         service = JobService(self.store, self.executors, self.programs, self.data,
                              admin_token=self.settings.server.admin_token,
                              mount_roots=roots, forbidden=confine.forbidden(self.settings),
+                             runs_root=str(Path(self.settings.home).resolve() / "runs"),
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              reconciler=self.reconciler)
@@ -97,6 +105,7 @@ class Controller:
         server = self.settings.server
         for sock in (server.socket, server.jobs_socket):
             Path(sock).unlink(missing_ok=True)
+            Path(sock).parent.mkdir(mode=0o700, exist_ok=True)
         old_umask = os.umask(0o177)  # sockets are created owner-only
         try:
             self.owner_server.add_insecure_port(f"unix://{server.socket}")

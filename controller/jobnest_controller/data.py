@@ -36,6 +36,8 @@ class Data:
         self.max_upload = max_upload
         for folder in ("blobs", "manifests", "trees", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self.trees = str(self.root / "trees")
+        os.chmod(self.trees, 0o311)  # a tree is found by its digest, never listed (by a confined job)
         for left in (self.root / "tmp").iterdir():  # by a controller that stopped halfway
             _remove_tree(left) if left.is_dir() else left.unlink()
 

@@ -101,7 +101,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, data: Data, *,
-                 admin_token: str, mount_roots: list[str], forbidden: list[str],
+                 admin_token: str, mount_roots: list[str], forbidden: list[str], runs_root: str,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  reconciler: Reconciler, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -111,6 +111,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.admin_token = admin_token
         self.mount_roots = mount_roots  # host folders jobs submitted here may mount (see `confine`)
         self.forbidden = forbidden
+        self.runs_root = runs_root  # where runs' folders are: a job's children may mount its own
         self.default_executor = default_executor
         self.wake = wake
         self.activity = activity
@@ -143,6 +144,18 @@ class JobService(pb_grpc.JobServiceServicer):
             return self.data.manifest(digest)
         except NotFound:
             raise NotFound(f"no data {digest[:80]} is stored here", field=field) from None
+
+    def _confine(self, caller: Caller, spec: dict[str, Any], i: int) -> None:
+        """A container job mounts a host folder, and a local job works in one of the controller's,
+        only where `confine` allows; a job's children may use its own run folder."""
+        own = [os.path.join(self.runs_root, caller.run_uuid)] if caller.run_uuid else []
+        try:
+            if spec.get("mount_cwd") and spec["executor"] != "local":  # a local job sees the host anyway
+                spec["mount_root"] = confine.mount_root(spec["cwd"], self.mount_roots + own, self.forbidden)
+            elif spec["executor"] == "local" and spec["cwd"] and confine.inside(spec["cwd"], self.forbidden):
+                confine.mount_root(spec["cwd"], own, self.forbidden, field="cwd")
+        except PermissionDenied as e:
+            raise PermissionDenied(e.problem, field=f"jobs[{i}].{e.field}") from None
 
     def _scoped(self, caller: Caller, ref: str) -> tuple[str, str]:
         """The full uuid and path of the job `ref` names, if the caller may see it."""
@@ -178,11 +191,7 @@ class JobService(pb_grpc.JobServiceServicer):
                     raise type(e)(f"names job {ref!r}: {e.problem}",
                                   field=f"jobs[{i}].{specs.ref_field(spec, ref)}") from None
             specs.rename_refs(spec, named.__getitem__)
-            if spec.get("mount_cwd"):
-                try:
-                    spec["mount_root"] = confine.mount_root(spec["cwd"], self.mount_roots, self.forbidden)
-                except PermissionDenied as e:
-                    raise PermissionDenied(e.problem, field=f"jobs[{i}].mount_cwd") from None
+            self._confine(caller, spec, i)
             for name, ref in spec.get("inputs", {}).items():
                 if "data" in ref:
                     self.readable(caller, ref["data"], f"jobs[{i}].inputs[{name!r}]")

@@ -26,7 +26,8 @@ class ServerSettings:
     socket: str = ""
     """The owner's unix socket; guarded by its file mode (0600), so calls on it need no token."""
     jobs_socket: str = ""
-    """The unix socket local jobs are given; every call on it needs a token."""
+    """The unix socket local jobs are given; every call on it needs a token. In a folder of its own,
+    which a confined local job sees (see `confine.Sandbox`)."""
     listen: str = ""
     """host:port to also serve on over TCP, where every call needs a token; empty: none."""
     admin_token: str = ""
@@ -94,7 +95,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.server.socket = self.server.socket or str(Path(self.home) / "controller.sock")
-        self.server.jobs_socket = self.server.jobs_socket or str(Path(self.home) / "jobs.sock")
+        self.server.jobs_socket = self.server.jobs_socket or str(Path(self.home) / "jobs" / "jobs.sock")
         self.store.url = self.store.url or f"sqlite:///{Path(self.home) / 'jobnest.db'}"
         local_engine = "/var/run/docker.sock"
         self.docker = [e for e in self.docker if e != "auto"] + (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cgroups import CpuLimiter
+from ..confine import Sandbox
 from ..scheduler import Node
 from .base import Exited, Launch, Started, expand
 
@@ -36,11 +37,13 @@ class LocalExecutor:
     name = "local"
     slow_starts = False
 
-    def __init__(self, root: str, cpu_millis: int, memory: int, limiter: CpuLimiter | None = None) -> None:
+    def __init__(self, root: str, cpu_millis: int, memory: int, limiter: CpuLimiter | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.capacity = Node("local", cpu_millis, memory)
         self.limiter = limiter or CpuLimiter()
+        self.sandbox = sandbox
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.base_env = _base_env()
         self._stopping: dict[str, float] = {}
@@ -75,10 +78,13 @@ class LocalExecutor:
             env = {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller, "JOBNEST_OUTPUT": out}
             argv = expand(launch.argv, launch.inputs, out)
             inline = len(argv) == 3 and argv[0] in ("sh", "/bin/sh") and argv[1] == "-c" and "trap" not in argv[2]
+            command = ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", workdir, cgroup_procs or "",
+                       str(launch.attempt), *(argv[2:] if inline else argv)]
+            cwd = launch.cwd or launch.program or out
+            if self.sandbox is not None:
+                command = self.sandbox.wrap(workdir, cwd, command)
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", INLINE if inline else WRAPPER, "sh", workdir, cgroup_procs or "",
-                 str(launch.attempt), *(argv[2:] if inline else argv)],
-                cwd=launch.cwd or launch.program or out, env=env, stdin=subprocess.DEVNULL,
+                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
         except BaseException:

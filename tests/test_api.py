@@ -1,6 +1,7 @@
 """The gRPC API end to end: a real server on a real port, real job processes, real tokens."""
 
 import os
+import socket
 import sys
 import textwrap
 import threading
@@ -18,7 +19,9 @@ from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 from jobnest_controller.store import jobs as jobs_table
 from jobnest_controller.store import runs as runs_table
 
-from .conftest import ADMIN, Running, wait_for
+from jobnest_controller.app import Controller
+
+from .conftest import ADMIN, Running, make_settings, wait_for
 
 
 def counts(running: Running) -> tuple[int, int]:
@@ -295,6 +298,29 @@ def test_tokens_are_unique_revocable_and_expire(running: Running) -> None:
         list(running.client(brief).list())
     with pytest.raises(jobnest.NotFound, match="no token named 'carol'"):
         admin.revoke_token("carol")
+
+
+def test_the_sdk_retries_calls_while_the_controller_is_unavailable(tmp_path: Path) -> None:
+    """A controller restarting (or its store away) answers UNAVAILABLE: calls are sent again for a
+    few seconds rather than failing the program. Before, the first refusal raised."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(tmp_path / "home")
+    settings.server.listen = f"127.0.0.1:{port}"
+    first = Controller(settings)
+    first.start()
+    client = jobnest.Client(f"127.0.0.1:{port}", ADMIN, driver=False)
+    job = client.submit(["true"], cpu=0.1).wait(timeout=20)
+    first.stop(grace=0)
+    restarted: list[Controller] = []
+    threading.Timer(1.0, lambda: restarted.append(Controller(settings)) or restarted[0].start()).start()
+    try:
+        assert client.get(job.uuid).uuid == job.uuid  # waited for the new controller
+        assert restarted and client.submit(["true"], cpu=0.1).wait(timeout=20).state == "succeeded"
+    finally:
+        wait_for(lambda: restarted)
+        restarted[0].stop(grace=0)
 
 
 def test_a_request_id_used_again_with_other_jobs_is_refused(running: Running) -> None:

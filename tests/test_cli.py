@@ -57,9 +57,16 @@ def test_cancel_and_errors(running: Running) -> None:
     assert bad.returncode == 1 and "token not recognised" in bad.stderr
 
 
-def test_token_create(running: Running) -> None:
-    token = cli(running, "token", "create", "dana").stdout.strip()
+def test_token_create_ls_revoke(running: Running) -> None:
+    token = cli(running, "token", "create", "dana", "--expires-in", "2d").stdout.strip()
     assert cli(running, "ls", "--json", token=token).returncode == 0
+    [listed] = json.loads(cli(running, "token", "ls", "--json").stdout)
+    assert listed["name"] == "dana" and 2 * 86400 - 60 < listed["expires_at"] - listed["created_at"] <= 2 * 86400
+    assert "dana" in cli(running, "token", "ls").stdout and token not in cli(running, "token", "ls").stdout
+    bad = cli(running, "token", "create", "erin", "--expires-in", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+    assert cli(running, "token", "revoke", "dana").returncode == 0
+    assert "revoked" in cli(running, "ls", token=token).stderr
 
 
 def test_download_fetches_a_jobs_output_and_why_names_the_inputs(running: Running, tmp_path: Path) -> None:

@@ -207,6 +207,20 @@ def test_tokens(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     assert hash_token(user) != user
 
 
+def test_a_cancelled_job_s_token_dies_though_its_run_goes_on_for_another_job(store: Store) -> None:
+    [a] = ids(store.submit(ADMIN, "", [spec("runner")], 1.0))
+    [b] = ids(store.submit(ADMIN, "", [spec("runner")], 2.0))  # attached to a's run
+    run = store.get_job(a)["run_uuid"]
+    with store.write() as tx:
+        store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "")
+        token = store.new_run_tokens(tx, {run: "/nowhere"})[run]
+    assert store.authenticate(token, 3.0).job_uuid == a
+    store.cancel(a, "not wanted", 4.0)
+    assert store.get_job(b)["state"] == "running"  # b still wants the run
+    with pytest.raises(Unauthenticated, match=f"job {a} was cancelled"):
+        store.authenticate(token, 5.0)  # else it would go on adding children under a cancelled job
+
+
 def test_user_tokens_are_unique_by_name_expire_and_can_be_revoked(store: Store) -> None:
     bob = store.create_user_token("bob", 1.0, expires_at=100.0)
     with pytest.raises(Conflict, match="a token named 'bob' exists"):

@@ -346,12 +346,48 @@ def token() -> None:
     """Tokens for people and drivers on a TCP controller."""
 
 
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float:
+    if not value:
+        return 0.0
+    number, unit = value[:-1], value[-1:]
+    if unit not in DURATION or not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(f"{value!r} is not a duration such as 12h or 30d")
+    return int(number) * DURATION[unit]
+
+
 @token.command(name="create")
 @click.argument("name")
+@click.option("--expires-in", callback=_seconds, default=None, help="Expire after this long: 30m, 12h, 90d.")
 @click.pass_context
-def token_create(ctx: click.Context, name: str) -> None:
-    """Create a user token named NAME and print it (it is shown only once)."""
-    click.echo(_client(ctx).create_token(name))
+def token_create(ctx: click.Context, name: str, expires_in: float) -> None:
+    """Create a token for the user NAME and print it (it is shown only once). NAME owns what the
+    token submits, and the token sees only NAME's jobs and data."""
+    click.echo(_client(ctx).create_token(name, expires_in))
+
+
+@token.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def token_ls(ctx: click.Context, as_json: bool) -> None:
+    """List the user tokens (never the tokens themselves)."""
+    tokens = _client(ctx).tokens()
+    if as_json:
+        _emit(tokens)
+        return
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"  # noqa: E731
+    for t in tokens:
+        click.echo(f"{t['name']:<24} created {stamp(t['created_at'])}  expires {stamp(t['expires_at'])}")
+
+
+@token.command(name="revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke user NAME's token at once; NAME's jobs stay, and a new token may be made for NAME."""
+    _client(ctx).revoke_token(name)
 
 
 def _listing(jobs: Iterator[JobInfo] | list[JobInfo], as_json: bool, text: Callable[[list[JobInfo]], str]) -> None:

@@ -40,7 +40,7 @@ from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between the attempts of a call while unavailable
+RETRY_WINDOW = 10.0  # seconds a call is sent again while the controller is unavailable
 MAX_MESSAGE = 128 * 2**20  # as the controller allows: a program archive, the manifest of a big output
 LOCAL_IDLE_TIMEOUT = float(os.environ.get("JOBNEST_LOCAL_IDLE_TIMEOUT", "300"))
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -124,7 +124,8 @@ class Client:
         self.address = address
         self._token = token
         self._channel = grpc.insecure_channel(_target(address), options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])
+            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)])
         self._stub = pb_grpc.JobServiceStub(self._channel)
         self._data = pb_grpc.DataServiceStub(self._channel)
         self._record_driver = driver and not os.environ.get("JOBNEST_JOB")
@@ -147,16 +148,25 @@ class Client:
     def _unary(self, name: str, request: Any, timeout: float | None = 60, token: str | None = None,
                stub: Any = None, retry: bool = True) -> Any:
         """One call; sent again while the controller is unavailable (restarting, or its store
-        away), for a few seconds. Every call retried is safe to repeat: a submit has its request id."""
-        for pause in (*RETRY_PAUSES, None) if retry else (None,):
+        away), for up to `RETRY_WINDOW` seconds, each time once the channel is connected again.
+        Every call retried is safe to repeat: a submit has its request id."""
+        method = getattr(stub or self._stub, name)
+        give_up, pause, again = time.monotonic() + RETRY_WINDOW, 0.1, False
+        while True:
+            left = give_up - time.monotonic()
             try:
                 with _errors():
-                    return getattr(stub or self._stub, name)(request, metadata=self._metadata(token),
-                                                             timeout=timeout)
+                    return method(request, metadata=self._metadata(token), wait_for_ready=again,
+                                  timeout=min(timeout or left, left) if again else timeout)
             except Unavailable:
-                if pause is None:
+                if not retry or left < pause:
                     raise
                 time.sleep(pause)
+                pause, again = min(2 * pause, 2.0), True
+            except Timeout:
+                if not again:
+                    raise
+                raise Unavailable(f"the controller at {self.address} did not answer for {RETRY_WINDOW:.0f} s") from None
 
     def _stream(self, name: str, request: Any, timeout: float | None = None, stub: Any = None) -> Iterator[Any]:
         call = getattr(stub or self._stub, name)(request, metadata=self._metadata(), timeout=timeout)

@@ -237,7 +237,7 @@ def test_the_install_notes_tell_how_to_reach_the_controller_and_run_a_pipeline()
     notes = done.stdout.split("NOTES:", 1)[1]
     for text in (f"kubectl --namespace {NAMESPACE} port-forward svc/jobnest 7070:7070",
                  "export JOBNEST_CONTROLLER=localhost:7070",
-                 f"get secret jobnest-admin-token -o jsonpath='{{.data.admin-token}}' | base64 -d",
+                 "get secret jobnest-admin-token -o jsonpath='{.data.admin-token}' | base64 -d",
                  "jobnest ls", "jobnest tree",
                  "jobnest submit --executor kubernetes --image jobnest/jobnest:latest examples/pipeline.py"):
         assert text in notes

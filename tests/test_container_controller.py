@@ -5,7 +5,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 
 import jobnest
 from jobnest._client import folder_archive

@@ -3,7 +3,6 @@ over the DataService, result.json, and signatures over input content. Each flow 
 local executor and on Docker."""
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def test_a_job_runs_in_a_container_with_its_output_dir(docker_running: Running) 
     script = 'echo hello; echo oops >&2; echo "$JOBNEST_JOB" > "$JOBNEST_OUTPUT/who"; cat /proc/1/comm'
     job = in_docker(client, ["sh", "-c", script], cpu=0.5).wait(timeout=60)
     assert job.state == "succeeded", job.info.reason
-    assert job.logs() == f"hello\ndocker-init\n" and job.logs(stream="stderr") == "oops\n"
+    assert job.logs() == "hello\ndocker-init\n" and job.logs(stream="stderr") == "oops\n"
     assert Path(job.info.output_dir, "who").read_text().strip() == job.uuid
     assert job.info.node == "docker" and job.info.cpu_enforced
 

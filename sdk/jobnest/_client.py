@@ -34,8 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._conditions import Condition
 from ._data import Output, Upload, chunks, lay_out, walk
-from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated, Unavailable,
-                     from_rpc_error)
+from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Timeout, Unauthenticated,
+                     Unavailable, from_rpc_error)
 from .v1 import jobnest_pb2 as pb
 from .v1 import jobnest_pb2_grpc as pb_grpc
 

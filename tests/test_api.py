@@ -7,6 +7,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -321,6 +322,46 @@ def test_the_sdk_retries_calls_while_the_controller_is_unavailable(tmp_path: Pat
     finally:
         wait_for(lambda: restarted)
         restarted[0].stop(grace=0)
+
+
+def test_open_streams_never_take_the_threads_unary_calls_need(running: Running) -> None:
+    """Each open stream holds a server thread. Before, 70 Watch streams took all 64 and every other
+    call hung; now a caller holds at most 64 streams, all callers 192, and unary calls keep the rest."""
+    admin = running.client()
+    job = admin.submit(["sleep", "60"], cpu=0.1)
+    tokens = [ADMIN] + [admin.create_token(name) for name in ("s1", "s2", "s3")]
+    for token in tokens[1:]:
+        running.client(token).submit(["sleep", "60"], name=token, cpu=0.1)
+    mine = {token: (job.uuid if token == ADMIN else next(iter(running.client(token).list())).uuid) for token in tokens}
+    channel = grpc.insecure_channel(running.address)
+    stub = pb_grpc.JobServiceStub(channel)
+
+    def watch(token: str) -> Any:
+        return stub.Watch(pb.WatchRequest(uuids=[mine[token]]), metadata=[("authorization", f"Bearer {token}")])
+
+    opened = []
+    for token in tokens[:3]:
+        for _ in range(64):
+            opened.append(watch(token))
+            assert next(opened[-1]).initial  # served: it holds a thread now
+    with pytest.raises(grpc.RpcError) as caught:
+        next(watch(tokens[0]))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "of this caller" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        next(watch(tokens[3]))
+    assert "192 streams are open" in caught.value.details()
+    assert running.client(tokens[3]).get(mine[tokens[3]]).state in ("queued", "running")  # unary still served
+    for call in opened:
+        call.cancel()
+
+    def opens() -> bool:
+        try:
+            return next(watch(tokens[3])).initial
+        except grpc.RpcError:
+            return False
+
+    wait_for(opens)  # closed streams are given back
+    channel.close()
 
 
 def test_a_request_id_used_again_with_other_jobs_is_refused(running: Running) -> None:

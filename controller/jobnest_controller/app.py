@@ -24,7 +24,7 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .programs import Programs
 from .reconciler import Reconciler
-from .server import Activity, DataService, JobService
+from .server import WORKERS, Activity, DataService, JobService
 from .settings import Settings
 from .store import Store
 
@@ -92,8 +92,8 @@ class Controller:
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              reconciler=self.reconciler)
-        # Watch and Logs streams hold a worker thread each, hence the many workers.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=[
+        # Streams hold a worker thread each, hence the many workers (see `server.Streams`).
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS), options=[
             ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE)])
         pb_grpc.add_JobServiceServicer_to_server(service, server)

@@ -3,6 +3,7 @@
 `jobnest.errors` exceptions become gRPC statuses here and nowhere else (`_rpc`).
 """
 
+import contextlib
 import functools
 import getpass
 import hashlib
@@ -20,7 +21,8 @@ from typing import Any
 
 import grpc
 
-from jobnest.errors import FIELD_KEY, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unauthenticated
+from jobnest.errors import (FIELD_KEY, InvalidSpec, JobnestError, NotFound, PermissionDenied, ResourceExhausted,
+                            Unauthenticated)
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
@@ -38,6 +40,8 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
 MAX_REQUEST_ID, MAX_REASON = 200, 1000  # characters
 MAX_EXPIRY = 10 * 365 * 86400.0  # seconds a token may be given
+# A server's threads: streams may hold at most MAX_STREAMS of them, so unary calls keep the rest.
+WORKERS, MAX_STREAMS, MAX_STREAMS_PER_CALLER = 256, 192, 64
 
 
 class Activity:
@@ -57,6 +61,35 @@ class Activity:
 
     def idle_for(self) -> float:
         return 0.0 if self.calls else self.clock() - self.last
+
+
+class Streams:
+    """Open streams (Watch, Logs, List, Download), limited per caller and in all: each holds a
+    server thread while open, and unary calls must always find one free."""
+
+    def __init__(self, total: int = MAX_STREAMS, per_caller: int = MAX_STREAMS_PER_CALLER) -> None:
+        self.total = total
+        self.per_caller = per_caller
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self, context: grpc.ServicerContext) -> Iterator[None]:
+        key = dict(context.invocation_metadata()).get("authorization", "")  # a token, checked later
+        with self._lock:
+            if self._open.get(key, 0) >= self.per_caller:
+                raise ResourceExhausted(f"{self.per_caller} streams of this caller are open, the most one caller "
+                                        "may hold: close some")
+            if sum(self._open.values()) >= self.total:
+                raise ResourceExhausted(f"{self.total} streams are open, the most this controller serves at once")
+            self._open[key] = self._open.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[key] -= 1
+                if not self._open[key]:
+                    del self._open[key]
 
 
 def _abort(context: grpc.ServicerContext, error: JobnestError) -> None:
@@ -87,7 +120,8 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     def stream(self: "JobService", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self.activity.call(+1)
         try:
-            yield from method(self, request, context)
+            with self.streams.held(context):
+                yield from method(self, request, context)
         except JobnestError as e:
             _abort(context, e)
         except Exception:
@@ -115,6 +149,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.default_executor = default_executor
         self.wake = wake
         self.activity = activity
+        self.streams = Streams()
         self.trust_local = trust_local  # served on the owner's socket: no token means its owner
         self.reconciler = reconciler
         self.waiting = reconciler.waiting_reason  # run uuid -> why the scheduler has not started it
@@ -432,6 +467,7 @@ class DataService(pb_grpc.DataServiceServicer):
         self.jobs = jobs
         self.data = data
         self.activity = jobs.activity
+        self.streams = jobs.streams
 
     @_rpc
     def Missing(self, request: pb.BlobRefs, context: grpc.ServicerContext) -> pb.BlobRefs:

@@ -39,6 +39,12 @@ class PermissionDenied(JobnestError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class ResourceExhausted(JobnestError):
+    """A limit was reached (open streams, say): try again once some are closed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(JobnestError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -49,7 +55,8 @@ class Timeout(JobnestError):
 
 BY_CODE: dict[grpc.StatusCode, type[JobnestError]] = {
     cls.code: cls
-    for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied, Unavailable, Timeout)
+    for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied, ResourceExhausted, Unavailable,
+                Timeout)
 }
 
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -542,3 +543,62 @@ def test_cancel_waits_for_processes_that_ignore_sigterm(running: Running, tmp_pa
     job.wait(timeout=20)
     assert job.state == "cancelled"
     assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_driver_that_stops_renewing_its_lease_is_lost_and_its_jobs_go_on(tmp_path: Path) -> None:
+    """A driver on another machine that dies was never reaped; now its lease lapses."""
+    settings = make_settings(tmp_path / "home")
+    settings.driver_lease = 1.0
+    controller = Controller(settings)
+    controller.start()
+    try:
+        client = Running(controller).client()
+        response = client._stub.Submit(pb.SubmitRequest(jobs=[pb.JobSpec(
+            name="far", argv=["x"], driver=True, driver_pid=1, driver_host="another-machine")]),
+            metadata=client._metadata())
+        driver = response.jobs[0].uuid
+        child = client._unary("Submit", pb.SubmitRequest(jobs=[client.spec(["sleep", "2"], cpu=0.1)]),
+                              token=response.driver_token).jobs[0].uuid
+        assert client._unary("RenewLease", pb.RenewLeaseRequest(), token=response.driver_token).lease == 1.0
+        wait_for(lambda: client.get(driver).state == "failed", timeout=20)
+        assert "driver lost" in client.get(driver).reason and client.get(child).state == "running"
+        wait_for(lambda: client.get(child).state == "succeeded", timeout=20)
+    finally:
+        controller.stop(grace=0)
+
+
+DRIVER_EXIT = """
+import os, signal, sys, time, jobnest
+client = jobnest.connect()
+client.submit(["true"], cpu=0.1)
+print(client.driver.uuid, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(3)
+if sys.argv[1] == "term":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)
+raise RuntimeError("boom")
+"""
+
+
+@pytest.mark.parametrize("how, code", [("exit", 3), ("term", 143), ("raise", 1)])
+def test_a_driver_s_exit_code_is_its_job_s(running: Running, how: str, code: int) -> None:
+    """Before, `sys.exit(3)` and SIGTERM were recorded as succeeded."""
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    done = subprocess.run([sys.executable, "-c", DRIVER_EXIT, how], env=env, capture_output=True, text=True, timeout=60)
+    driver = running.client().get(done.stdout.split()[0])
+    assert (driver.state, driver.exit_code) == ("failed", code), done.stderr
+
+
+def test_a_listing_s_chunks_are_bounded_by_bytes(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a chunk was 5,000 rows whatever their size: long reasons made one 525 MB chunk,
+    over the message limit, and every listing that held them failed."""
+    from jobnest_controller import server
+    monkeypatch.setattr(server, "LIST_CHUNK_BYTES", 5000)
+    client = running.client()
+    jobs = client.submit_many([client.spec(["sleep", "30"], name=f"job{i}", cpu=0.1) for i in range(12)])
+    for job in jobs:
+        client.cancel(job.uuid, reason="r" * 1000)
+    chunks = list(client._stub.List(pb.ListRequest(), metadata=client._metadata()))
+    assert len(chunks) >= 3 and all(len(c.SerializeToString()) < 5000 + 2000 for c in chunks)
+    assert [u for c in chunks for u in c.uuid] == [j.uuid for j in jobs]

@@ -256,6 +256,7 @@ def test_runs_are_packed_onto_several_engines(tmp_path: Path, second_engine: str
         extra = in_docker(client, ["echo", "last"], cpu=1)
         wait_for(lambda: all(j.state == "running" for j in jobs), timeout=60)
         assert {j.info.node for j in jobs} == {"docker-0", "docker-1"}
+        wait_for(lambda: client.get(extra.uuid).reason != "", timeout=20)  # planned, once the others were claimed
         assert extra.state == "queued" and extra.info.reason.startswith("waiting for cpu")
         extra.wait(timeout=60)
         assert extra.state == "succeeded" and extra.logs() == "last\n"

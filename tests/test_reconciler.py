@@ -1,6 +1,7 @@
 """The reconciler stepped by hand with its own clock: no server, a real store, real processes."""
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from jobnest_controller.reconciler import Reconciler
 from jobnest_controller.states import State
 from jobnest_controller.store import Caller, Kind, Store
 
+from .conftest import Running
 from .test_store import ids, spec
 
 
@@ -138,3 +140,26 @@ def test_a_run_asked_to_stop_that_comes_back_to_the_queue_ends(parts) -> None:  
         reconciler.tick(time.time())
     row = store.get_job(job)
     assert row["state"] == "cancelled" and row["run_state"] == "cancelled"
+
+
+def test_storing_an_output_holds_up_no_other_run(running: Running) -> None:
+    """A run's output is stored off the reconciler's pass: while one takes long (a million small
+    files took 68 s), other jobs start and end. Before, every other job waited for it."""
+    data = running.controller.reconciler.data
+    begun, release = threading.Event(), threading.Event()
+    ingest = data.ingest
+
+    def slow_ingest(folder: Path) -> str:
+        begun.set()
+        release.wait(timeout=60)
+        return ingest(folder)
+
+    data.ingest = slow_ingest  # type: ignore[method-assign]
+    client = running.client()
+    big = client.submit(["sh", "-c", "echo many > {output}/files"], name="big", cpu=0.1)
+    assert begun.wait(timeout=20)
+    data.ingest = ingest  # type: ignore[method-assign]
+    small = client.submit(["echo", "quick"], name="small", cpu=0.1).wait(timeout=20)
+    assert small.state == "succeeded" and client.get(big.uuid).state == "running"
+    release.set()
+    assert big.wait(timeout=20).state == "succeeded" and big.info.output

@@ -89,6 +89,7 @@ class Controller:
                              admin_token=self.settings.server.admin_token,
                              mount_roots=roots, forbidden=confine.forbidden(self.settings),
                              runs_root=str(Path(self.settings.home).resolve() / "runs"),
+                             driver_lease=self.settings.driver_lease,
                              default_executor=self.settings.default_executor, wake=self.wake,
                              activity=self.activity, trust_local=trust_local,
                              reconciler=self.reconciler)

@@ -65,6 +65,7 @@ class Run(SQLModel, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    lease_until: float | None = None  # a driver's: it is lost once this passes unrenewed
 
 
 class Request(SQLModel, table=True):

@@ -34,6 +34,7 @@ from .store import DRIVER, Store, Tx
 
 log = logging.getLogger(__name__)
 STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
+STORES_AT_ONCE = 2  # outputs stored concurrently: hashing and copying, bound by the disk
 # Conditions applied in one write at most (each a few statements): the rest wait for the next
 # pass, and submits go on in between. The ends they cause are heard again from the bus.
 SETTLED_AT_ONCE = 500
@@ -99,6 +100,9 @@ class Reconciler:
         # go on (a fork here is quicker than handing it to a thread); all are heard of next pass.
         self._pool = ThreadPoolExecutor(STARTS_AT_ONCE, thread_name_prefix="start")
         self._starting: dict[str, Future[Started | Exception]] = {}
+        self._store_pool = ThreadPoolExecutor(STORES_AT_ONCE, thread_name_prefix="store-output")
+        # Succeeded runs whose output is being stored, with how they ended.
+        self._storing: dict[str, tuple[Future[tuple[str, str]], tuple[dict[str, Any], State, Exited]]] = {}
         # Runs this reconciler wrote that left or never were in the index (claimed, started,
         # ended): their change needs no reading back.
         self._mine: set[str] = set()
@@ -159,12 +163,18 @@ class Reconciler:
         for run in active:  # a start just heard of is not stored yet
             if isinstance(outcome := starts.get(run["uuid"]), Started):
                 run.update(pid=outcome.pid, handle=outcome.handle, workdir=outcome.workdir)
-        ended = self._observe([run for run in active if run["uuid"] in starts or run["uuid"] not in self._starting],
-                              now)
+        stored = {uuid: storing for uuid, storing in self._storing.items() if storing[0].done()}
+        ended = self._observe([run for run in active if (run["uuid"] in starts or run["uuid"] not in self._starting)
+                               and run["uuid"] not in self._storing], now)
+        # A succeeded run's output is stored on a thread of its own, as a million small files take a
+        # minute: the run ends at the first pass after, and meanwhile no other waits for it.
+        for end in ended:
+            if end[1] is State.SUCCEEDED:
+                self._storing[end[0]["uuid"]] = (self._store_pool.submit(self._store_output, end[0]), end)
+        ended = [end for end in ended if end[1] is not State.SUCCEEDED] + [end for _, end in stored.values()]
+        outputs = {uuid: future.result() for uuid, (future, _) in stored.items()}
         gone = {run["uuid"] for run, _, _ in ended}
         running = [run for run in active if run["uuid"] not in gone]
-        # Outputs are stored before the write, which would hold up every submit meanwhile.
-        outputs = {run["uuid"]: self._store_output(run) for run, state, _ in ended if state is State.SUCCEEDED}
         nodes = {name: executor.nodes() for name, executor in self.executors.items()}  # asked every pass
         launches: list[tuple[Executor, dict[str, Any], Launch]] = []
         # The write lock is taken only for something to write: a backlog that cannot start does not
@@ -180,6 +190,8 @@ class Reconciler:
                 launches = self._claim(tx, self._plan(index, nodes, running, now) if news else placements, now)
         for uuid in starts:  # stored: forgotten only now, so a pass that failed hears of them again
             del self._starting[uuid]
+        for uuid in stored:
+            del self._storing[uuid]
         for launch in launches:  # after the claim is committed: a large input must not hold up every submit
             self._starting[launch[2].run_uuid] = (self._pool.submit(self._start_one, launch) if launch[0].slow_starts
                                                   else _done(self._start_one(launch)))
@@ -306,6 +318,9 @@ class Reconciler:
         if run["executor"] == DRIVER:
             if run["node"] == self.host and run["pid"] and not _alive(run["pid"]):
                 return State.FAILED, Exited(None, "driver exited without finishing")
+            if run["lease_until"] is not None and now > run["lease_until"]:
+                return State.FAILED, Exited(None, "driver lost: it stopped renewing its lease (killed, or its "
+                                                  "machine is gone); its jobs go on")
             return None
         executor = self.executors.get(run["executor"])
         if executor is None:
@@ -443,6 +458,7 @@ class Reconciler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._store_pool.shutdown(wait=False)
 
 
 def _done(outcome: Started | Exception) -> "Future[Started | Exception]":

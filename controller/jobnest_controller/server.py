@@ -38,6 +38,7 @@ from .store import DRIVER, LIST_FIELDS, VIEW, Caller, Store
 log = logging.getLogger(__name__)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-.]{8,200}$")
 LOG_CHUNK = 64 * 1024
+LIST_CHUNK_BYTES = 4 * 2**20  # a listing's chunk holds about this much at most
 MAX_REQUEST_ID, MAX_REASON = 200, 1000  # characters
 MAX_EXPIRY = 10 * 365 * 86400.0  # seconds a token may be given
 # A server's threads: streams may hold at most MAX_STREAMS of them, so unary calls keep the rest.
@@ -135,7 +136,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: Store, executors: dict[str, Executor], programs: Programs, data: Data, *,
-                 admin_token: str, mount_roots: list[str], forbidden: list[str], runs_root: str,
+                 admin_token: str, mount_roots: list[str], forbidden: list[str], runs_root: str, driver_lease: float,
                  default_executor: str, wake: Callable[[], None], activity: Activity, trust_local: bool,
                  reconciler: Reconciler, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -146,6 +147,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.mount_roots = mount_roots  # host folders jobs submitted here may mount (see `confine`)
         self.forbidden = forbidden
         self.runs_root = runs_root  # where runs' folders are: a job's children may mount its own
+        self.driver_lease = driver_lease  # seconds a driver's lease lasts from each renewal
         self.default_executor = default_executor
         self.wake = wake
         self.activity = activity
@@ -248,6 +250,7 @@ class JobService(pb_grpc.JobServiceServicer):
                     raise InvalidSpec(e.problem, field=f"jobs[{i}].image") from None
             spec["image_id"] = images.get(key, "")
         if any(s.get("driver") for s in job_specs):
+            job_specs[0]["lease"] = self.driver_lease
             if len(job_specs) != 1:
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
             if caller.kind == "job":
@@ -297,7 +300,7 @@ class JobService(pb_grpc.JobServiceServicer):
                                       owner=None if caller.kind == "admin" else caller.name)
         if not request.include_reused:
             for rows in chunks:
-                yield list_chunk(rows, self.waiting)
+                yield from list_chunks(rows, self.waiting)
             return
         # A reused job's work was done under the job that started its run: list that subtree too,
         # when the caller may see it (a job token sees only its own subtree).
@@ -308,7 +311,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 rows = [r for r in rows if r.uuid not in listed]
                 listed.update(r.uuid for r in rows)
                 origins += [r.run_origin_job_uuid for r in rows if r.reused]
-                yield list_chunk(rows, self.waiting)
+                yield from list_chunks(rows, self.waiting)
             visible = [p for p, owner in map(self.store.job_scope, set(origins) - listed) if caller.sees(p, owner)]
             if not visible:
                 return
@@ -404,6 +407,11 @@ class JobService(pb_grpc.JobServiceServicer):
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
         self.store.finish_driver(self.caller(context), request.exit_code, self.clock())
         return pb.FinishResponse()
+
+    @_rpc
+    def RenewLease(self, request: pb.RenewLeaseRequest, context: grpc.ServicerContext) -> pb.RenewLeaseResponse:
+        self.store.renew_lease(self.caller(context), self.driver_lease, self.clock())
+        return pb.RenewLeaseResponse(lease=self.driver_lease)
 
     @_rpc
     def Invalidate(self, request: pb.InvalidateRequest, context: grpc.ServicerContext) -> pb.InvalidateResponse:
@@ -549,6 +557,19 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
             mount_cwd=spec.get("mount_cwd", False),
         ))
     return msg
+
+
+def list_chunks(rows: Sequence[Any], waiting: Callable[[str], str]) -> Iterator[pb.ListChunk]:
+    """`rows` as chunks of at most about `LIST_CHUNK_BYTES` each, however long their texts."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        row_size = 64 + sum(len(v) for v in row if isinstance(v, str))
+        if size + row_size > LIST_CHUNK_BYTES and i > start:
+            yield list_chunk(rows[start:i], waiting)
+            start, size = i, 0
+        size += row_size
+    if start < len(rows):
+        yield list_chunk(rows[start:], waiting)
 
 
 def list_chunk(rows: Sequence[Any], waiting: Callable[[str], str]) -> pb.ListChunk:

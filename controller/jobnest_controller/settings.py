@@ -89,6 +89,9 @@ class Settings:
     """Seconds between reconciler passes while runs are live."""
     max_upload: int = 2**30
     """The most bytes one upload (a file or a folder sent as a job's input) may hold."""
+    driver_lease: float = 60.0
+    """Seconds a driver program's lease lasts; its SDK renews it every third of that. A driver
+    not heard from for that long is marked failed ("driver lost"); its jobs go on."""
     mount_roots: list[str] = field(default_factory=list)
     """Host folders under which a container job may mount its cwd (`mount_cwd`). Calls on the
     owner's socket may also mount folders under the owner's home folder; none by default on TCP."""

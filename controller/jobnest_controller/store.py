@@ -51,7 +51,7 @@ SOME_QUEUED_RUNS = ByKeys(runs.c.uuid, _QUEUED_RUNS.where(RUN_STATE == State.QUE
 ACTIVE_RUNS = Fast(sa.select(runs.c.uuid, runs.c.executor, runs.c.node, runs.c.pid, runs.c.handle, runs.c.workdir,
                              runs.c.desired, runs.c.reason, runs.c.started_at, runs.c.timeout, runs.c.cpu_millis,
                              runs.c.memory, runs.c.state, runs.c.retries, runs.c.attempt, runs.c.memory_on_oom,
-                             jobs.c.owner)
+                             runs.c.lease_until, jobs.c.owner)
                    .select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
                    .where(runs.c.state == State.RUNNING.value))
 FOR_START = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.origin_job_uuid, runs.c.executor,
@@ -310,12 +310,23 @@ class Store(Tokens, Submits, Views, Explain):
             tx.conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(desired="invalid"))
         return str(run_uuid)
 
-    def finish_driver(self, caller: Caller, exit_code: int, now: float) -> None:
+    def _driver_run(self, caller: Caller) -> dict[str, Any]:
         if caller.kind != "job":
-            raise PermissionDenied("only a driver's own token can finish it", field="token")
+            raise PermissionDenied("only a driver's own token can do this", field="token")
         run = self.run_of(caller.job_uuid or "")
         if run["executor"] != DRIVER:
             raise PermissionDenied(f"job {caller.job_uuid} is not a driver", field="token")
+        return run
+
+    def renew_lease(self, caller: Caller, lease: float, now: float) -> None:
+        """The driver of `caller` is still there: its lease lasts `lease` seconds from now."""
+        run = self._driver_run(caller)
+        with self.write() as tx:
+            tx.conn.execute(sa.update(runs).where(runs.c.uuid == run["uuid"], runs.c.state == State.RUNNING.value)
+                            .values(lease_until=now + lease))
+
+    def finish_driver(self, caller: Caller, exit_code: int, now: float) -> None:
+        run = self._driver_run(caller)
         new = State.SUCCEEDED if exit_code == 0 else State.FAILED
         with self.write() as tx:
             self.transition(tx, Kind.RUN, run["uuid"], State.RUNNING, new, f"exit code {exit_code}",

@@ -356,4 +356,5 @@ def _new_run(run_uuid: str, spec: dict[str, Any], spec_json: str, parts: dict[st
         "pid": spec.get("driver_pid", 0) if driver else 0, "handle": "", "workdir": "",
         "cpu_enforced": False, "exit_code": None, "output": "", "created_at": now,
         "started_at": now if driver else None, "finished_at": None,
+        "lease_until": now + spec["lease"] if driver and spec.get("lease") else None,  # the server sets it
     }

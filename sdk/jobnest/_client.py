@@ -22,12 +22,13 @@ import socket
 import subprocess
 import sys
 import tarfile
+import signal
 import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -278,6 +279,17 @@ class Client:
             self._driver = Job(self, response.jobs[0].uuid, response.jobs[0])
             self._driver_token = response.driver_token
             _finish_at_exit(self)
+            threading.Thread(target=self._hold_lease, name="jobnest-driver-lease", daemon=True).start()
+
+    def _hold_lease(self) -> None:
+        """Renew the driver job's lease while this program runs: a driver that stops renewing
+        (killed, or its machine gone) is marked lost, and its jobs go on."""
+        while not self._finished:
+            try:
+                lease = self._unary("RenewLease", pb.RenewLeaseRequest(), token=self._driver_token).lease
+            except JobnestError:
+                lease = 3.0  # try again soon
+            time.sleep(lease / 3)
 
     def tree(self) -> str:
         """The tree of the work this program did: under the job it runs as, or its driver job."""
@@ -713,22 +725,39 @@ def _target(address: str) -> str:
     return address
 
 
-_failed = False
+class _Exit:
+    """How this program is ending, for its driver job: `sys.exit(n)` is seen here (Python keeps a
+    SystemExit's code from atexit), an uncaught exception is 1, Ctrl-C 130, SIGTERM 143."""
+
+    code = 0
+    watched = False
+
+    @classmethod
+    def watch(cls) -> None:
+        if cls.watched:
+            return
+        cls.watched = True
+        previous_hook, real_exit = sys.excepthook, sys.exit
+
+        def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+            cls.code = 130 if issubclass(kind, KeyboardInterrupt) else 1
+            previous_hook(kind, value, tb)
+
+        def exit(code: object = None) -> NoReturn:
+            cls.code = code if isinstance(code, int) else 0 if code is None else 1  # a message: 1, as Python
+            real_exit(code)
+
+        sys.excepthook, sys.exit = hook, exit  # type: ignore[assignment]
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def _finish_at_exit(client: Client) -> None:
-    """End the driver job when the program ends: exit code 1 after an uncaught exception."""
-    previous = sys.excepthook
-
-    def hook(*args: Any) -> None:
-        global _failed
-        _failed = True
-        previous(*args)
-
-    sys.excepthook = hook
+    """End the driver job when the program ends, with the program's exit code (see `_Exit`)."""
+    _Exit.watch()
 
     def finish() -> None:
         with contextlib.suppress(JobnestError):
-            client.finish(1 if _failed else 0)
+            client.finish(_Exit.code)
 
     atexit.register(finish)

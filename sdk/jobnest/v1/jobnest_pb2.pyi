@@ -373,6 +373,16 @@ class FinishResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: float
+    def __init__(self, lease: _Optional[float] = ...) -> None: ...
+
 class CreateTokenRequest(_message.Message):
     __slots__ = ("name", "expires_in")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class JobServiceStub:
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.FinishRequest.SerializeToString,
                 response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.FinishResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/jobnest.v1.JobService/RenewLease',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/jobnest.v1.JobService/CreateToken',
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.CreateTokenRequest.SerializeToString,
@@ -153,6 +158,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """A driver renews its lease with its own token; one not renewed in time is marked lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateToken(self, request, context):
         """User tokens, for admins: a token sees and changes only its owner's jobs, runs and data.
         """
@@ -227,6 +239,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Finish,
                     request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.FinishRequest.FromString,
                     response_serializer=jobnest_dot_v1_dot_jobnest__pb2.FinishResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -470,6 +487,33 @@ class JobService:
             '/jobnest.v1.JobService/Finish',
             jobnest_dot_v1_dot_jobnest__pb2.FinishRequest.SerializeToString,
             jobnest_dot_v1_dot_jobnest__pb2.FinishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/RenewLease',
+            jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,6 +111,18 @@ def _pg_bin() -> Path | None:
     return candidates[-1].parent if candidates else None
 
 
+def new_database(postgres_url: str, tmp_path: Path) -> str:
+    """The URL of a fresh, empty database of the throwaway cluster, named after the test."""
+    import sqlalchemy as sa
+    name = f"t{tmp_path.name.replace('-', '_').lower()[-40:]}"
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster in a temp dir on a free port, for this test session."""

@@ -6,6 +6,7 @@ in its run's output dir when it starts, so a run started twice would show two li
 
 import signal
 import os
+import select
 import subprocess
 import sys
 import time
@@ -16,19 +17,27 @@ import pytest
 import jobnest
 
 from .conftest import ADMIN, wait_for
-from .conftest import BUSYBOX, ENGINE, remove_containers, require_engine
+from .conftest import BUSYBOX, ENGINE, new_database, remove_containers, require_engine
 
 
-def start_controller(home: Path, docker: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
+def spawn_controller(home: Path, docker: str, store: str = "") -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen", "127.0.0.1:0",
-         "--cpu", "2", "--docker", docker],
+         "--cpu", "2", "--docker", docker, *(["--store", store] if store else [])],
         stdout=subprocess.PIPE, stderr=open(home.parent / "controller.log", "a"), text=True,
         env={**os.environ, "JOBNEST_ADMIN_TOKEN": ADMIN},
     )
+
+
+def address_of(proc: subprocess.Popen[str]) -> str:
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("port "), line
-    return proc, f"127.0.0.1:{line.split()[1]}"
+    return f"127.0.0.1:{line.split()[1]}"
+
+
+def start_controller(home: Path, docker: str, store: str = "") -> tuple[subprocess.Popen[str], str]:
+    proc = spawn_controller(home, docker, store)
+    return proc, address_of(proc)
 
 
 @pytest.mark.parametrize("executor", ["local", "docker"])
@@ -89,3 +98,34 @@ def test_the_admin_token_is_never_on_a_command_line(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_of_two_controllers_on_one_store_one_serves_and_the_other_takes_over_within_10s(
+        tmp_path: Path, db: str, request: pytest.FixtureRequest) -> None:
+    """Two controllers with their own homes on one store: before, both served and ran jobs twice."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}" if db == "sqlite" else new_database(
+        request.getfixturevalue("postgres_url"), tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, address = start_controller(tmp_path / "a", "none", url)
+    second = spawn_controller(tmp_path / "b", "none", url)
+    marks = tmp_path / "marks"
+    try:
+        client = jobnest.Client(address, ADMIN, driver=False)
+        script = f'sleep 0.4; echo "$JOBNEST_JOB" >> {marks} # job '
+        jobs = client.submit_many([client.spec(["sh", "-c", script + str(i)], cpu=0.5) for i in range(16)])
+        ready, _, _ = select.select([second.stdout], [], [], 1.0)
+        assert not ready and second.poll() is None  # waiting for the lease, serving nothing
+        wait_for(lambda: marks.exists())
+        first.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        client = jobnest.Client(address_of(second), ADMIN, driver=False)
+        assert time.monotonic() - killed < 10
+        client.wait([j.uuid for j in jobs], timeout=60)
+        assert {client.get(j.uuid).state for j in jobs} == {"succeeded"}
+        assert sorted(marks.read_text().split()) == sorted(j.uuid for j in jobs)  # each ran once
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()

@@ -4,8 +4,10 @@
 home and a free port.
 """
 
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from concurrent import futures
@@ -26,6 +28,7 @@ from .programs import Programs
 from .reconciler import Reconciler
 from .server import WORKERS, Activity, DataService, JobService
 from .settings import Settings
+from .lease import LEASE
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,9 @@ class Controller:
         self.owner_server = self._server(trust_local=True)
         self.token_server = self._server(trust_local=False)
         self.port: int | None = None
+        # Who holds the store's lease: a controller restarted on its home (one at a time, see
+        # `__main__`) takes its own lease back at once; another home waits for it to lapse.
+        self.holder = f"{socket.gethostname()}:{home.resolve()}"
         self._loop = threading.Thread(target=self._run_loop, name="reconciler", daemon=True)
 
     def _server(self, trust_local: bool) -> grpc.Server:
@@ -103,6 +109,8 @@ class Controller:
         return server
 
     def start(self) -> None:
+        """Serve, once this controller holds the store's lease: while another does, wait for it."""
+        self._take_lease()
         server = self.settings.server
         for sock in (server.socket, server.jobs_socket):
             Path(sock).unlink(missing_ok=True)
@@ -120,8 +128,29 @@ class Controller:
         self.owner_server.start()
         self.token_server.start()
         self._loop.start()
+        threading.Thread(target=self._keep_lease, name="lease", daemon=True).start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _take_lease(self) -> None:
+        waiting = False
+        while not self.store.lead(self.holder, time.time()):
+            if not waiting:
+                log.info("another controller is active on %s: waiting for its lease to lapse", self.settings.store.url)
+                waiting = True
+            if self._stop.wait(LEASE / 6):
+                raise JobnestError("stopped while waiting for the store's lease")
+
+    def _keep_lease(self) -> None:
+        """Renew the lease; once another controller has taken it (this one was paused past it),
+        stop: it must not run what the other runs."""
+        while not self._stop.wait(LEASE / 3):
+            try:
+                if not self.store.renew(time.time()):
+                    log.error("another controller took this store's lease: stopping")
+                    self.request_stop()
+            except JobnestError:
+                log.exception("could not renew the store's lease; trying again")
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():
@@ -169,4 +198,7 @@ class Controller:
         for executor in self.executors.values():
             executor.close()
         self.reconciler.close()
+        if self.store.epoch is not None:
+            with contextlib.suppress(JobnestError):
+                self.store.release_lease()  # a controller waiting for the store takes it now
         self.store.close()

@@ -102,9 +102,21 @@ class Holding(SQLModel, table=True):
     path: str = Field(primary_key=True)  # "/" for a person; a job's path for a job's upload
 
 
+class Leader(SQLModel, table=True):
+    """The store's lease: the one controller that may serve from it (see `lease.py`)."""
+
+    __tablename__ = "leader"
+
+    id: int = Field(default=1, primary_key=True)
+    holder: str
+    epoch: int  # one more at each taking
+    expires_at: float
+
+
 # The SQLAlchemy Core tables behind the models, which the store's hot paths use.
 jobs: sa.Table = Job.__table__  # type: ignore[attr-defined]
 runs: sa.Table = Run.__table__  # type: ignore[attr-defined]
 user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
 requests: sa.Table = Request.__table__  # type: ignore[attr-defined]
 holdings: sa.Table = Holding.__table__  # type: ignore[attr-defined]
+leader: sa.Table = Leader.__table__  # type: ignore[attr-defined]

@@ -27,7 +27,8 @@ from .auth import Caller, Tokens, hash_token
 from .events import Bus, JobEvent
 from .executors.base import Started
 from .explain import Explain
-from .models import holdings, jobs, requests, runs, user_tokens
+from .lease import Leases
+from .models import holdings, jobs, leader, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
 from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of,
@@ -75,7 +76,7 @@ class Tx:
     new_runs: list[dict[str, Any]] = field(default_factory=list)  # runs made, as the reconciler indexes them
 
 
-class Store(Tokens, Submits, Views, Explain):
+class Store(Tokens, Submits, Views, Explain, Leases):
     def __init__(self, url: str, bus: Bus | None = None) -> None:
         self.url = url
         self.bus = bus or Bus()
@@ -104,7 +105,7 @@ class Store(Tokens, Submits, Views, Explain):
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
-            for table in (jobs, runs, requests, user_tokens, holdings):
+            for table in (jobs, runs, requests, user_tokens, holdings, leader):
                 missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
                 if missing:
                     raise JobnestError(f"the store at {self.url} is older than this controller: table "
@@ -125,14 +126,17 @@ class Store(Tokens, Submits, Views, Explain):
             yield tx
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Tx]:
+    def _transaction(self, fenced: bool = True) -> Iterator[Tx]:
         """A transaction for the holder of the write lock, published (still under the lock, so
-        in commit order) once it commits."""
+        in commit order) once it commits. Once the store's lease is held, a transaction checks
+        first that it still is (see `lease.py`)."""
         with _db_errors():
             if self._writer is None:
                 self._writer = self.engine.connect()
             with self._writer.begin():
                 tx = Tx(self._writer)
+                if fenced and self.epoch is not None:
+                    self.check_lease(tx.conn)
                 yield tx
         self.bus.publish(tx.events, tx.runs, tx.new_runs)
 

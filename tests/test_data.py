@@ -169,7 +169,11 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(tmp_path: Path)
         data = tmp_path / "home" / "data"
         assert [p for p in data.rglob("*") if p.is_file()] == []
         assert client.upload(tmp_path / "parts" / "a").digest  # one part alone fits
-        (folder / "b").write_bytes(b"a" * 600)  # the same content twice: stored, and counted, once
+        (folder / "b").write_bytes(b"a" * 600)  # the same content twice: sent and stored once, ...
+        assert client.upload(tmp_path / "parts" / "a").digest
+        with pytest.raises(jobnest.InvalidSpec, match="entries: its files add up to 1200 bytes"):
+            client.upload(folder)  # ... but a job's input folder would hold it twice: 30 times was 3 GB
+        (folder / "b").write_bytes(b"a" * 300)
         assert client.upload(folder).digest
     finally:
         controller.stop(grace=0)

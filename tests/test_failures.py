@@ -10,7 +10,9 @@ import pytest
 
 import jobnest
 
-from .conftest import ADMIN, BUSYBOX, Running, remove_containers, require_engine
+from jobnest_controller.app import Controller
+
+from .conftest import ADMIN, BUSYBOX, Running, make_settings, remove_containers, require_engine
 
 
 def test_retries_rerun_a_failed_run_until_it_succeeds(where: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
@@ -113,3 +115,19 @@ def test_a_driver_that_left_is_resumed_without_running_anything_twice(tmp_path: 
         subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "--home", str(home), "down"],
                        capture_output=True, timeout=30)
         remove_containers(home)
+
+
+def test_a_run_that_writes_more_log_than_the_limit_is_stopped_and_fails(tmp_path: Path) -> None:
+    """Before, 10 s of stdout flood wrote 5.6 GB of log, with no cap."""
+    settings = make_settings(tmp_path / "home")
+    settings.max_log = 2**20
+    controller = Controller(settings)
+    controller.start()
+    try:
+        client = Running(controller).client()
+        flood = client.submit(["sh", "-c", "yes flood"], cpu=0.5).wait(timeout=30)
+        assert flood.state == "failed" and "passed the limit of 1048576 bytes" in flood.info.reason
+        assert os.path.getsize(Path(flood.info.output_dir).parent / "stdout.log") <= 2**20  # cut at the limit
+        assert client.submit(["echo", "quiet"], cpu=0.5).wait(timeout=30).state == "succeeded"
+    finally:
+        controller.stop(grace=0)

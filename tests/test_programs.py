@@ -31,7 +31,20 @@ def dot_dot(tar: tarfile.TarFile) -> None:
     tar.addfile(tarfile.TarInfo("a/../../x"), io.BytesIO(b""))
 
 
-@pytest.mark.parametrize("bad", [archive(symlink_out), archive(dot_dot), b"not a tar at all"])
+def bomb(tar: tarfile.TarFile) -> None:
+    """600 MiB of zeros, which gzip makes about 600 KiB: it unpacks past the limit."""
+    info = tarfile.TarInfo("zeros")
+    info.size = 600 * 2**20
+
+    class Zeros:
+        def read(self, n: int) -> bytes:
+            return bytes(n)
+
+    tar.addfile(info, Zeros())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [archive(symlink_out), archive(dot_dot), b"not a tar at all", archive(bomb)],
+                         ids=["link-out", "dot-dot", "not-a-tar", "gzip-bomb"])
 def test_archives_that_escape_or_are_not_archives_are_refused(running: Running, bad: bytes) -> None:
     client = running.client()
     spec = client.spec(["python", "x.py"])

@@ -72,7 +72,8 @@ class Controller:
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
         self.programs = Programs(str(home / "programs"))
-        self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data)
+        self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data,
+                                     max_log=settings.max_log)
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -166,6 +166,10 @@ class Data:
         if file and set(files) != {file}:
             raise InvalidSpec(f"an upload of one file holds just that file, {file!r}", field="file")
         self._check_size(sum(sizes.values()))
+        laid_out = sum(e.get("size", 0) for e in files.values())  # what a job's input folder holds
+        if laid_out > self.max_upload:
+            raise InvalidSpec(f"its files add up to {laid_out} bytes (the same content counted each time it is "
+                              f"named), over the upload limit of {self.max_upload}", field="entries")
         return self._keep_manifest(files, file)
 
     def _keep_manifest(self, files: dict[str, dict[str, Any]], file: str = "") -> str:

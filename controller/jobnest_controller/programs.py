@@ -14,6 +14,7 @@ from jobnest.errors import InvalidSpec
 from .data import is_digest
 
 MAX_ARCHIVE = 64 * 2**20
+MAX_UNPACKED, MAX_MEMBERS = 512 * 2**20, 100_000  # what an archive may unpack to, in bytes and files
 
 
 class Programs:
@@ -32,11 +33,16 @@ class Programs:
             raise InvalidSpec(f"{len(archive)} bytes is over the limit of {MAX_ARCHIVE}", field="program_archive")
         try:
             with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-                for member in tar.getmembers():
+                unpacked = 0
+                for count, member in enumerate(tar, start=1):  # read as it unpacks: a bomb stops early
                     if _escapes(member.name) or member.islnk() or (member.issym() and _escapes(member.linkname)) \
                             or not (member.isfile() or member.isdir() or member.issym()):
                         raise InvalidSpec(f"{member.name!r} points outside the folder or is not a file",
                                           field="program_archive")
+                    unpacked += member.size
+                    if unpacked > MAX_UNPACKED or count > MAX_MEMBERS:
+                        raise InvalidSpec(f"it unpacks to more than {MAX_UNPACKED} bytes or {MAX_MEMBERS} files, "
+                                          "the limit of a program folder", field="program_archive")
         except (tarfile.TarError, OSError) as e:
             raise InvalidSpec(f"not a gzipped tar: {e}", field="program_archive") from None
         digest = hashlib.sha256(archive).hexdigest()

@@ -13,6 +13,7 @@ so a pass costs what happened, not the size of the backlog. After a crash, or a 
 it is loaded again: the store stays the truth.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -34,6 +35,7 @@ from .store import DRIVER, Store, Tx
 
 log = logging.getLogger(__name__)
 STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
+LOG_CHECK = 0.25  # seconds between looks at the size of running runs' logs
 STORES_AT_ONCE = 2  # outputs stored concurrently: hashing and copying, bound by the disk
 # Conditions applied in one write at most (each a few statements): the rest wait for the next
 # pass, and submits go on in between. The ends they cause are heard again from the bus.
@@ -78,8 +80,10 @@ class Index:
 
 class Reconciler:
     def __init__(self, store: Store, executors: dict[str, Executor], controller_address: str,
-                 programs: Programs, data: Data) -> None:
+                 programs: Programs, data: Data, max_log: int = 0) -> None:
         self.store = store
+        self.max_log = max_log  # bytes of stdout and stderr a run may write; 0: no limit
+        self._logs_checked, self._check_logs = 0.0, False
         self.programs = programs
         self.data = data
         self.executors = executors
@@ -164,6 +168,9 @@ class Reconciler:
             if isinstance(outcome := starts.get(run["uuid"]), Started):
                 run.update(pid=outcome.pid, handle=outcome.handle, workdir=outcome.workdir)
         stored = {uuid: storing for uuid, storing in self._storing.items() if storing[0].done()}
+        self._check_logs = now - self._logs_checked >= LOG_CHECK  # their sizes: not at every pass
+        if self._check_logs:
+            self._logs_checked = now
         ended = self._observe([run for run in active if (run["uuid"] in starts or run["uuid"] not in self._starting)
                                and run["uuid"] not in self._storing], now)
         # A succeeded run's output is stored on a thread of its own, as a million small files take a
@@ -328,10 +335,21 @@ class Reconciler:
         timeout = run["timeout"]
         if run["desired"] == "run" and timeout and run["started_at"] and now - run["started_at"] > timeout:
             run["desired"] = "timeout" if self.store.set_desired(run["uuid"], "timeout") else "cancel"
+        if run["desired"] == "run" and self._over_log(executor, run):
+            run["desired"] = "log" if self.store.set_desired(run["uuid"], "log") else "cancel"
         if run["desired"] != "run":
             executor.stop(run, now)
         exited = executor.poll(run)
-        return None if exited is None else _outcome(run, exited, timeout)
+        if exited is not None and run["desired"] == "log":
+            for path in executor.log_paths(run).values():  # what it wrote past the limit goes
+                with contextlib.suppress(OSError):
+                    os.truncate(path, self.max_log)
+        return None if exited is None else _outcome(run, exited, timeout, self.max_log)
+
+    def _over_log(self, executor: Executor, run: dict[str, Any]) -> bool:
+        if not (self.max_log and self._check_logs):
+            return False
+        return sum(_size(path) for path in executor.log_paths(run).values()) > self.max_log
 
     def _end_stopped(self, tx: Tx, now: float) -> None:
         stopped, self._stopped = self._stopped, {}
@@ -476,13 +494,23 @@ def _retry(run: dict[str, Any], exited: Exited) -> dict[str, Any]:
     return values
 
 
-def _outcome(run: dict[str, Any], exited: Exited, timeout: float) -> tuple[State, Exited]:
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _outcome(run: dict[str, Any], exited: Exited, timeout: float, max_log: int) -> tuple[State, Exited]:
     if not exited.started:
         return (State.QUEUED if run["desired"] == "run" else State.CANCELLED), exited
     if run["desired"] == "cancel":
         return State.CANCELLED, Exited(exited.exit_code, run["reason"] or "cancelled")
     if run["desired"] == "timeout":
         return State.FAILED, Exited(exited.exit_code, f"timed out after {timeout:g}s")
+    if run["desired"] == "log":
+        return State.FAILED, Exited(exited.exit_code, f"stopped: its stdout and stderr passed the limit of "
+                                                      f"{max_log} bytes a run may write")
     if exited.exit_code == 0:
         return State.SUCCEEDED, exited
     return State.FAILED, exited

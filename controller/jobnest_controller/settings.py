@@ -89,6 +89,8 @@ class Settings:
     """Seconds between reconciler passes while runs are live."""
     max_upload: int = 2**30
     """The most bytes one upload (a file or a folder sent as a job's input) may hold."""
+    max_log: int = 2**30
+    """The most bytes of stdout and stderr one run may write; past it the run is stopped and fails."""
     driver_lease: float = 60.0
     """Seconds a driver program's lease lasts; its SDK renews it every third of that. A driver
     not heard from for that long is marked failed ("driver lost"); its jobs go on."""

@@ -375,7 +375,7 @@ class Store(Tokens, Submits, Views, Explain, Leases):
                                            for uuid, s in started])
 
     def set_desired(self, run_uuid: str, desired: str) -> bool:
-        """Ask a run that is still wanted to stop for `desired` ("timeout"); False if it was cancelled."""
+        """Ask a run that is still wanted to stop for `desired` ("timeout", "log"); False if it was cancelled."""
         with self.write() as tx:
             return tx.conn.execute(
                 sa.update(runs).where(runs.c.uuid == run_uuid, runs.c.desired == "run").values(desired=desired)

@@ -12,7 +12,7 @@ import pytest
 import jobnest
 from jobnest._client import local_controller_healthy
 
-from .conftest import Running
+from .conftest import Running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,3 +141,37 @@ def test_a_local_job_reaches_none_of_the_controller_s_own_files_and_cannot_chang
     assert client.upload(tmp_path / "in.txt").digest  # the stored bytes are whole
     with pytest.raises(jobnest.PermissionDenied, match=r"jobs\[0\]\.cwd: .* the controller's own"):
         client.submit(["cat", "x"], cwd=other.info.output_dir)  # another run's folder
+
+
+def test_a_process_that_leaves_its_job_s_session_ends_with_the_job(running: Running, tmp_path: Path) -> None:
+    """Before, `setsid` took a process out of the job's process group, and it outlived the job's
+    end and its cancel. Its run's cgroup holds it still."""
+    limiter = running.controller.executors["local"].limiter  # type: ignore[attr-defined]
+    if not limiter.available:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root, where runs get cgroups")
+        pytest.skip("no cgroups here")
+    client = running.client()
+    escaped = lambda name: f"setsid sh -c 'echo $$ > {tmp_path / name}; exec sleep 300' & sleep 0.5"  # noqa: E731
+    ended = client.submit(["sh", "-c", escaped("ended")], cpu=0.1).wait(timeout=30)
+    cancelled = client.submit(["sh", "-c", escaped("cancelled") + "; sleep 300"], cpu=0.1)
+    wait_for(lambda: (tmp_path / "cancelled").exists())
+    cancelled.cancel()
+    cancelled.wait(timeout=30)
+    for name in ("ended", "cancelled"):
+        pid = int((tmp_path / name).read_text())
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+                 timeout=20)
+    assert ended.state == "succeeded" and cancelled.state == "cancelled"
+
+
+def test_a_fork_bomb_stays_within_its_run_s_process_cap(running: Running) -> None:
+    limiter = running.controller.executors["local"].limiter  # type: ignore[attr-defined]
+    if not limiter.available:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root, where runs get cgroups")
+        pytest.skip("no cgroups here")
+    limiter.max_pids = 20
+    job = running.client().submit(["sh", "-c", "for i in $(seq 40); do sleep 3 & done; wait"], cpu=0.1)
+    assert job.wait(timeout=60).state == "failed"
+    assert "fork" in job.logs(stream="stderr").lower()

@@ -22,13 +22,13 @@ from .base import Exited, Launch, Started, expand
 # how it ended. They are the attempt's own: a controller killed as a retry starts finds none of
 # the attempt before.
 LOGS = 'exec >>"$1/stdout.log" 2>>"$1/stderr.log"; '
-WRAPPER = (LOGS + 'w="$1"; cg="$2"; a="$3"; shift 3; echo $$ >"$w/pid.$a"; [ -z "$cg" ] || echo $$ >"$cg"; '
+WRAPPER = (LOGS + 'w="$1"; cg="$2"; a="$3"; shift 3; echo $$ >"$w/pid.$a"; for f in $cg; do echo $$ >"$f"; done; '
            '"$@"; code=$?; echo $code >"$w/exit_code.$a"; exit $code')
 # A job that is itself `sh -c SCRIPT` runs in the wrapper's shell, which saves a shell per run: $4
 # is the script, and the exit trap records how it ended, `exit N` included; the wrapper's own
 # names are long, to stay clear of the script's. (A script that sets traps of its own gets the
 # plain wrapper, which keeps them apart.)
-INLINE = (LOGS + '__jobnest_w="$1/exit_code.$3"; echo $$ >"$1/pid.$3"; [ -z "$2" ] || echo $$ >"$2"; '
+INLINE = (LOGS + '__jobnest_w="$1/exit_code.$3"; echo $$ >"$1/pid.$3"; for __jobnest_f in $2; do echo $$ >"$__jobnest_f"; done; '
           '__jobnest_s="$4"; shift 4; trap \'echo $? >"$__jobnest_w"\' EXIT; eval "$__jobnest_s"')
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -103,12 +103,14 @@ class LocalExecutor:
             del self._children[pid]
         elif pid and _is_ours(pid, workdir):
             return None  # adopted after a restart and still running
-        if pid and _group_alive(pid):
+        if (pid and _group_alive(pid)) or self.limiter.members(run["uuid"]):
             # The wrapper is gone but processes of the run live on: ones that ignore SIGTERM (the
             # reconciler keeps calling stop(), which escalates), or ones left in the background,
-            # which end with the run. Until they are gone the run holds its cpu.
+            # which end with the run, in its process group or (after setsid()) in its cgroup.
+            # Until they are gone the run holds its cpu.
             if run["desired"] == "run":
                 _kill_group(pid, signal.SIGKILL)
+                self.limiter.kill(run["uuid"], signal.SIGKILL)
             return None
         self._stopping.pop(run["uuid"], None)
         self.limiter.remove(run["uuid"])
@@ -130,6 +132,7 @@ class LocalExecutor:
         pid = run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or 0
         if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
             _kill_group(pid, sig)
+        self.limiter.kill(run["uuid"], sig)  # those that left its process group too
 
     def close(self) -> None:
         pass  # its threads end with their runs' processes or containers

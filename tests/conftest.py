@@ -1,11 +1,6 @@
 """Shared fixtures: a real controller on a real port, and a throwaway PostgreSQL."""
 
-import os
-import pwd
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +11,8 @@ import pytest
 import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, StoreSettings
+
+from . import postgres
 
 ADMIN = "test-admin-token-0123456789"
 ENGINE = "unix:///var/run/docker.sock"
@@ -97,57 +94,19 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Runn
             remove_containers(home)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return candidates[-1].parent if candidates else None
-
-
 def new_database(postgres_url: str, tmp_path: Path) -> str:
     """The URL of a fresh, empty database of the throwaway cluster, named after the test."""
-    import sqlalchemy as sa
-    name = f"t{tmp_path.name.replace('-', '_').lower()[-40:]}"
-    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    return postgres.new_database(postgres_url, f"t{tmp_path.name.replace('-', '_').lower()[-40:]}")
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster in a temp dir on a free port, for this test session."""
-    bindir = _pg_bin()
-    if bindir is None:  # `make test` installs them (scripts/test-setup.sh): missing is a failure
-        pytest.fail("PostgreSQL server binaries are missing; run scripts/test-setup.sh (make test does)")
-    # Not under pytest's temp dir: PostgreSQL may run as another user, who must reach it.
-    base = Path(tempfile.mkdtemp(prefix="jobnest-pg-"))
-    base.chmod(0o755)
-    data = base / "data"
-    port = _free_port()
-    as_user: list[str] = []
-    if os.getuid() == 0:  # PostgreSQL refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(base, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "jobnest", "--auth=trust", "--locale=C", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data.parent / "log"), "-w", "-o",
-        f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    """A throwaway PostgreSQL cluster for this test session; `make test` installs its binaries."""
     try:
-        yield f"postgresql://jobnest@127.0.0.1:{port}/postgres"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        with postgres.cluster() as url:
+            yield url
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -275,7 +275,10 @@ def test_a_user_token_reaches_only_its_owners_jobs_runs_and_data(running: Runnin
     assert (b.download(done.info.output, tmp_path / "b") / "r").read_text() == "result\n"
     assert (a.download(mine.wait(timeout=20).info.output, tmp_path / "a")).is_dir()
     assert b.get(theirs.uuid).state == "running" and not done.reused
-    assert not a.submit(["sh", "-c", "echo result > {output}/r"], name="done", cpu=0.1).reused  # a local run
+    again = a.submit(["sh", "-c", "echo result > {output}/r"], name="done", cpu=0.1)
+    assert not again.reused  # a local run: never reused across users
+    why = a.why(again.uuid)  # and never compared with another user's run, whose parts it would show
+    assert why["compared_run"] is None and done.info.run_uuid not in why["explanation"]
     theirs.cancel()
 
 

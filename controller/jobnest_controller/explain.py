@@ -8,27 +8,31 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .models import runs
+from .auth import Caller
+from .models import jobs, runs
 
 if TYPE_CHECKING:
     from .store import Store
 
 
 class Explain:
-    def why(self: "Store", job_uuid: str) -> dict[str, Any]:
-        """Whether a job ran or reused, and what differed from the nearest earlier run of its name."""
+    def why(self: "Store", job_uuid: str, caller: Caller) -> dict[str, Any]:
+        """Whether a job ran or reused, and what differed from the nearest earlier run of its name
+        that `caller` may see (another user's runs are not shown, nor compared with)."""
         job = self.get_job(job_uuid)
         with self.read() as conn:
             run = conn.execute(sa.select(runs).where(runs.c.uuid == job["run_uuid"])).mappings().one()
             parts = json.loads(run["sig_parts"])
             if job["reused"]:
+                origin = self.job_scope(run["origin_job_uuid"])
+                by = f"job {run['origin_job_uuid']}" if caller.sees(*origin) else "another user's job"
                 return {"reused": True, "run_uuid": run["uuid"], "parts": parts, "compared": None,
-                        "explanation": f"reused run {run['uuid']} (started by job {run['origin_job_uuid']}, "
-                                       f"{run['state']})"}
-            earlier = conn.execute(
-                sa.select(runs).where(runs.c.name == run["name"], runs.c.seq < run["seq"])
-                .order_by(runs.c.seq.desc()).limit(1)
-            ).mappings().first()
+                        "explanation": f"reused run {run['uuid']} (started by {by}, {run['state']})"}
+            query = (sa.select(runs).select_from(runs.join(jobs, jobs.c.uuid == runs.c.origin_job_uuid))
+                     .where(runs.c.name == run["name"], runs.c.seq < run["seq"]))
+            if caller.kind != "admin":
+                query = query.where(jobs.c.owner == caller.name, jobs.c.path.like(caller.path + "%"))
+            earlier = conn.execute(query.order_by(runs.c.seq.desc()).limit(1)).mappings().first()
         spec = json.loads(job["spec"])
         if earlier is None:
             text = f"ran: no earlier run is named {run['name']!r}"

@@ -175,12 +175,10 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def readable(self, caller: Caller, digest: str, field: str) -> dict[str, Any]:
         """The manifest of the data `digest` names, if the caller may read it (else as if absent)."""
-        if not self.store.may_read(caller, digest):
-            raise NotFound(f"no data {digest[:80]} is stored here", field=field)
-        try:
-            return self.data.manifest(digest)
-        except NotFound:
-            raise NotFound(f"no data {digest[:80]} is stored here", field=field) from None
+        if self.store.may_read(caller, digest):
+            with contextlib.suppress(NotFound):
+                return self.data.manifest(digest)
+        raise NotFound(f"no data {digest[:80]} is stored here", field=field)
 
     def _confine(self, caller: Caller, spec: dict[str, Any], i: int) -> None:
         """A container job mounts a host folder, and a local job works in one of the controller's,
@@ -394,7 +392,7 @@ class JobService(pb_grpc.JobServiceServicer):
     def Why(self, request: pb.WhyRequest, context: grpc.ServicerContext) -> pb.WhyResponse:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
-        why = self.store.why(uuid)
+        why = self.store.why(uuid, caller)
         compared = why.get("compared") or {"uuid": "", "parts": {}}
         return pb.WhyResponse(
             uuid=uuid, reused=why["reused"], run_uuid=why["run_uuid"], explanation=why["explanation"],

@@ -26,6 +26,7 @@ from .base import Exited, Launch, Started, expand
 
 log = logging.getLogger(__name__)
 RUN_LABEL = "jobnest.run"
+ATTEMPT_LABEL = "jobnest.attempt"
 CONTROLLER_LABEL = "jobnest.controller"
 JOBS_SOCKET = "/run/jobnest/jobs.sock"
 OUTPUT = "/jobnest/out"
@@ -170,7 +171,8 @@ class DockerExecutor:
                 working_dir=launch.cwd or (PROGRAM if launch.program else None),
                 nano_cpus=launch.cpu_millis * 1_000_000, mem_limit=launch.memory or None,
                 memswap_limit=launch.memory or None, init=True, mounts=mounts,
-                labels={RUN_LABEL: launch.run_uuid, CONTROLLER_LABEL: self.controller_id},
+                labels={RUN_LABEL: launch.run_uuid, ATTEMPT_LABEL: str(launch.attempt),
+                        CONTROLLER_LABEL: self.controller_id},
                 extra_hosts={"host.docker.internal": "host-gateway"}, detach=True,
             )
         except self._docker.errors.APIError:
@@ -226,7 +228,8 @@ class DockerExecutor:
     def _container_id(self, run: dict[str, Any]) -> str:
         if run["handle"]:
             return str(run["handle"])
-        found = self._client(run["node"]).api.containers(all=True, filters={"label": f"{RUN_LABEL}={run['uuid']}"})
+        found = self._client(run["node"]).api.containers(all=True, filters={"label": [
+            f"{RUN_LABEL}={run['uuid']}", f"{ATTEMPT_LABEL}={run['attempt']}"]})  # not an earlier attempt's
         return str(found[0]["Id"]) if found else ""
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
@@ -246,10 +249,14 @@ class DockerExecutor:
             except Exception as e:  # cannot see it now: it keeps its state until the node answers
                 self._failed(node, e)
                 return None
-            if state is not None and state["Status"] == "created":  # made, never started: start afresh
-                self._remove_later(node, container_id)
-                return Exited(None, "the controller stopped before the run started", started=False)
             workdir = Path(run["workdir"] or self.workdir(uuid))
+            if state is not None and state["Status"] == "created":
+                # Made by a controller that died before it was started, or while it was being
+                # started: starting it (again) makes it run once, where a new one could run twice.
+                (workdir / "out").mkdir(parents=True, exist_ok=True)
+                self._client(node).api.start(container_id)
+                self._watch(uuid, node, container_id, workdir)
+                return None
             if state is not None and state["Status"] in LIVE:
                 self._watch(uuid, node, container_id, workdir)
                 return None

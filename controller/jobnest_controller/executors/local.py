@@ -95,7 +95,7 @@ class LocalExecutor:
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or 0  # none stored: the controller died starting it
+        pid = _pid_of(run, workdir)
         child = self._children.get(pid)
         if child is not None:
             if child.poll() is None:
@@ -129,7 +129,7 @@ class LocalExecutor:
         first = self._stopping.setdefault(run["uuid"], now)
         sig = signal.SIGKILL if now - first >= KILL_GRACE else signal.SIGTERM
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        pid = run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or 0
+        pid = _pid_of(run, workdir)
         if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
             _kill_group(pid, sig)
         self.limiter.kill(run["uuid"], sig)  # those that left its process group too
@@ -166,6 +166,20 @@ def _is_ours(pid: int, workdir: Path) -> bool:
         return False
     state = stat[stat.rindex(")") + 2]
     return state not in "ZX" and str(workdir).encode() in cmdline.split(b"\0")
+
+
+def _pid_of(run: dict[str, Any], workdir: Path) -> int:
+    """The run's wrapper's pid. None stored: the controller died starting it, maybe before the
+    wrapper wrote its pid file."""
+    return run["pid"] or _read_int(workdir / f"pid.{run['attempt']}") or _find_wrapper(workdir)
+
+
+def _find_wrapper(workdir: Path) -> int:
+    """The pid of a live process started for the run in `workdir` (its wrapper names it), or 0."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _is_ours(int(entry.name), workdir):
+            return int(entry.name)
+    return 0
 
 
 def _read_int(path: Path) -> int | None:

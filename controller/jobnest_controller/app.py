@@ -46,7 +46,8 @@ class Controller:
         self.store = Store(settings.store.url)
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
         self.data = Data(str(home / "data"), settings.max_upload)
-        sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, confine.forbidden(settings))
+        self.forbidden = confine.forbidden(settings)  # what no job may reach of the controller's own
+        sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, self.forbidden)
         if sandbox.available:
             confine.undumpable()
         else:
@@ -59,7 +60,7 @@ class Controller:
         if settings.docker:
             from .executors.docker import DockerExecutor  # only where Docker is wanted
             self.executors["docker"] = DockerExecutor(str(home / "runs"), settings.docker, controller_id=str(home),
-                                                      forbidden=confine.forbidden(settings))
+                                                      forbidden=self.forbidden)
         if settings.kubernetes.namespace:
             from .executors.kubernetes import KubernetesExecutor  # only where Kubernetes is wanted
             # Releases of the chart share the home's path: the address tells them apart.
@@ -94,7 +95,7 @@ class Controller:
         roots = self.settings.mount_roots + ([str(Path.home())] if trust_local else [])
         service = JobService(self.store, self.executors, self.programs, self.data,
                              admin_token=self.settings.server.admin_token,
-                             mount_roots=roots, forbidden=confine.forbidden(self.settings),
+                             mount_roots=roots, forbidden=self.forbidden,
                              runs_root=str(Path(self.settings.home).resolve() / "runs"),
                              driver_lease=self.settings.driver_lease,
                              default_executor=self.settings.default_executor, wake=self.wake,

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from jobnest.errors import Conflict, NotFound, PermissionDenied, Unauthenticated
 
 from .models import holdings, jobs, runs, user_tokens
 from .states import State
-from .views import ByKeys, Fast, chunks
+from .views import ByKeys, Fast, chunks, insert_new
 
 if TYPE_CHECKING:
     from .store import Store
@@ -69,8 +67,7 @@ HOLDS_WITHIN = Fast(sa.select(holdings.c.digest).where(
     holdings.c.path.like(_within)).limit(1))
 MADE_WITHIN = Fast(sa.select(runs.c.output).select_from(runs.join(jobs, jobs.c.run_uuid == runs.c.uuid)).where(
     runs.c.output == sa.bindparam("digest"), jobs.c.owner == sa.bindparam("owner"), jobs.c.path.like(_within)).limit(1))
-HOLD = {dialect: insert(holdings).on_conflict_do_nothing()
-        for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
+HOLD = insert_new(holdings)
 
 
 class Tokens:

@@ -91,8 +91,7 @@ class Sandbox:
         """`command` (the run's wrapper) as it runs confined, or as it is if it cannot be."""
         if not self.available:
             return command
-        reads = [self.trees]
-        keep = [workdir, self.jobs_folder, *reads]  # bound back into the emptied home, in this order
+        keep = [workdir, self.jobs_folder, self.trees]  # bound back into the emptied home, in this order
         if inside(cwd, [self.home]) and not inside(cwd, [workdir]):
             keep.append(os.path.realpath(cwd))  # its parent's run folder (checked at submit)
         fds = range(3, 3 + len(keep))
@@ -101,7 +100,7 @@ class Sandbox:
                  f"mount -t tmpfs -o mode=0755,size=64k jobnest {q(self.home)}"]
         for fd, path in zip(fds, keep):
             lines.append(f"mkdir -p {q(path)}; mount --no-canonicalize --bind /proc/$$/fd/{fd} {q(path)}")
-        lines += [f"mount -o remount,bind,ro {q(path)}" for path in reads]
+        lines.append(f"mount -o remount,bind,ro {q(self.trees)}")
         lines += [f"[ ! -e {q(path)} ] || mount --bind /dev/null {q(path)}" for path in self.cover]
         lines += ["exec " + " ".join(f"{fd}<&-" for fd in fds), f"cd {q(cwd)}", "set +e",
                   'exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@"']

@@ -253,7 +253,8 @@ class JobService(pb_grpc.JobServiceServicer):
                 raise InvalidSpec("a driver is registered on its own, not in a batch", field="jobs")
             if caller.kind == "job":
                 raise PermissionDenied("a job submits jobs, not drivers", field="jobs[0].driver")
-        body = hashlib.sha256(b"".join(m.SerializeToString(deterministic=True) for m in request.jobs)).hexdigest()
+        body = hashlib.sha256(b"".join(m.SerializeToString(deterministic=True) for m in request.jobs)).hexdigest() \
+            if request.request_id else ""
         jobs, driver_token = self.store.submit(caller, request.request_id, job_specs, self.clock(), body)
         self.wake()
         return pb.SubmitResponse(jobs=[job_message(r, self.waiting) for r in jobs],

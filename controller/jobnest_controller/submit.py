@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from jobnest.errors import InvalidSpec, JobnestError
@@ -30,7 +28,7 @@ from .models import jobs, requests, runs
 from .signature import signature, signature_parts
 from .specs import levels, rename_refs
 from .states import REUSABLE, Kind, State
-from .views import JOB_FROM, RUN_STATE, STATE, ByKeys, Fast, chunks, one_of, view
+from .views import JOB_FROM, RUN_STATE, STATE, ByKeys, Fast, chunks, insert_new, one_of, view
 
 if TYPE_CHECKING:
     from .store import Store, Tx
@@ -49,8 +47,8 @@ RUN_FACTS = [runs.c.uuid, runs.c.signature, runs.c.state, runs.c.origin_job_uuid
 # The submit path's queries, built once: building a statement costs more than running it.
 REUSABLE_RUNS = ByKeys(runs.c.signature, sa.select(*RUN_FACTS).where(
     one_of(RUN_STATE, [s.value for s in REUSABLE]), one_of(runs.c.desired, ["run", "hold"])).where)
-CLAIM_REQUEST = {dialect: Fast(insert(requests).on_conflict_do_nothing().returning(requests.c.request_id))
-                 for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))}
+CLAIM_REQUEST = {dialect: Fast(insert.returning(requests.c.request_id))
+                 for dialect, insert in insert_new(requests).items()}
 FACTS = ByKeys(jobs.c.uuid, sa.select(jobs.c.uuid, STATE, runs.c.uuid, runs.c.executor, runs.c.output)
                .select_from(JOB_FROM).where)
 HELD = ByKeys(runs.c.uuid, sa.select(runs.c.uuid, runs.c.spec, runs.c.owner).where(
@@ -127,7 +125,8 @@ class Submits:
         it asks not to. A request id seen before returns the first request's jobs, if `body` (a
         digest of the request; by default, of `specs`) is the same; else it is refused.
         """
-        body = body or hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()
+        if request_id and not body:  # only a request id's retries are compared
+            body = hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()
         mine = Submission(caller, request_id, specs, now, body)
         with self._submissions_lock:
             self._submissions.append(mine)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from jobnest.errors import InvalidSpec, NotFound
@@ -48,6 +50,12 @@ JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
 # no index serves. Without it SQLite's planner, which has no statistics, prefers the index on state
 # to a list of five keys or more, and so reads every queued run to find five.
 RUN_STATE = runs.c.state.concat("")
+
+
+def insert_new(table: sa.Table) -> dict[str, Any]:
+    """`INSERT ... ON CONFLICT DO NOTHING` into `table`, by dialect name: rows already there stay."""
+    return {"sqlite": sqlite_insert(table).on_conflict_do_nothing(),
+            "postgresql": postgresql_insert(table).on_conflict_do_nothing()}
 
 
 def one_of(column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:

@@ -47,6 +47,8 @@ def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str 
               help="Local node capacity in cores (default: all).")
 @click.option("--memory", type=int, envvar="JOBNEST_NODE_MEMORY", default=None, show_envvar=True,
               help="Local node memory capacity in bytes (default: all).")
+@click.option("--no-sandbox", is_flag=True, envvar="JOBNEST_NO_SANDBOX", show_envvar=True,
+              help="Do not confine local jobs (faster starts; for a controller only its owner uses).")
 @click.option("--no-cgroups", is_flag=True, envvar="JOBNEST_NO_CGROUPS", show_envvar=True,
               help="Do not enforce cpu shares with cgroups.")
 @click.option("--docker", "docker", multiple=True, envvar="JOBNEST_DOCKER", show_envvar=True,
@@ -74,12 +76,12 @@ def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str 
               help="Exit after this many idle seconds (0: never).")
 def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: str | None,
          mount_roots: tuple[str, ...], store_url: str,
-         cpu: float | None, memory: int | None, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
+         cpu: float | None, memory: int | None, no_sandbox: bool, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
          k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node = NodeSettings(cgroups=not no_cgroups)
+    node = NodeSettings(cgroups=not no_cgroups, sandbox=not no_sandbox)
     if cpu is not None:
         if cpu <= 0:
             raise click.BadParameter("must be greater than 0", param_hint="--cpu")

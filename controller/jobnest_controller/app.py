@@ -47,12 +47,13 @@ class Controller:
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
         self.data = Data(str(home / "data"), settings.max_upload)
         self.forbidden = confine.forbidden(settings)  # what no job may reach of the controller's own
-        sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, self.forbidden)
+        sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, self.forbidden,
+                                  enabled=settings.node.sandbox)
         if sandbox.available:
             confine.undumpable()
         else:
-            log.warning("local jobs are not confined (that needs root and unshare): they can reach this "
-                        "controller's files and its owner's socket")
+            log.warning("local jobs are not confined (that needs root and unshare, and no --no-sandbox): they "
+                        "can reach this controller's files and its owner's socket")
         self.executors: dict[str, Executor] = {
             "local": LocalExecutor(str(home / "runs"), settings.node.cpu_millis, settings.node.memory, limiter,
                                    sandbox),
@@ -75,6 +76,7 @@ class Controller:
         self.programs = Programs(str(home / "programs"))
         self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data,
                                      max_log=settings.max_log)
+        self.reconciler.notify = self.observe_soon
         self.activity = Activity()
         self._wake = threading.Event()
         self._stop = threading.Event()

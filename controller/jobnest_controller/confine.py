@@ -79,13 +79,14 @@ class Sandbox:
     the machine: a local job is not isolated from the host (a container is).
     """
 
-    def __init__(self, home: str, trees: str, jobs_socket: str, cover: list[str]) -> None:
+    def __init__(self, home: str, trees: str, jobs_socket: str, cover: list[str], enabled: bool = True) -> None:
         self.home = os.path.realpath(home)
         self.trees = os.path.realpath(trees)
         self.jobs_folder = os.path.dirname(os.path.realpath(jobs_socket))
-        self.cover = [p for p in cover if not _within(p, self.home)]  # the rest of the home is hidden whole
+        # The rest of the home is hidden whole; `cover` is resolved, so a path named twice is one.
+        self.cover = sorted({p for p in cover if not _within(p, self.home)})
         # The socket's folder is bound back: it must be a folder of its own, not the home.
-        self.available = os.geteuid() == 0 and not _within(self.home, self.jobs_folder) and _can_unshare()
+        self.available = enabled and os.geteuid() == 0 and not _within(self.home, self.jobs_folder) and _can_unshare()
 
     def wrap(self, workdir: str, cwd: str, command: list[str]) -> list[str]:
         """`command` (the run's wrapper) as it runs confined, or as it is if it cannot be."""

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(STARTS_AT_ONCE, thread_name_prefix="start")
         self._starting: dict[str, Future[Started | Exception]] = {}
         self._store_pool = ThreadPoolExecutor(STORES_AT_ONCE, thread_name_prefix="store-output")
+        self.notify: Callable[[], None] = lambda: None  # the controller's: look again now
         # Succeeded runs whose output is being stored, with how they ended.
         self._storing: dict[str, tuple[Future[tuple[str, str]], tuple[dict[str, Any], State, Exited]]] = {}
         # Runs this reconciler wrote that left or never were in the index (claimed, started,
@@ -177,7 +179,9 @@ class Reconciler:
         # minute: the run ends at the first pass after, and meanwhile no other waits for it.
         for end in ended:
             if end[1] is State.SUCCEEDED:
-                self._storing[end[0]["uuid"]] = (self._store_pool.submit(self._store_output, end[0]), end)
+                future = self._store_pool.submit(self._store_output, end[0])
+                future.add_done_callback(lambda _: self.notify())  # its end is recorded at the next pass: now
+                self._storing[end[0]["uuid"]] = (future, end)
         ended = [end for end in ended if end[1] is not State.SUCCEEDED] + [end for _, end in stored.values()]
         outputs = {uuid: future.result() for uuid, (future, _) in stored.items()}
         gone = {run["uuid"] for run, _, _ in ended}

@@ -226,13 +226,33 @@ def test_the_data_service_refuses_bad_requests_and_keeps_nothing(running: Runnin
     assert client.manifest(made.digest) == made
 
 
-def test_stored_data_stays_as_stored(running: Running, tmp_path: Path) -> None:
-    """Changing a run's output folder afterwards changes nothing stored; a file's mode is its own
-    even when another file has the same bytes; a driver, which makes no output, is no input."""
+def test_an_output_is_stored_once_and_a_changed_blob_is_never_served_or_reused(running: Running,
+                                                                              tmp_path: Path) -> None:
+    """A stored output folder becomes a link to its tree, whose files are the blobs: each byte
+    once. Root (as `make test` runs) can still write to them; the change is caught before the
+    bytes are served, laid out for a job, or reused: the blob is moved aside, and the run's
+    result is reused no more. A file's mode is its own even when another file has the same bytes;
+    a driver, which makes no output, is no input."""
     client = running.client(driver=True)
     made = client.submit(sh("echo first >{output}/value")).wait(timeout=20)
-    Path(made.info.output_dir, "value").write_text("changed\n")
-    assert (made.output.download(tmp_path / "got") / "value").read_text() == "first\n"
+    out = Path(made.info.output_dir)
+    blob = Path(running.controller.settings.home) / "data" / "blobs" / hashlib.sha256(b"first\n").hexdigest()[:2] / \
+        hashlib.sha256(b"first\n").hexdigest()
+    assert out.is_symlink() and out.resolve().parent == (Path(running.controller.settings.home) / "data" / "trees").resolve()
+    assert (out / "value").stat().st_ino == blob.stat().st_ino  # one copy of the bytes
+    (out / "value").write_text("changed\n")
+    with pytest.raises(jobnest.Corrupt, match="no longer has its digest's bytes"):
+        made.output.download(tmp_path / "got")
+    reader = client.submit(["cat", "{inputs.x}/value"], inputs={"x": made.output}).wait(timeout=20)
+    assert reader.state == "failed" and "could not lay out its inputs: stored blob" in reader.info.reason
+    again = client.submit(sh("echo first >{output}/value")).wait(timeout=20)
+    assert again.state == "succeeded" and again.info.run_uuid != made.info.run_uuid
+    assert (again.output.download(tmp_path / "again") / "value").read_text() == "first\n"
+    unseen = client.submit(sh("echo second >{output}/value")).wait(timeout=20)  # changed, never read since
+    (Path(unseen.info.output_dir) / "value").write_text("poison\n")
+    rerun = client.submit(sh("echo second >{output}/value")).wait(timeout=20)
+    assert rerun.info.run_uuid != unseen.info.run_uuid and not rerun.info.reused
+    assert Path(rerun.info.output_dir, "value").read_text() == "second\n"
     folder = tmp_path / "modes"
     folder.mkdir()
     for name, mode in (("run.sh", 0o755), ("copy.txt", 0o644)):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from jobnest._client import parse_duration
 from jobnest.errors import JobnestError
 
 from .app import Controller
@@ -23,6 +24,13 @@ def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str 
     if value is not None:
         raise click.BadParameter("a token on a command line is readable by every process of the machine: "
                                  "set JOBNEST_ADMIN_TOKEN or pass --admin-token-file", param_hint="--admin-token")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text) if text else 0.0
+    except JobnestError as e:
+        raise click.BadParameter(e.problem, param_hint="--retention") from None
 
 
 @click.command()
@@ -72,13 +80,16 @@ def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str 
               show_envvar=True, help="Cores of Kubernetes runs in flight at most.")
 @click.option("--k8s-memory-quota", type=click.IntRange(min=1), envvar="JOBNEST_K8S_MEMORY_QUOTA",
               default=32 * 2**30, show_envvar=True, help="Bytes of memory of Kubernetes runs in flight at most.")
+@click.option("--retention", envvar="JOBNEST_RETENTION", default="", show_envvar=True,
+              help="Remove finished work nothing needs once older than this (12h, 30d), at start and hourly; "
+                   "default: keep it until `jobnest gc`.")
 @click.option("--idle-timeout", type=float, envvar="JOBNEST_IDLE_TIMEOUT", default=0.0, show_envvar=True,
               help="Exit after this many idle seconds (0: never).")
 def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: str | None,
          mount_roots: tuple[str, ...], store_url: str,
          cpu: float | None, memory: int | None, no_sandbox: bool, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
-         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, idle_timeout: float) -> None:
+         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, retention: str, idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups, sandbox=not no_sandbox)
@@ -106,7 +117,7 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
                                                          advertise=advertise),
                         mount_roots=[r for item in mount_roots for r in item.split(",") if r],
                         store=StoreSettings(store_url), node=node, kubernetes=kubernetes, idle_timeout=idle_timeout,
-                        default_executor=default_executor, max_upload=max_upload,
+                        default_executor=default_executor, max_upload=max_upload, retention=_duration(retention),
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])
     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(Path(home) / "controller.lock", "w")

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from jobnest.errors import JobnestError
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
-from . import confine
+from . import confine, retention
 from .cgroups import CpuLimiter
 from .data import Data
 from .executors.base import Executor
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SERVICE = "jobnest.v1.JobService"
 # Above gRPC's 4 MiB default: a program archive (up to 64 MiB) or the manifest of a big output.
 MAX_MESSAGE = 128 * 2**20
+COLLECT_EVERY = 3600.0  # seconds between the retention policy's passes
 
 
 class Controller:
@@ -46,6 +47,7 @@ class Controller:
         self.store = Store(settings.store.url)
         limiter = CpuLimiter() if settings.node.cgroups else CpuLimiter(root="/nonexistent")
         self.data = Data(str(home / "data"), settings.max_upload)
+        self.store.data = self.data
         self.forbidden = confine.forbidden(settings)  # what no job may reach of the controller's own
         sandbox = confine.Sandbox(str(home), self.data.trees, settings.server.jobs_socket, self.forbidden,
                                   enabled=settings.node.sandbox)
@@ -73,7 +75,7 @@ class Controller:
         for executor in self.executors.values():
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
-        self.programs = Programs(str(home / "programs"))
+        self.programs = Programs(str(home / "programs"), self.data.recent)
         self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data,
                                      max_log=settings.max_log)
         self.reconciler.notify = self.observe_soon
@@ -133,6 +135,8 @@ class Controller:
         self.token_server.start()
         self._loop.start()
         threading.Thread(target=self._keep_lease, name="lease", daemon=True).start()
+        if self.settings.retention:
+            threading.Thread(target=self._collect, name="retention", daemon=True).start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -155,6 +159,16 @@ class Controller:
                     self.request_stop()
             except JobnestError:
                 log.exception("could not renew the store's lease; trying again")
+
+    def _collect(self) -> None:
+        """The retention policy: at start, then hourly."""
+        while not self._stop.is_set():
+            try:
+                done = retention.collect(self.store, self.data, self.programs, self.settings.retention, time.time())
+                log.info("retention: removed %s", done)
+            except Exception:  # the store away, a file it cannot remove: the next pass tries again
+                log.exception("retention: could not collect; trying again in an hour")
+            self._stop.wait(COLLECT_EVERY)
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():

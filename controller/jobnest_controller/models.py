@@ -102,6 +102,15 @@ class Holding(SQLModel, table=True):
     path: str = Field(primary_key=True)  # "/" for a person; a job's path for a job's upload
 
 
+class Pin(SQLModel, table=True):
+    """A job whose tree, runs and data `gc` keeps."""
+
+    __tablename__ = "pins"
+
+    job_uuid: str = Field(primary_key=True)
+    pinned_at: float
+
+
 class Leader(SQLModel, table=True):
     """The store's lease: the one controller that may serve from it (see `lease.py`)."""
 
@@ -120,3 +129,4 @@ user_tokens: sa.Table = UserToken.__table__  # type: ignore[attr-defined]
 requests: sa.Table = Request.__table__  # type: ignore[attr-defined]
 holdings: sa.Table = Holding.__table__  # type: ignore[attr-defined]
 leader: sa.Table = Leader.__table__  # type: ignore[attr-defined]
+pins: sa.Table = Pin.__table__  # type: ignore[attr-defined]

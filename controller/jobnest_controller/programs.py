@@ -11,16 +11,17 @@ from pathlib import Path
 
 from jobnest.errors import InvalidSpec
 
-from .data import is_digest
+from .data import Recent, is_digest, remove
 
 MAX_ARCHIVE = 64 * 2**20
 MAX_UNPACKED, MAX_MEMBERS = 512 * 2**20, 100_000  # what an archive may unpack to, in bytes and files
 
 
 class Programs:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, recent: Recent | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.recent = recent or Recent()  # the data's: naming a program keeps it from `collect` too
 
     def _path(self, digest: str) -> Path:
         if not is_digest(digest):  # never a path out of the store
@@ -46,6 +47,7 @@ class Programs:
         except (tarfile.TarError, OSError) as e:
             raise InvalidSpec(f"not a gzipped tar: {e}", field="program_archive") from None
         digest = hashlib.sha256(archive).hexdigest()
+        self.recent.name([digest])
         path = self._path(digest)
         if not path.exists():
             tmp = path.with_suffix(".tmp")
@@ -54,7 +56,9 @@ class Programs:
         return digest
 
     def check(self, digest: str) -> None:
-        if not self._path(digest).exists():
+        path = self._path(digest)
+        self.recent.name([digest])
+        if not path.exists():
             raise InvalidSpec(f"no program {digest} is stored here", field="program")
 
     def unpack(self, digest: str, dest: Path) -> str:
@@ -67,6 +71,20 @@ class Programs:
                 else:
                     tar.extractall(folder)
         return str(folder)
+
+
+    def collect(self, needed: set[str], cutoff: float, dry_run: bool) -> tuple[int, int, set[str]]:
+        """Remove the programs `needed` does not name, neither stored since `cutoff` nor named
+        lately; returns (how many, bytes freed, their digests)."""
+        gone, freed = set(), 0
+        for path in self.root.glob("*.tar.gz"):
+            digest = path.name.removesuffix(".tar.gz")
+            with self.recent.lock:
+                if digest in needed or self.recent.named(digest) or path.stat().st_mtime >= cutoff:
+                    continue
+                freed += remove(path, dry_run)
+            gone.add(digest)
+        return len(gone), freed, gone
 
 
 def _escapes(name: str) -> bool:

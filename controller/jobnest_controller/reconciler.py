@@ -27,7 +27,7 @@ from typing import Any
 from jobnest.errors import Unavailable
 
 from .conditions import Decision, Tracker, jobs_of
-from .data import Data
+from .data import CorruptData, Data
 from .executors.base import Executor, Exited, Launch, Started
 from .programs import Programs
 from .scheduler import Node, Pending, Plan, Queue, charge, plan, reason
@@ -455,6 +455,9 @@ class Reconciler:
                 log.info("run %s waits: %s", run_uuid, outcome)
                 unreached.append(run_uuid)
             elif not isinstance(outcome, Started):
+                if isinstance(outcome, CorruptData):
+                    self.store.forget_outputs(tx.conn, outcome.manifests)
+                    outcome = Exception(f"could not lay out its inputs: {outcome.problem}")
                 failed.setdefault(str(outcome), []).append(run_uuid)
         self.store.set_started(tx, [(uuid, s) for uuid, s in starts.items() if isinstance(s, Started)])
         self._mine.update(starts.keys() - set(unreached))
@@ -468,6 +471,8 @@ class Reconciler:
             program = self.programs.unpack(spec["program"], Path(executor.workdir(launch.run_uuid))) \
                 if spec.get("program") else ""
             inputs = {name: str(self.data.materialise(d)) for name, d in spec.get("input_data", {}).items()}
+        except CorruptData as e:  # its runs are forgotten as the start is recorded
+            return e
         except Exception as e:
             return Exception(f"could not lay out its program or inputs: {e}")
         try:

@@ -4,6 +4,7 @@
 """
 
 import contextlib
+import dataclasses
 import functools
 import getpass
 import hashlib
@@ -17,6 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,8 +28,8 @@ from jobnest.errors import (FIELD_KEY, InvalidSpec, JobnestError, NotFound, Perm
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 
-from . import conditions, confine, specs
-from .data import Data
+from . import conditions, confine, retention, specs
+from .data import CorruptData, Data
 from .executors.base import Executor
 from .programs import Programs
 from .reconciler import Reconciler
@@ -459,8 +461,28 @@ class JobService(pb_grpc.JobServiceServicer):
                          memory_used=n.memory_used, cpu_enforced=n.cpu_enforced)
                  for name, executor in self.executors.items()
                  for n in charge(executor.nodes(), [r for r in active if r["executor"] == name])]
+        disk = {}
+        if self.caller(context).kind == "admin":
+            store_file = self.store.url.removeprefix("sqlite:///") if self.store.is_sqlite else ""
+            disk = retention.disk_use(Path(self.runs_root).parent, store_file)
         return pb.StatusResponse(version="0.1.0", pid=os.getpid(), store=_redact(self.store.url),
-                                 runs=self.store.run_counts(), nodes=nodes)
+                                 runs=self.store.run_counts(), nodes=nodes, disk=disk)
+
+    @_rpc
+    def Pin(self, request: pb.PinRequest, context: grpc.ServicerContext) -> pb.PinResponse:
+        uuid, _ = self._scoped(self.caller(context), request.uuid)
+        self.store.pin(uuid, request.unpin, self.clock())
+        return pb.PinResponse()
+
+    @_rpc
+    def Collect(self, request: pb.CollectRequest, context: grpc.ServicerContext) -> pb.CollectResponse:
+        if self.caller(context).kind != "admin":
+            raise PermissionDenied("only an admin collects what nothing needs", field="token")
+        if not 0 <= request.older_than < float("inf"):
+            raise InvalidSpec(f"must be 0 or more seconds, got {request.older_than}", field="older_than")
+        done = retention.collect(self.store, self.data, self.programs, request.older_than, self.clock(),
+                                 request.dry_run)
+        return pb.CollectResponse(**dataclasses.asdict(done))
 
 
 class DataService(pb_grpc.DataServiceServicer):
@@ -497,8 +519,13 @@ class DataService(pb_grpc.DataServiceServicer):
             files = self.jobs.readable(caller, request.manifest, "manifest")["files"].values()
             if not any(e.get("sha256") == request.digest for e in files):
                 raise NotFound(f"data {request.manifest} holds no blob {request.digest[:80]}", field="digest")
-        for data in self.data.open_blob(request.digest):
-            yield pb.BlobChunk(data=data)
+        try:
+            for data in self.data.open_blob(request.digest):
+                yield pb.BlobChunk(data=data)
+        except CorruptData as e:
+            with self.jobs.store.write() as tx:
+                self.jobs.store.forget_outputs(tx.conn, e.manifests)
+            raise
 
     @_rpc
     def PutManifest(self, request: pb.Manifest, context: grpc.ServicerContext) -> pb.Manifest:

@@ -96,6 +96,9 @@ class Settings:
     driver_lease: float = 60.0
     """Seconds a driver program's lease lasts; its SDK renews it every third of that. A driver
     not heard from for that long is marked failed ("driver lost"); its jobs go on."""
+    retention: float = 0.0
+    """Seconds finished work is kept: past it, what nothing needs is removed at start and hourly
+    (as `jobnest gc --older-than` does, see `retention.py`); 0: kept until `jobnest gc`."""
     mount_roots: list[str] = field(default_factory=list)
     """Host folders under which a container job may mount its cwd (`mount_cwd`). Calls on the
     owner's socket may also mount folders under the owner's home folder; none by default on TCP."""

@@ -24,11 +24,13 @@ from sqlmodel import SQLModel
 from jobnest.errors import Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Unavailable
 
 from .auth import Caller, Tokens, hash_token
+from .data import Data
 from .events import Bus, JobEvent
 from .executors.base import Started
 from .explain import Explain
 from .lease import Leases
-from .models import holdings, jobs, leader, requests, runs, user_tokens
+from .retention import Retention
+from .models import holdings, jobs, leader, pins, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
 from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of,
@@ -76,7 +78,7 @@ class Tx:
     new_runs: list[dict[str, Any]] = field(default_factory=list)  # runs made, as the reconciler indexes them
 
 
-class Store(Tokens, Submits, Views, Explain, Leases):
+class Store(Tokens, Submits, Views, Explain, Leases, Retention):
     def __init__(self, url: str, bus: Bus | None = None) -> None:
         self.url = url
         self.bus = bus or Bus()
@@ -101,11 +103,12 @@ class Store(Tokens, Submits, Views, Explain, Leases):
         self._submissions_lock = threading.Lock()
         self._last_seq: int | None = None  # the newest run's number, known once read
         self.path_keys = PathKeys()
+        self.data: Data | None = None  # the stored bytes, which reuse checks are intact
         self._updates: dict[tuple[Kind, tuple[str, ...]], ByKeys] = {}
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
-            for table in (jobs, runs, requests, user_tokens, holdings, leader):
+            for table in (jobs, runs, requests, user_tokens, holdings, leader, pins):
                 missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
                 if missing:
                     raise JobnestError(f"the store at {self.url} is older than this controller: table "

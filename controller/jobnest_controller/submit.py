@@ -23,6 +23,7 @@ from jobnest.errors import InvalidSpec, JobnestError
 
 from . import conditions
 from .auth import Caller, hash_token
+from .data import CorruptData
 from .events import JobEvent
 from .models import jobs, requests, runs
 from .signature import signature, signature_parts
@@ -246,13 +247,21 @@ class Submits:
             found.update((uuid, Fact(*rest)) for uuid, *rest in FACTS.execute(conn, chunk))
         return found
 
-    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, list[dict[str, Any]]]:
+    def _reusable(self: "Store", conn: Connection, sigs: set[str], verify: bool = True
+                  ) -> dict[str, list[dict[str, Any]]]:
         """The runs a job with each signature may reuse (as `RUN_FACTS`), best first: succeeded,
-        then in flight, newest first."""
+        then in flight, newest first. With `verify` (in a write), a succeeded run is one only
+        while its output's bytes are intact; one found corrupt is invalidated."""
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
         found: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunks(list(sigs)):
             for row in REUSABLE_RUNS.execute(conn, chunk).dicts():
+                if verify and row["output"] and self.data is not None:
+                    try:
+                        self.data.intact(row["output"])
+                    except CorruptData as e:
+                        self.forget_outputs(conn, e.manifests)
+                        continue
                 found.setdefault(row["signature"], []).append(row)
         for rows in found.values():
             rows.sort(key=lambda row: (rank[row["state"]], -row["seq"]))
@@ -261,7 +270,13 @@ class Submits:
     def find_reusable(self: "Store", sigs: list[str]) -> dict[str, str]:
         """Signature -> run uuid for the runs a new job with that signature would reuse."""
         with self.read() as conn:
-            return {sig: rows[0]["uuid"] for sig, rows in self._reusable(conn, set(sigs)).items()}
+            return {sig: rows[0]["uuid"] for sig, rows in self._reusable(conn, set(sigs), verify=False).items()}
+
+    def forget_outputs(self: "Store", conn: Connection, manifests: set[str]) -> None:
+        """Runs whose output is one of `manifests` (found corrupt) are reused no more."""
+        for chunk in chunks(sorted(manifests)):
+            conn.execute(sa.update(runs).where(runs.c.output.in_(chunk), runs.c.state == State.SUCCEEDED.value)
+                         .values(desired="invalid"))
 
     def release(self: "Store", tx: "Tx", run_uuids: list[str], now: float) -> list[str]:
         """Held runs whose conditions hold may be scheduled now, signed over what they read;

@@ -11,10 +11,10 @@
 from ._client import Client, Job, JobInfo, connect, current_job, race
 from ._conditions import Condition
 from ._data import Output, Upload, upload
-from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, ResourceExhausted, Timeout,
-                     Unauthenticated, Unavailable)
+from .errors import (Conflict, Corrupt, InvalidSpec, JobnestError, NotFound, PermissionDenied, ResourceExhausted,
+                     Timeout, Unauthenticated, Unavailable)
 
 __all__ = [
-    "Client", "Condition", "Conflict", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound", "PermissionDenied",
-    "Output", "ResourceExhausted", "Timeout", "Unauthenticated", "Unavailable", "Upload", "connect", "current_job", "race", "upload",
+    "Client", "Condition", "Conflict", "Corrupt", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound",
+    "PermissionDenied", "Output", "ResourceExhausted", "Timeout", "Unauthenticated", "Unavailable", "Upload", "connect", "current_job", "race", "upload",
 ]

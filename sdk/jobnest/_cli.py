@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 import click
 
 from . import _render as render
-from ._client import Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy
+from ._client import (Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy,
+                      parse_duration)
 from ._data import upload
 from ._exec import exec_remote, write_shims
 from .errors import JobnestError
@@ -24,6 +25,18 @@ def _home(ctx: click.Context) -> Path:
 
 def _client(ctx: click.Context) -> Client:
     return connect(ctx.obj["controller"] or None, ctx.obj["token"], home=ctx.obj["home"], driver=False)
+
+
+def _seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        seconds = parse_duration(value)
+    except JobnestError as e:
+        raise click.BadParameter(e.problem) from None
+    if not seconds and param.name == "expires_in":
+        raise click.BadParameter("a token that expires at once is no token")
+    return seconds
 
 
 def _emit(data: Any) -> None:
@@ -110,6 +123,44 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"node {n['name']}: cpu {n['cpu_used']:g}/{n['cpu']:g} ({enforced}), "
                    f"memory {n['memory_used'] / 2**30:.2f}/{n['memory'] / 2**30:.2f} GiB")
     click.echo("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(s["runs"].items())) or "none"))
+    if s["disk"]:
+        click.echo("disk: " + ", ".join(f"{part} {_size(n)}" for part, n in s["disk"].items()))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@main.command()
+@click.option("--older-than", callback=_seconds, default="30d", show_default=True,
+              help="Keep what ended (or was stored) more recently than this: 90s, 12h, 30d.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def gc(ctx: click.Context, older_than: float, dry_run: bool, as_json: bool) -> None:
+    """Remove job history, runs, and data that nothing needs (admins only). Kept: every job tree
+    with a job that is live, recent or pinned; the runs those name or that ended recently (they
+    may be reused); the data they read or made; uploads stored or named recently."""
+    done = _client(ctx).collect(older_than, dry_run)
+    if as_json:
+        _emit(done)
+        return
+    counts = ", ".join(f"{done[k]} {k}" for k in ("jobs", "runs", "data", "blobs", "programs"))
+    click.echo(f"{'would remove' if dry_run else 'removed'} {counts}: {_size(done['bytes'])}"
+               f"{' to free' if dry_run else ' freed'}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--unpin", is_flag=True, help="Let `gc` remove it again once nothing else keeps it.")
+@click.pass_context
+def pin(ctx: click.Context, job: str, unpin: bool) -> None:
+    """Keep JOB's tree, its runs and their outputs from `jobnest gc`."""
+    _client(ctx).pin(job, unpin)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -344,18 +395,6 @@ def exec_shims(folder: Path, programs: tuple[str, ...]) -> None:
 @main.group()
 def token() -> None:
     """Tokens for people and drivers on a TCP controller."""
-
-
-DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _seconds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float:
-    if not value:
-        return 0.0
-    number, unit = value[:-1], value[-1:]
-    if unit not in DURATION or not number.isdigit() or int(number) == 0:
-        raise click.BadParameter(f"{value!r} is not a duration such as 12h or 30d")
-    return int(number) * DURATION[unit]
 
 
 @token.command(name="create")

@@ -118,6 +118,17 @@ def parse_memory(value: int | str) -> int:
         raise InvalidSpec(f"{value!r} is not a size such as 256Mi or 2G", field="memory") from None
 
 
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90s", "30m", "12h" or "30d"."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in DURATION or not number.isdigit():
+        raise InvalidSpec(f"{text!r} is not a duration such as 12h or 30d", field="duration")
+    return int(number) * DURATION[unit]
+
+
 class Client:
     """A connection to one controller, as one identity (a person, a driver or a job)."""
 
@@ -355,7 +366,7 @@ class Client:
     def status(self) -> dict[str, Any]:
         r = self._unary("Status", pb.StatusRequest(), timeout=10, retry=False)  # a probe: is it there?
         return {"address": self.address, "version": r.version, "pid": r.pid, "store": r.store,
-                "runs": dict(r.runs),
+                "runs": dict(r.runs), "disk": dict(r.disk),
                 "nodes": [{"name": n.name, "cpu": n.cpu_millis / 1000, "cpu_used": n.cpu_used / 1000,
                            "memory": n.memory, "memory_used": n.memory_used, "cpu_enforced": n.cpu_enforced}
                           for n in r.nodes]}
@@ -363,6 +374,17 @@ class Client:
     def invalidate(self, run_uuid: str) -> None:
         """Mark a finished run's result bad: no job reuses it again."""
         self._unary("Invalidate", pb.InvalidateRequest(run_uuid=run_uuid))
+
+    def pin(self, job_uuid: str, unpin: bool = False) -> None:
+        """Keep a job's tree, its runs and their data from `collect` (or, with `unpin`, no longer)."""
+        self._unary("Pin", pb.PinRequest(uuid=job_uuid, unpin=unpin))
+
+    def collect(self, older_than: float, dry_run: bool = False) -> dict[str, int]:
+        """Remove what nothing needs that ended more than `older_than` seconds ago (admins only);
+        returns how many jobs, runs, data, blobs and programs went, and the bytes freed."""
+        r = self._unary("Collect", pb.CollectRequest(older_than=older_than, dry_run=dry_run), timeout=3600,
+                        retry=False)
+        return {name: getattr(r, name) for name in ("jobs", "runs", "data", "blobs", "programs", "bytes")}
 
     def map(self, argv: builtins.list[str], items: Iterable[Any], **options: Any) -> builtins.list["Job"]:
         """One job per item, `{item}` in argv replaced by it, all in one batch."""

@@ -53,10 +53,16 @@ class Timeout(JobnestError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Corrupt(JobnestError):
+    """Stored bytes no longer match their digest: they are not served, and not reused."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 BY_CODE: dict[grpc.StatusCode, type[JobnestError]] = {
     cls.code: cls
     for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied, ResourceExhausted, Unavailable,
-                Timeout)
+                Timeout, Corrupt)
 }
 
 

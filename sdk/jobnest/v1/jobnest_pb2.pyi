@@ -432,8 +432,15 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "pid", "store", "runs", "nodes")
+    __slots__ = ("version", "pid", "store", "runs", "nodes", "disk")
     class RunsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class DiskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -445,12 +452,50 @@ class StatusResponse(_message.Message):
     STORE_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     store: str
     runs: _containers.ScalarMap[str, int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., store: _Optional[str] = ..., runs: _Optional[_Mapping[str, int]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+    disk: _containers.ScalarMap[str, int]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., store: _Optional[str] = ..., runs: _Optional[_Mapping[str, int]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., disk: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class PinRequest(_message.Message):
+    __slots__ = ("uuid", "unpin")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    UNPIN_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    unpin: bool
+    def __init__(self, uuid: _Optional[str] = ..., unpin: _Optional[bool] = ...) -> None: ...
+
+class PinResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectRequest(_message.Message):
+    __slots__ = ("older_than", "dry_run")
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    older_than: float
+    dry_run: bool
+    def __init__(self, older_than: _Optional[float] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectResponse(_message.Message):
+    __slots__ = ("jobs", "runs", "data", "blobs", "programs", "bytes")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    jobs: int
+    runs: int
+    data: int
+    blobs: int
+    programs: int
+    bytes: int
+    def __init__(self, jobs: _Optional[int] = ..., runs: _Optional[int] = ..., data: _Optional[int] = ..., blobs: _Optional[int] = ..., programs: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("name", "cpu_millis", "memory", "cpu_used", "memory_used", "cpu_enforced")

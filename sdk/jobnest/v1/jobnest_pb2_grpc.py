@@ -104,6 +104,16 @@ class JobServiceStub:
                 request_serializer=jobnest_dot_v1_dot_jobnest__pb2.StatusRequest.SerializeToString,
                 response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Pin = channel.unary_unary(
+                '/jobnest.v1.JobService/Pin',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.PinRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.PinResponse.FromString,
+                _registered_method=True)
+        self.Collect = channel.unary_unary(
+                '/jobnest.v1.JobService/Collect',
+                request_serializer=jobnest_dot_v1_dot_jobnest__pb2.CollectRequest.SerializeToString,
+                response_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CollectResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -197,6 +207,19 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Collect(self, request, context):
+        """An admin's: see CollectRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +292,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.StatusRequest.FromString,
                     response_serializer=jobnest_dot_v1_dot_jobnest__pb2.StatusResponse.SerializeToString,
+            ),
+            'Pin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pin,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.PinRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.PinResponse.SerializeToString,
+            ),
+            'Collect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Collect,
+                    request_deserializer=jobnest_dot_v1_dot_jobnest__pb2.CollectRequest.FromString,
+                    response_serializer=jobnest_dot_v1_dot_jobnest__pb2.CollectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +682,60 @@ class JobService:
             '/jobnest.v1.JobService/Status',
             jobnest_dot_v1_dot_jobnest__pb2.StatusRequest.SerializeToString,
             jobnest_dot_v1_dot_jobnest__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/Pin',
+            jobnest_dot_v1_dot_jobnest__pb2.PinRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Collect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobnest.v1.JobService/Collect',
+            jobnest_dot_v1_dot_jobnest__pb2.CollectRequest.SerializeToString,
+            jobnest_dot_v1_dot_jobnest__pb2.CollectResponse.FromString,
             options,
             channel_credentials,
             insecure,

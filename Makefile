@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test bench protos images setup clean shim
+.PHONY: run test bench protos images setup clean shim sandbox
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -22,14 +22,21 @@ shim: $(SHIM)
 $(SHIM): shim/libjobnest_exec.c shim/exports.map scripts/build-shim.sh
 	bash scripts/build-shim.sh $@
 
-test: $(STAMP) $(SHIM)
+SANDBOX := build/shim/jobnest-sandbox
+
+sandbox: $(SANDBOX)
+
+$(SANDBOX): shim/jobnest_sandbox.c scripts/build-sandbox.sh
+	bash scripts/build-sandbox.sh $@
+
+test: $(STAMP) $(SHIM) $(SANDBOX)
 	bash scripts/test-setup.sh
 	$(PY) -m pytest -q --durations=15
 
 images: $(STAMP)
 	bash scripts/images.sh
 
-bench: $(STAMP) images $(SHIM)
+bench: $(STAMP) images $(SHIM) $(SANDBOX)
 	$(PY) bench/run.py
 
 protos: $(STAMP)

@@ -1,5 +1,6 @@
-"""Wheels carry the exec shim (jobnest/libjobnest_exec.so) when built where a C compiler exists;
-`make shim` builds it for a checkout. Everything else is in pyproject.toml."""
+"""Wheels carry the exec shim (jobnest/libjobnest_exec.so) and the local executor's sandbox
+helper (jobnest_controller/jobnest-sandbox) when built where a C compiler exists; `make shim` and
+`make sandbox` build them for a checkout. Everything else is in pyproject.toml."""
 
 import os
 import shutil
@@ -16,8 +17,11 @@ class BuildPyWithShim(build_py):
         if shutil.which(os.environ.get("CC", "cc")) and os.path.exists("scripts/build-shim.sh"):
             subprocess.run(["bash", "scripts/build-shim.sh",
                             os.path.abspath(os.path.join(self.build_lib, "jobnest", "libjobnest_exec.so"))], check=True)
+            subprocess.run(["bash", "scripts/build-sandbox.sh",
+                            os.path.abspath(os.path.join(self.build_lib, "jobnest_controller", "jobnest-sandbox"))],
+                           check=True)
         else:
-            self.announce("no C compiler: the exec shim is left out (make shim builds it)", level=2)
+            self.announce("no C compiler: the exec shim and the sandbox helper are left out", level=2)
 
 
 class NativeDistribution(Distribution):

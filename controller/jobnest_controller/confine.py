@@ -87,16 +87,21 @@ class Sandbox:
         self.cover = sorted({p for p in cover if not _within(p, self.home)})
         # The socket's folder is bound back: it must be a folder of its own, not the home.
         self.available = enabled and os.geteuid() == 0 and not _within(self.home, self.jobs_folder) and _can_unshare()
+        self.helper = _helper()
 
     def wrap(self, workdir: str, cwd: str, command: list[str]) -> list[str]:
-        """`command` (the run's wrapper) as it runs confined, or as it is if it cannot be."""
+        """`command` (the run's wrapper) as it runs confined, or as it is if it cannot be: by the
+        sandbox helper (shim/jobnest_sandbox.c, one exec), else by the same steps in a shell."""
         if not self.available:
             return command
         keep = [workdir, self.jobs_folder, self.trees]  # bound back into the emptied home, in this order
         if inside(cwd, [self.home]) and not inside(cwd, [workdir]):
             keep.append(os.path.realpath(cwd))  # its parent's run folder (checked at submit)
+        stderr = os.path.join(workdir, "stderr.log")
+        if self.helper:
+            return [self.helper, stderr, self.home, self.trees, cwd, *keep, "--", *self.cover, "--", *command]
         fds = range(3, 3 + len(keep))
-        lines = [f'exec 2>>{q(workdir)}/stderr.log', "set -e",
+        lines = [f"exec 2>>{q(stderr)}", "set -e",
                  "exec " + " ".join(f"{fd}<{q(path)}" for fd, path in zip(fds, keep)),
                  f"mount -t tmpfs -o mode=0755,size=64k jobnest {q(self.home)}"]
         for fd, path in zip(fds, keep):
@@ -106,6 +111,15 @@ class Sandbox:
         lines += ["exec " + " ".join(f"{fd}<&-" for fd in fds), f"cd {q(cwd)}", "set +e",
                   'exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@"']
         return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(lines), "sh", *command]
+
+
+def _helper() -> str:
+    """The sandbox helper, as a wheel carries it or `make sandbox` builds it; "" if neither."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "jobnest-sandbox", here.parents[1] / "build" / "shim" / "jobnest-sandbox"):
+        if os.access(path, os.X_OK):
+            return str(path)
+    return ""
 
 
 def q(path: str) -> str:

@@ -52,6 +52,7 @@ class Recent:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.grace = GRACE
         self._named: dict[str, float] = {}
 
     def name(self, digests: Iterable[str]) -> None:
@@ -60,11 +61,11 @@ class Recent:
             for digest in digests:
                 self._named[digest] = now
             if len(self._named) > 100_000:
-                self._named = {d: t for d, t in self._named.items() if t > now - GRACE}
+                self._named = {d: t for d, t in self._named.items() if t > now - self.grace}
 
     def named(self, digest: str) -> bool:
-        """Named within `GRACE`; the caller holds the lock."""
-        return self._named.get(digest, 0.0) > time.time() - GRACE
+        """Named within the grace; the caller holds the lock."""
+        return self._named.get(digest, 0.0) > time.time() - self.grace
 
 
 def is_digest(text: str) -> bool:
@@ -76,7 +77,7 @@ class Data:
         self.root = Path(root)
         self.max_upload = max_upload
         self.recent = Recent()
-        self._verified: dict[Path, tuple[int, int, int]] = {}  # blob -> (inode, size, ctime) when it last matched
+        self._verified: dict[str, tuple[int, int, int]] = {}  # blob -> (inode, size, ctime) when it last matched
         for folder in ("blobs", "manifests", "trees", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.trees = str(self.root / "trees")
@@ -152,7 +153,7 @@ class Data:
     def _mark(self, path: Path) -> None:
         """`path` was just written from bytes hashed on the way: it needs no verifying yet."""
         st = path.stat()
-        self._verified[path] = (st.st_ino, st.st_size, st.st_ctime_ns)
+        self._verified[str(path)] = (st.st_ino, st.st_size, st.st_ctime_ns)
 
     def open_blob(self, digest: str) -> Iterator[bytes]:
         if not (is_digest(digest) and self._blob(digest).exists()):
@@ -164,31 +165,35 @@ class Data:
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, digests: Iterable[str]) -> None:
-        """Check blobs against their digests; a corrupt one is moved aside and `Corrupt` names it.
-        A blob is hashed again only once its inode changed (its ctime, which no one can set back)."""
+    def verify(self, digests: Iterable[str], twins: Iterable[str] = ()) -> None:
+        """Check blobs (and the executable twins of `twins`) against their digests; a corrupt one
+        is moved aside and `CorruptData` names it. A file is hashed again only once its inode
+        changed (its ctime, which no one can set back); else it costs one stat."""
+        blobs = str(self.root / "blobs")
         bad = []
-        for digest in digests:
-            for path in (self._blob(digest), self._twin(digest)):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:  # a twin is made when needed; a blob must be there
-                    if path.suffix != ".x":
-                        bad.append(digest)
-                    continue
-                mark = (st.st_ino, st.st_size, st.st_ctime_ns)
-                if self._verified.get(path) == mark:
-                    continue
-                if _sha256(path) == digest:
-                    self._verified[path] = mark
-                else:
+        for digest, twin in [*((d, False) for d in digests), *((d, True) for d in twins)]:
+            path = f"{blobs}/{digest[:2]}/{digest}{'.x' if twin else ''}"
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # a twin is made when first needed; a blob must be there
+                if not twin:
                     bad.append(digest)
+                continue
+            mark = (st.st_ino, st.st_size, st.st_ctime_ns)
+            if self._verified.get(path) != mark:
+                if _sha256(path) != digest:
+                    bad.append(digest)
+                    continue
+                self._verified[path] = mark
         if bad:
             raise CorruptData(bad[0], self.quarantine(bad))
 
-    def intact(self, digest: str) -> None:
-        """Raise `CorruptData` unless every blob the data `digest` names still has its bytes."""
-        self.verify(e["sha256"] for e in self.manifest(digest)["files"].values() if "sha256" in e)
+    def intact(self, digest: str) -> dict[str, Any]:
+        """The manifest of the data `digest`, once every blob it names is checked (`verify`)."""
+        manifest = self.manifest(digest)
+        files = manifest["files"].values()
+        self.verify((e["sha256"] for e in files if "sha256" in e), (e["sha256"] for e in files if e.get("x")))
+        return manifest
 
     def quarantine(self, digests: list[str]) -> set[str]:
         """Move corrupt blobs aside, with the trees that link them; returns the manifests that
@@ -199,7 +204,7 @@ class Data:
             for path in (self._blob(digest), self._twin(digest)):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(path, aside / f"{path.name}.{secrets.token_hex(4)}")
-                self._verified.pop(path, None)
+                self._verified.pop(str(path), None)
         named = set()
         for kept in (self.root / "manifests").glob("*.json"):  # rare: a scan, not an index
             files = json.loads(kept.read_text())["files"].values()
@@ -318,6 +323,7 @@ class Data:
             if "link" in entry:
                 _check_link(rel, entry["link"], files, f"entries[{rel!r}]")
         digest = self._keep_manifest(files)
+        del files  # a big output's manifest is read again to lay it out: not held twice
         tree = self.materialise(digest)
         aside = folder.with_name(f"{folder.name}.stored")  # the folder becomes a link to what was stored
         folder.rename(aside)
@@ -331,8 +337,7 @@ class Data:
     def materialise(self, digest: str) -> Path:
         """The manifest's files as a read-only folder, built once and verified each time; for a
         one-file upload, the file."""
-        self.intact(digest)
-        manifest = self.manifest(digest)
+        manifest = self.intact(digest)
         tree = self.root / "trees" / digest
         if not tree.exists():
             tmp = self._tmp(digest)
@@ -392,7 +397,7 @@ class Data:
                 if digest in needed_blobs or self.recent.named(digest) or _newer(path, cutoff):
                     continue
                 freed += remove(path, dry_run)
-            self._verified.pop(path, None)
+            self._verified.pop(str(path), None)
             if path.suffix != ".x":
                 blobs += 1
                 gone.add(digest)
@@ -474,7 +479,7 @@ def _check_link(path: str, target: str, files: dict[str, dict[str, Any]], where:
                           field=where)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -483,6 +488,6 @@ def _remove_tree(folder: Path) -> None:
     folder.chmod(0o755)
     for top, dirs, _ in os.walk(folder):  # links are not followed
         for name in dirs:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(os.path.join(top, name), 0o755, follow_symlinks=False)
+            if not os.path.islink(os.path.join(top, name)):
+                os.chmod(os.path.join(top, name), 0o755)
     shutil.rmtree(folder)

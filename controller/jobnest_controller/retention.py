@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from jobnest.errors import NotFound
 
-from .data import GRACE, Data, remove
+from .data import Data, remove
 from .models import holdings, jobs, pins, requests, runs
 from .programs import Programs
 from .states import TERMINAL
@@ -58,9 +58,9 @@ class Retention:
             if not unpin:
                 tx.conn.execute(sa.insert(pins).values(job_uuid=uuid, pinned_at=now))
 
-    def collect_rows(self: "Store", cutoff: float, dry_run: bool) -> tuple[int, list[str], set[str]]:
+    def collect_rows(self: "Store", cutoff: float, dry_run: bool) -> tuple[int, int, list[str], set[str]]:
         """Remove the job trees and runs past `cutoff` that nothing keeps; returns how many jobs
-        went, the removed runs' folders, and the digests of the data the kept runs need. A dry
+        and runs went, the runs' folders, and the digests of the data the kept runs need. A dry
         run removes them too, and rolls back."""
         try:
             with self.write() as tx:
@@ -78,11 +78,11 @@ class Retention:
 
 
 class _DryRun(Exception):
-    def __init__(self, found: tuple[int, list[str], set[str]]) -> None:
+    def __init__(self, found: tuple[int, int, list[str], set[str]]) -> None:
         self.found = found
 
 
-def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, list[str], set[str]]:
+def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, int, list[str], set[str]]:
     kept_roots, trees = set(), {}
     for uuid, path, created, state, finished, pinned in conn.execute(JOB_ENDS):
         root = path.split("/")[1]
@@ -105,7 +105,7 @@ def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, list[str], set[
     for spec, output in conn.execute(sa.select(runs.c.spec, runs.c.output)):
         needed.add(output)
         needed.update(_reads(json.loads(spec)))
-    return len(doomed), [workdir for _, workdir in removed if workdir], needed - {""}
+    return len(doomed), len(removed), [workdir for _, workdir in removed if workdir], needed - {""}
 
 
 def _reads(spec: dict[str, Any]) -> list[str]:
@@ -116,12 +116,12 @@ def collect(store: "Store", data: Data, programs: Programs, older_than: float, n
             dry_run: bool = False) -> Collected:
     """Remove what nothing keeps (see the module's docstring); returns what went."""
     cutoff = now - older_than
-    job_count, folders, needed = store.collect_rows(cutoff, dry_run)
-    done = Collected(jobs=job_count, runs=len(folders))
+    job_count, run_count, folders, needed = store.collect_rows(cutoff, dry_run)
+    done = Collected(jobs=job_count, runs=run_count)
     for folder in folders:
         if Path(folder).exists():
             done.bytes += remove(Path(folder), dry_run)
-    files_cutoff = min(cutoff, now - GRACE)
+    files_cutoff = min(cutoff, now - data.recent.grace)
     done.data, done.blobs, freed, gone = data.collect(needed, files_cutoff, dry_run)
     done.bytes += freed
     done.programs, freed, gone_programs = programs.collect(needed, files_cutoff, dry_run)

@@ -124,7 +124,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"memory {n['memory_used'] / 2**30:.2f}/{n['memory'] / 2**30:.2f} GiB")
     click.echo("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(s["runs"].items())) or "none"))
     if s["disk"]:
-        click.echo("disk: " + ", ".join(f"{part} {_size(n)}" for part, n in s["disk"].items()))
+        click.echo("disk: " + ", ".join(f"{part} {_size(n)}" for part, n in sorted(s["disk"].items())))
 
 
 def _size(n: float) -> str:

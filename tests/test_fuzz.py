@@ -141,6 +141,7 @@ def test_calls_that_name_a_job(fuzzed: Fuzzed, data: st.DataObject) -> None:
         (fuzzed.jobs.Get, pb.GetRequest(uuid=ref), False), (fuzzed.jobs.Why, pb.WhyRequest(uuid=ref), False),
         (fuzzed.jobs.Logs, pb.LogsRequest(uuid=ref), True),
         (fuzzed.jobs.Invalidate, pb.InvalidateRequest(run_uuid=ref), False),
+        (fuzzed.jobs.Pin, pb.PinRequest(uuid=ref, unpin=data.draw(st.booleans())), False),
     ]))
     fuzzed.send(call, request, fuzzed.tokens[data.draw(tokens)], stream)
 
@@ -176,6 +177,7 @@ def test_tokens_and_drivers(fuzzed: Fuzzed, data: st.DataObject) -> None:
         (fuzzed.jobs.Finish, pb.FinishRequest(exit_code=data.draw(int32))),
         (fuzzed.jobs.RenewLease, pb.RenewLeaseRequest()),
         (fuzzed.jobs.Status, pb.StatusRequest()),
+        (fuzzed.jobs.Collect, pb.CollectRequest(older_than=data.draw(floats), dry_run=data.draw(st.booleans()))),
     ]))
     token = fuzzed.tokens[data.draw(st.sampled_from([1, 2, 3]))]  # an admin's tokens would be made for real
     fuzzed.send(call, request, token)

@@ -51,7 +51,7 @@ class NodeSettings:
     cgroups: bool = True
     """Enforce each run's cpu share with cgroups where the machine allows it."""
     sandbox: bool = True
-    """Confine local jobs (`confine.Sandbox`) where the machine allows it; it costs about 20 ms a start."""
+    """Confine local jobs (`confine.Sandbox`) where the machine allows it."""
 
 
 @dataclass

@@ -3,6 +3,7 @@ over the DataService, result.json, and signatures over input content. Each flow 
 local executor and on Docker."""
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import jobnest
 from jobnest.v1 import jobnest_pb2 as pb
 
 from jobnest_controller.app import Controller
+from jobnest_controller.data import BLOB_REF, Data
 from jobnest_controller.executors.base import expand
 
 from .conftest import Running, make_settings
@@ -263,6 +265,56 @@ def test_an_output_is_stored_once_and_a_changed_blob_is_never_served_or_reused(r
     assert client.driver is not None
     with pytest.raises(jobnest.InvalidSpec, match=r"jobs\[0\]\.inputs\['x'\]: job .* is a driver program"):
         client.submit(["true"], inputs={"x": client.driver.output})
+
+
+def test_an_output_stored_again_after_a_stop_halfway_is_stored_alike(tmp_path: Path) -> None:
+    """The folder is moved aside, replaced by a link, then removed: a controller killed between
+    any two of those steps stores the run's output again, the same, when it restarts."""
+    data = Data(str(tmp_path / "data"), 2**20)
+
+    def output(name: str) -> Path:
+        folder = tmp_path / name / "out"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "a").write_text("a\n")
+        (folder / "run.sh").write_text("echo hi\n")
+        (folder / "run.sh").chmod(0o755)
+        return folder
+
+    first = data.ingest(output("first"))
+    moved = output("moved")
+    moved.rename(moved.with_name("out.stored"))  # killed before the link was made
+    linked = output("linked")
+    linked.rename(linked.with_name("out.stored"))
+    linked.symlink_to(data.materialise(first))  # killed before the folder moved aside was removed
+    for folder in (moved, linked):
+        assert data.ingest(folder) == first
+        assert folder.is_symlink() and not folder.with_name("out.stored").exists()
+        assert (folder / "sub" / "a").read_text() == "a\n" and os.access(folder / "run.sh", os.X_OK)
+
+
+def test_a_manifest_is_written_as_canonical_json_and_scanned_without_parsing(tmp_path: Path) -> None:
+    """Manifests are written entry by entry (a big output's is never held whole); the bytes are
+    what `json.dumps` with sorted keys makes, so digests stay those of earlier stores."""
+    data = Data(str(tmp_path / "data"), 2**20)
+    stored = {}
+    for text in ("one", 'a "quoted" \\ "sha256":"x"', "é"):
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        stored[text] = data.receive(iter([(digest, len(text.encode()), text.encode())]))
+    files = {"b/é.txt": {"sha256": stored["é"], "size": 2, "x": False},
+             'a/"sha256":"' + "0" * 64 + '","size":1,"x":true': {"sha256": stored["one"], "size": 3, "x": True},
+             "c": {"link": "b/é.txt"}, "a/z": {"sha256": stored['a "quoted" \\ "sha256":"x"'], "size": 25, "x": False}}
+    digest = data.put_manifest(files)
+    canonical = json.dumps({"files": files}, sort_keys=True, separators=(",", ":"))
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert data.manifest(digest) == {"files": files}
+    one = data.put_manifest({"f": files["b/é.txt"]}, file="f")
+    assert one == hashlib.sha256(json.dumps({"file": "f", "files": {"f": files["b/é.txt"]}}, sort_keys=True,
+                                            separators=(",", ":")).encode()).hexdigest()
+    assert data.intact(one) == "f" and data.intact(digest) == ""
+    assert (data.materialise(digest) / "c").read_text() == "é"
+    assert data.materialise(one).name == "f"
+    assert sorted(m[1] for m in BLOB_REF.finditer((tmp_path / "data" / "manifests" / f"{digest}.json").read_text())) \
+        == sorted(e["sha256"] for e in files.values() if "sha256" in e)  # the quoted path is no entry
 
 
 def test_placeholders_spare_shell_variables() -> None:

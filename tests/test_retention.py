@@ -79,6 +79,21 @@ def test_gc_removes_only_what_nothing_keeps(kept: Running, tmp_path: Path) -> No
     assert again.state == "succeeded" and not again.info.reused  # its run is gone: it runs anew
 
 
+def test_gc_keeps_the_job_that_made_a_run_still_wanted(kept: Running) -> None:
+    """A job cancelled alone, while its run goes on for another job, ended long ago; its run is
+    live, so its tree stays (the run is found by the job that made it)."""
+    client = kept.client()
+    first = client.submit(["sleep", "2"], name="shared")
+    second = client.submit(["sleep", "2"], name="shared")
+    assert second.info.run_uuid == first.info.run_uuid
+    first.cancel()
+    assert first.wait(timeout=10).state == "cancelled"
+    assert client.collect(older_than=0)["jobs"] == 0
+    assert second.wait(timeout=30).state == "succeeded"
+    done = client.collect(older_than=0)
+    assert (done["jobs"], done["runs"]) == (2, 1)
+
+
 def test_gc_and_pin_are_refused_where_they_must_be(kept: Running, tmp_path: Path) -> None:
     admin = kept.client()
     alice = kept.client(admin.create_token("alice"))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 DIGEST_CHARS = set("0123456789abcdef")
 GRACE = 600.0  # seconds: data this new, or named this recently, is never collected
+# A manifest entry, compact: (path, link target) or (path, sha256, size, executable).
+Entry = tuple[str, str] | tuple[str, str, int, bool]
+# A file's entry in a manifest's canonical JSON; never inside a string (its quotes would be escaped).
+BLOB_REF = re.compile(r'"sha256":"([0-9a-f]{64})","size":\d+,"x":(true|false)')
 
 
 class CorruptData(Corrupt):
@@ -158,42 +163,44 @@ class Data:
     def open_blob(self, digest: str) -> Iterator[bytes]:
         if not (is_digest(digest) and self._blob(digest).exists()):
             raise NotFound(f"no blob {digest}", field="digest")
-        self.verify([digest])
+        self.verify([(digest, False)])
         with open(self._blob(digest), "rb") as f:
             while data := f.read(CHUNK):
                 yield data
 
     # -- verification --------------------------------------------------------------------------
 
-    def verify(self, digests: Iterable[str], twins: Iterable[str] = ()) -> None:
-        """Check blobs (and the executable twins of `twins`) against their digests; a corrupt one
-        is moved aside and `CorruptData` names it. A file is hashed again only once its inode
-        changed (its ctime, which no one can set back); else it costs one stat."""
+    def verify(self, refs: Iterable[tuple[str, bool]]) -> None:
+        """Check blobs against their digests, each (digest, executable) with its executable twin
+        if it has one; a corrupt one is moved aside and `CorruptData` names it. A file is hashed
+        again only once its inode changed (its ctime, which no one can set back); else it costs
+        one stat."""
         blobs = str(self.root / "blobs")
         bad = []
-        for digest, twin in [*((d, False) for d in digests), *((d, True) for d in twins)]:
-            path = f"{blobs}/{digest[:2]}/{digest}{'.x' if twin else ''}"
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:  # a twin is made when first needed; a blob must be there
-                if not twin:
-                    bad.append(digest)
-                continue
-            mark = (st.st_ino, st.st_size, st.st_ctime_ns)
-            if self._verified.get(path) != mark:
-                if _sha256(path) != digest:
-                    bad.append(digest)
+        for digest, executable in refs:
+            for twin in (False, True) if executable else (False,):
+                path = f"{blobs}/{digest[:2]}/{digest}{'.x' if twin else ''}"
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:  # a twin is made when first needed; a blob must be there
+                    if not twin:
+                        bad.append(digest)
                     continue
-                self._verified[path] = mark
+                mark = (st.st_ino, st.st_size, st.st_ctime_ns)
+                if self._verified.get(path) != mark:
+                    if _sha256(path) != digest:
+                        bad.append(digest)
+                        continue
+                    self._verified[path] = mark
         if bad:
             raise CorruptData(bad[0], self.quarantine(bad))
 
-    def intact(self, digest: str) -> dict[str, Any]:
-        """The manifest of the data `digest`, once every blob it names is checked (`verify`)."""
-        manifest = self.manifest(digest)
-        files = manifest["files"].values()
-        self.verify((e["sha256"] for e in files if "sha256" in e), (e["sha256"] for e in files if e.get("x")))
-        return manifest
+    def intact(self, digest: str) -> str:
+        """Check every blob the data `digest` names (`verify`); returns its "file" (for an
+        upload of one file). The manifest is scanned, not parsed: a big one costs its text only."""
+        text = self._manifest_text(digest)
+        self.verify((m[1], m[2] == "true") for m in BLOB_REF.finditer(text))
+        return str(json.loads(text[:text.index(',"files":')] + "}")["file"]) if text.startswith('{"file":') else ""
 
     def quarantine(self, digests: list[str]) -> set[str]:
         """Move corrupt blobs aside, with the trees that link them; returns the manifests that
@@ -207,8 +214,7 @@ class Data:
                 self._verified.pop(str(path), None)
         named = set()
         for kept in (self.root / "manifests").glob("*.json"):  # rare: a scan, not an index
-            files = json.loads(kept.read_text())["files"].values()
-            if any(e.get("sha256") in digests for e in files):
+            if any(m[1] in digests for m in BLOB_REF.finditer(kept.read_text())):
                 named.add(kept.stem)
                 tree = self.root / "trees" / kept.stem
                 if tree.exists():
@@ -259,11 +265,12 @@ class Data:
         """Check and keep an upload's manifest; returns its digest. It is held to the upload limit."""
         sizes = {}  # what the upload holds: each content once
         self.recent.name(e["sha256"] for e in files.values() if "sha256" in e)
+        links = {path for path, entry in files.items() if "link" in entry}
         for path, entry in files.items():
             where = f"entries[{path!r}]"
             _check_path(path, where)
             if "link" in entry:
-                _check_link(path, entry["link"], files, where)
+                _check_link(path, entry["link"], links, where)
                 continue
             blob = self._blob(entry["sha256"]) if is_digest(entry["sha256"]) else None
             if blob is None or not blob.exists():
@@ -283,90 +290,125 @@ class Data:
         if laid_out > self.max_upload:
             raise InvalidSpec(f"its files add up to {laid_out} bytes (the same content counted each time it is "
                               f"named), over the upload limit of {self.max_upload}", field="entries")
-        return self._keep_manifest(files, file)
+        return self._keep_manifest(sorted(_entries(files)), file)
 
-    def _keep_manifest(self, files: dict[str, dict[str, Any]], file: str = "") -> str:
-        manifest = {"files": files, **({"file": file} if file else {})}
-        text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(text.encode()).hexdigest()
+    def _keep_manifest(self, entries: list[Entry], file: str = "") -> str:
+        """Write a manifest of `entries` (sorted by path) as canonical JSON (what `json.dumps`
+        with sorted keys and no spaces makes), hashing it as it is written: a big output's
+        manifest is never held whole."""
+        tmp = self._tmp("manifest")
+        hasher = hashlib.sha256()
+        with open(tmp, "w") as f:
+            def put(text: str) -> None:
+                f.write(text)
+                hasher.update(text.encode())
+            put(f'{{"file":{json.dumps(file)},"files":{{' if file else '{"files":{')
+            for i in range(0, len(entries), 1000):
+                put(("," if i else "") + ",".join(f"{json.dumps(e[0])}:" + (
+                    f'{{"link":{json.dumps(e[1])}}}' if len(e) == 2 else
+                    f'{{"sha256":"{e[1]}","size":{e[2]},"x":{"true" if e[3] else "false"}}}')
+                    for e in entries[i:i + 1000]))
+            put("}}")
+        digest = hasher.hexdigest()
         self.recent.name([digest])
         kept = self.root / "manifests" / f"{digest}.json"
-        if not kept.exists():
-            tmp = self._tmp(digest)
-            tmp.write_text(text)
+        if kept.exists():
+            tmp.unlink()
+        else:
             os.replace(tmp, kept)
         return digest
 
     def manifest(self, digest: str) -> dict[str, Any]:
+        return dict(json.loads(self._manifest_text(digest)))
+
+    def _manifest_text(self, digest: str) -> str:
         try:
             if is_digest(digest):
                 self.recent.name([digest])
-                return dict(json.loads((self.root / "manifests" / f"{digest}.json").read_text()))
+                return (self.root / "manifests" / f"{digest}.json").read_text()
         except FileNotFoundError:
             pass
         raise NotFound(f"no data {digest} is stored here", field="digest")
 
     def ingest(self, folder: Path) -> str:
-        """Store a run's output folder; returns its manifest's digest. Its files are stored as
-        they are read, so only its links are checked (they must stay inside)."""
-        files: dict[str, dict[str, Any]] = {}
+        """Store a run's output folder, and make it a link to the stored tree; returns its
+        manifest's digest. Its files are stored as they are read, so only its links are checked
+        (they must stay inside). Stored again after a stop halfway, it is stored alike. A file
+        costs a few hundred bytes of memory here (a million files, about 300 MB)."""
+        aside = folder.with_name(f"{folder.name}.stored")  # the folder, until the link replaces it
+        if aside.exists():
+            if folder.exists() or folder.is_symlink():  # the link is in place: what was stored
+                _remove_tree(aside)
+            else:
+                aside.rename(folder)
+        entries: list[Entry] = []
         for rel, entry in _walk(str(folder)):
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                files[rel] = {"link": os.readlink(entry.path)}
+                entries.append((rel, os.readlink(entry.path)))
             elif stat.S_ISREG(mode):
-                digest, size = self._store_file(Path(entry.path))
-                files[rel] = {"sha256": digest, "size": size, "x": bool(mode & 0o111)}
+                entries.append((rel, *self._store_file(Path(entry.path)), bool(mode & 0o111)))
             elif not stat.S_ISDIR(mode):
                 raise InvalidSpec(f"{rel!r} is not a file, a folder or a link", field="output")
-        for rel, entry in files.items():
-            if "link" in entry:
-                _check_link(rel, entry["link"], files, f"entries[{rel!r}]")
-        digest = self._keep_manifest(files)
-        del files  # a big output's manifest is read again to lay it out: not held twice
-        tree = self.materialise(digest)
-        aside = folder.with_name(f"{folder.name}.stored")  # the folder becomes a link to what was stored
-        folder.rename(aside)
-        folder.symlink_to(tree)
-        try:
-            _remove_tree(aside)
-        except OSError as e:  # a file a container's root made, say
-            log.warning("could not remove %s after storing it: %s", aside, e)
+        entries.sort()
+        links = {e[0] for e in entries if len(e) == 2}
+        for e in entries:
+            if len(e) == 2:
+                _check_link(e[0], e[1], links, f"entries[{e[0]!r}]")
+        digest = self._keep_manifest(entries)
+        tree = self._lay_out(digest, entries)
+        if not folder.is_symlink():
+            folder.rename(aside)
+            folder.symlink_to(tree)
+            try:
+                _remove_tree(aside)
+            except OSError as e:  # a file a container's root made, say
+                log.warning("could not remove %s after storing it: %s", aside, e)
         return digest
 
     def materialise(self, digest: str) -> Path:
         """The manifest's files as a read-only folder, built once and verified each time; for a
         one-file upload, the file."""
-        manifest = self.intact(digest)
         tree = self.root / "trees" / digest
-        if not tree.exists():
-            tmp = self._tmp(digest)
-            tmp.mkdir()
-            for entry in manifest["files"].values():
-                if entry.get("x") and not self._twin(entry["sha256"]).exists():
-                    tmp_twin = self._tmp(entry["sha256"])
-                    shutil.copyfile(self._blob(entry["sha256"]), tmp_twin)
-                    tmp_twin.chmod(0o555)
-                    os.replace(tmp_twin, self._twin(entry["sha256"]))
-                    self._mark(self._twin(entry["sha256"]))
-            folders = sorted({str(p) for rel in manifest["files"] for p in PurePosixPath(rel).parents} - {"."})
-            for folder in folders:  # parents before their children
-                (tmp / folder).mkdir()
-            for rel, entry in manifest["files"].items():
-                path = tmp / rel
-                if "link" in entry:
-                    path.symlink_to(entry["link"])
-                else:
-                    os.link(self._twin(entry["sha256"]) if entry["x"] else self._blob(entry["sha256"]), path)
-            for folder in reversed(folders):
-                (tmp / folder).chmod(0o555)
-            tmp.chmod(0o555)
-            try:
-                tmp.rename(tree)
-            except OSError:  # built meanwhile by another
-                _remove_tree(tmp)
-        return tree / manifest["file"] if manifest.get("file") else tree
+        if tree.exists():
+            file = self.intact(digest)
+        else:
+            manifest = self.manifest(digest)
+            file = manifest.get("file", "")
+            self._lay_out(digest, sorted(_entries(manifest["files"])))
+        return tree / file if file else tree
 
+    def _lay_out(self, digest: str, entries: list[Entry]) -> Path:
+        """Verify the blobs of `entries` and lay them out as the tree of `digest`, if not yet."""
+        self.verify((e[1], e[3]) for e in entries if len(e) == 4)
+        tree = self.root / "trees" / digest
+        if tree.exists():
+            return tree
+        tmp = self._tmp(digest)
+        tmp.mkdir()
+        for e in entries:
+            if len(e) == 4 and e[3] and not self._twin(e[1]).exists():
+                tmp_twin = self._tmp(e[1])
+                shutil.copyfile(self._blob(e[1]), tmp_twin)
+                tmp_twin.chmod(0o555)
+                os.replace(tmp_twin, self._twin(e[1]))
+                self._mark(self._twin(e[1]))
+        folders = sorted({str(p) for e in entries for p in PurePosixPath(e[0]).parents} - {"."})
+        for folder in folders:  # parents before their children
+            (tmp / folder).mkdir()
+        for e in entries:
+            if len(e) == 2:
+                (tmp / e[0]).symlink_to(e[1])
+            else:
+                os.link(self._twin(e[1]) if e[3] else self._blob(e[1]), tmp / e[0])
+        for folder in reversed(folders):
+            (tmp / folder).chmod(0o555)
+        tmp.chmod(0o555)
+        try:
+            tmp.rename(tree)
+        except OSError:  # built meanwhile by another
+            _remove_tree(tmp)
+        return tree
 
     # -- retention -----------------------------------------------------------------------------
 
@@ -381,9 +423,8 @@ class Data:
             digest = kept.stem
             with self.recent.lock:
                 if digest in needed or self.recent.named(digest) or _newer(kept, cutoff):
-                    with contextlib.suppress(FileNotFoundError, ValueError):
-                        needed_blobs.update(e["sha256"] for e in json.loads(kept.read_text())["files"].values()
-                                            if "sha256" in e)
+                    with contextlib.suppress(FileNotFoundError):
+                        needed_blobs.update(m[1] for m in BLOB_REF.finditer(kept.read_text()))
                     continue
                 freed += remove(kept, dry_run)
             manifests += 1
@@ -461,13 +502,12 @@ def _check_path(path: str, where: str) -> None:
         raise InvalidSpec("must be a relative path without '.', '..' or empty parts", field=where)
 
 
-def _check_link(path: str, target: str, files: dict[str, dict[str, Any]], where: str) -> None:
+def _check_link(path: str, target: str, links: set[str], where: str) -> None:
     """A link must stay inside the data, and not through another link (which could lead out)."""
     parts = list(PurePosixPath(path).parent.parts)
     inside = bool(target) and not target.startswith("/") and "\0" not in target
     for part in PurePosixPath(target).parts if inside else ():
-        through = files.get("/".join(parts), {})
-        if "link" in through or (part == ".." and not parts):
+        if "/".join(parts) in links or (part == ".." and not parts):
             inside = False
             break
         if part == "..":
@@ -477,6 +517,11 @@ def _check_link(path: str, target: str, files: dict[str, dict[str, Any]], where:
     if not inside:
         raise InvalidSpec(f"a link must point inside the data, and not through another link, not to {target!r}",
                           field=where)
+
+
+def _entries(files: dict[str, dict[str, Any]]) -> Iterator[Entry]:
+    for path, e in files.items():
+        yield (path, e["link"]) if "link" in e else (path, e["sha256"], e["size"], e["x"])
 
 
 def _sha256(path: str | Path) -> str:

@@ -72,7 +72,6 @@ class Programs:
                     tar.extractall(folder)
         return str(folder)
 
-
     def collect(self, needed: set[str], cutoff: float, dry_run: bool) -> tuple[int, int, set[str]]:
         """Remove the programs `needed` does not name, neither stored since `cutoff` nor named
         lately; returns (how many, bytes freed, their digests)."""

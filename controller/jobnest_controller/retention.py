@@ -1,10 +1,10 @@
 """Retention: what `jobnest gc` (and the `retention` setting) removes, and what it never does.
 
 A job tree (a root job and all it spawned) stays whole while any job of it is live, was made or
-ended within the window, or is pinned. A run stays while a kept job names it, or while it ended
-within the window (it may still be reused). Data stays while a kept run reads it (inputs,
-program) or made it (output), or while it was stored or named within the window (an upload not
-yet submitted; never less than `data.GRACE`). The rest goes: the jobs and the request ids that
+ended within the window, or is pinned, or made a run that stays. A run stays while it is live,
+ended within the window (it may still be reused), or a kept job names it. Data stays while a
+kept run reads it (inputs, program) or made it (output), or while it was stored or named within
+the window (an upload not yet submitted; never less than `data.GRACE`). The rest goes: the jobs and the request ids that
 named them, the runs with their folders (logs), the manifests with their trees, the blobs, the
 programs, and the holdings that named them.
 
@@ -28,13 +28,13 @@ from .data import Data, remove
 from .models import holdings, jobs, pins, requests, runs
 from .programs import Programs
 from .states import TERMINAL
-from .views import JOB_FROM, STATE, chunks, one_of
+from .views import JOB_FROM, STATE, chunks
 
 if TYPE_CHECKING:
     from .store import Store
 
 ENDED = [s.value for s in TERMINAL]
-JOB_ENDS = sa.select(jobs.c.uuid, jobs.c.path, jobs.c.created_at, STATE,
+JOB_ENDS = sa.select(jobs.c.uuid, jobs.c.path, jobs.c.run_uuid, jobs.c.created_at, STATE,
                      sa.case((jobs.c.end_state != "", jobs.c.finished_at), else_=runs.c.finished_at),
                      pins.c.job_uuid.is_not(None)).select_from(JOB_FROM.outerjoin(pins, pins.c.job_uuid == jobs.c.uuid))
 
@@ -83,12 +83,24 @@ class _DryRun(Exception):
 
 
 def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, int, list[str], set[str]]:
-    kept_roots, trees = set(), {}
-    for uuid, path, created, state, finished, pinned in conn.execute(JOB_ENDS):
+    trees: dict[str, list[str]] = {}  # root -> its jobs
+    root_of, run_of, kept_roots = {}, {}, set()
+    for uuid, path, run_uuid, created, state, finished, pinned in conn.execute(JOB_ENDS):
         root = path.split("/")[1]
         trees.setdefault(root, []).append(uuid)
+        root_of[uuid], run_of[uuid] = root, run_uuid
         if pinned or created >= cutoff or state not in ENDED or finished is None or finished >= cutoff:
             kept_roots.add(root)
+    found = conn.execute(sa.select(runs.c.uuid, runs.c.origin_job_uuid, runs.c.workdir, runs.c.state,
+                                   sa.func.coalesce(runs.c.finished_at, runs.c.created_at))).all()
+    origin = {uuid: job for uuid, job, *_ in found}
+    recent = {uuid for uuid, _, _, state, ended in found if state not in ENDED or ended >= cutoff}
+    while True:  # a kept tree keeps its jobs' runs, and a kept run the tree of the job that made it
+        kept_runs = recent | {run_of[job] for root in kept_roots for job in trees[root]}
+        more = {root_of[origin[run]] for run in kept_runs if origin[run] in root_of} - kept_roots
+        if not more:
+            break
+        kept_roots |= more
     doomed = [uuid for root, uuids in trees.items() if root not in kept_roots for uuid in uuids]
     for chunk in chunks(doomed):
         conn.execute(sa.delete(jobs).where(jobs.c.uuid.in_(chunk)))
@@ -96,15 +108,14 @@ def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, int, list[str],
     for caller, rid, uuids, _ in conn.execute(sa.select(requests)).all():
         if gone.intersection(json.loads(uuids)):
             conn.execute(sa.delete(requests).where(requests.c.caller == caller, requests.c.request_id == rid))
-    removed = conn.execute(sa.select(runs.c.uuid, runs.c.workdir).where(
-        one_of(runs.c.state, ENDED), sa.func.coalesce(runs.c.finished_at, runs.c.created_at) < cutoff,
-        ~sa.exists().where(jobs.c.run_uuid == runs.c.uuid))).all()
+    removed = [(uuid, workdir) for uuid, _, workdir, *_ in found if uuid not in kept_runs]
     for chunk in chunks([uuid for uuid, _ in removed]):
         conn.execute(sa.delete(runs).where(runs.c.uuid.in_(chunk)))
     needed: set[str] = set()
-    for spec, output in conn.execute(sa.select(runs.c.spec, runs.c.output)):
-        needed.add(output)
-        needed.update(_reads(json.loads(spec)))
+    for uuid, spec, output in conn.execute(sa.select(runs.c.uuid, runs.c.spec, runs.c.output)):
+        if uuid in kept_runs:
+            needed.add(output)
+            needed.update(_reads(json.loads(spec)))
     return len(doomed), len(removed), [workdir for _, workdir in removed if workdir], needed - {""}
 
 

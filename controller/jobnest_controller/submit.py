@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -195,7 +195,8 @@ class Submits:
             for i in level:
                 spec, sig, job_uuid = specs[i], sigs[i], job_uuids[i]
                 spec_json = json.dumps(spec)
-                run = _shareable(reusable.get(sig, []), spec, caller.name) if _may_reuse(spec) else None
+                run = _shareable(reusable.get(sig, []), spec, caller.name, lambda r: self._intact(tx.conn, r)) \
+                    if _may_reuse(spec) else None
                 if run is None:
                     # A run gets its token when it starts; a driver runs from the moment it is submitted.
                     token = secrets.token_urlsafe(24) if spec.get("driver") else None
@@ -247,21 +248,13 @@ class Submits:
             found.update((uuid, Fact(*rest)) for uuid, *rest in FACTS.execute(conn, chunk))
         return found
 
-    def _reusable(self: "Store", conn: Connection, sigs: set[str], verify: bool = True
-                  ) -> dict[str, list[dict[str, Any]]]:
+    def _reusable(self: "Store", conn: Connection, sigs: set[str]) -> dict[str, list[dict[str, Any]]]:
         """The runs a job with each signature may reuse (as `RUN_FACTS`), best first: succeeded,
-        then in flight, newest first. With `verify` (in a write), a succeeded run is one only
-        while its output's bytes are intact; one found corrupt is invalidated."""
+        then in flight, newest first."""
         rank = {s.value: i for i, s in enumerate(REUSABLE)}
         found: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunks(list(sigs)):
             for row in REUSABLE_RUNS.execute(conn, chunk).dicts():
-                if verify and row["output"] and self.data is not None:
-                    try:
-                        self.data.intact(row["output"])
-                    except CorruptData as e:
-                        self.forget_outputs(conn, e.manifests)
-                        continue
                 found.setdefault(row["signature"], []).append(row)
         for rows in found.values():
             rows.sort(key=lambda row: (rank[row["state"]], -row["seq"]))
@@ -270,7 +263,18 @@ class Submits:
     def find_reusable(self: "Store", sigs: list[str]) -> dict[str, str]:
         """Signature -> run uuid for the runs a new job with that signature would reuse."""
         with self.read() as conn:
-            return {sig: rows[0]["uuid"] for sig, rows in self._reusable(conn, set(sigs), verify=False).items()}
+            return {sig: rows[0]["uuid"] for sig, rows in self._reusable(conn, set(sigs)).items()}
+
+    def _intact(self: "Store", conn: Connection, run: dict[str, Any]) -> bool:
+        """Whether a run's output still has its bytes; one found corrupt is reused no more."""
+        if not run["output"] or self.data is None:
+            return True
+        try:
+            self.data.intact(run["output"])
+        except CorruptData as e:
+            self.forget_outputs(conn, e.manifests)
+            return False
+        return True
 
     def forget_outputs(self: "Store", conn: Connection, manifests: set[str]) -> None:
         """Runs whose output is one of `manifests` (found corrupt) are reused no more."""
@@ -294,8 +298,8 @@ class Submits:
                 _sign_inputs(spec, self._facts(tx.conn, producers))
                 parts = signature_parts(spec)
                 sig = signature(parts)
-                found = (_shareable(self._reusable(tx.conn, {sig}).get(sig, []), spec, owner)
-                         if _may_reuse(spec) else None)
+                found = (_shareable(self._reusable(tx.conn, {sig}).get(sig, []), spec, owner,
+                                    lambda r: self._intact(tx.conn, r)) if _may_reuse(spec) else None)
                 RELEASE.run(tx.conn, {"run": run_uuid, "b_signature": sig, "b_sig_parts": json.dumps(parts),
                                       "b_spec": json.dumps(spec)})
                 tx.runs.add(run_uuid)
@@ -312,8 +316,10 @@ class Submits:
         return ready
 
 
-def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any], owner: str) -> dict[str, Any] | None:
-    """The first run of `candidates` a job of `spec`, submitted for `owner`, may take as its own.
+def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any], owner: str,
+               intact: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The first run of `candidates` a job of `spec`, submitted for `owner`, may take as its own
+    (and whose output is `intact`: its bytes were checked).
 
     Within an owner: one that succeeded, or one in flight that would end as the job's own run
     would (see `OUTCOME`). Across owners: only one that succeeded in a container (a local
@@ -325,7 +331,7 @@ def _shareable(candidates: list[dict[str, Any]], spec: dict[str, Any], owner: st
         if run["owner"] != owner and not (succeeded and run["executor"] not in PROCESS_EXECUTORS
                                           and not spec.get("mount_cwd")):
             continue
-        if succeeded or all(run[k] == spec.get(k, v) for k, v in OUTCOME.items()):
+        if intact(run) if succeeded else all(run[k] == spec.get(k, v) for k, v in OUTCOME.items()):
             return run
     return None
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -305,15 +306,13 @@ def test_the_executor_is_chosen_per_job_per_block_or_by_the_controller(docker_ru
         remove_containers(home)
 
 
-def test_a_container_made_but_never_started_is_started_not_replaced(tmp_path: Path) -> None:
-    """What a controller killed between creating a container and starting it leaves behind: it
-    may have been starting it as it died, so a new container could run the job twice (the soak
-    saw 10 of 1,152 jobs run twice). The one made is started, and only it runs."""
-    require_engine()
+def _left_made(tmp_path: Path, argv: list[str], **create: Any) -> tuple[Any, Any, str, Any, Any]:
+    """A docker run claimed (running) by a controller that died after making its container, and
+    that container, made and not started: (store, reconciler, job, executor, container)."""
     import docker
 
-    from jobnest_controller.executors.docker import ATTEMPT_LABEL, CONTROLLER_LABEL, RUN_LABEL, DockerExecutor
     from jobnest_controller.data import Data
+    from jobnest_controller.executors.docker import ATTEMPT_LABEL, CONTROLLER_LABEL, RUN_LABEL, DockerExecutor
     from jobnest_controller.programs import Programs
     from jobnest_controller.reconciler import Reconciler
     from jobnest_controller.states import State
@@ -332,29 +331,74 @@ def test_a_container_made_but_never_started_is_started_not_replaced(tmp_path: Pa
     reconciler = Reconciler(store, {"docker": executor}, f"unix://{jobs_sock}", Programs(str(tmp_path / "p")),
                             Data(str(tmp_path / "d"), 2**20))
     image_id = executor.resolve_image(BUSYBOX)
-    [job] = ids(store.submit(Caller("admin", "me"), "", [spec("echo", "fresh", executor="docker", image=BUSYBOX,
+    [job] = ids(store.submit(Caller("admin", "me"), "", [spec(*argv, executor="docker", image=BUSYBOX,
                                                               image_id=image_id)], 1.0))
     run = store.get_job(job)["run_uuid"]
     with store.write() as tx:
         store.transition(tx, Kind.RUN, run, State.QUEUED, State.RUNNING, "", node="docker",
                          workdir=executor.workdir(run))
-    engine = docker.from_env()
-    labels = {RUN_LABEL: run, CONTROLLER_LABEL: str(home)}
-    earlier = engine.containers.create(BUSYBOX, ["echo", "attempt 0"], labels={**labels, ATTEMPT_LABEL: "0"})
-    leftover = engine.containers.create(BUSYBOX, ["echo", "made"], labels={**labels, ATTEMPT_LABEL: "1"})
+    Path(executor.workdir(run), "out").mkdir(parents=True)  # as its start made it
+    labels = {RUN_LABEL: run, CONTROLLER_LABEL: str(home), ATTEMPT_LABEL: "1"}
+    made = docker.from_env().containers.create(BUSYBOX, argv, labels=labels, **create)
+    return store, reconciler, job, executor, made
+
+
+def _tick_until_ended(store: Any, reconciler: Any, job: str) -> dict[str, Any]:
+    from jobnest_controller.states import State
+
+    deadline = time.monotonic() + 60
+    while not State(store.get_job(job)["state"]).terminal and time.monotonic() < deadline:
+        reconciler.tick(time.time())
+        time.sleep(0.05)
+    return dict(store.get_job(job))
+
+
+def test_a_container_made_but_never_started_is_started_not_replaced(tmp_path: Path) -> None:
+    """What a controller killed between creating a container and starting it leaves behind: it
+    may have been starting it as it died, so a new container could run the job twice (the soak
+    saw 10 of 1,152 jobs run twice). The one made is started, and only it runs."""
+    require_engine()
+    import docker
+
+    from jobnest_controller.executors.docker import ATTEMPT_LABEL, CONTROLLER_LABEL, RUN_LABEL
+
+    store, reconciler, job, executor, leftover = _left_made(tmp_path, ["echo", "made"])
+    run = store.get_job(job)["run_uuid"]
+    earlier = docker.from_env().containers.create(BUSYBOX, ["echo", "attempt 0"], labels={
+        RUN_LABEL: run, CONTROLLER_LABEL: str(tmp_path / "home"), ATTEMPT_LABEL: "0"})
     try:
-        deadline = time.monotonic() + 60
-        while not State(store.get_job(job)["state"]).terminal and time.monotonic() < deadline:
-            reconciler.tick(time.time())
-            time.sleep(0.05)
-        row = store.get_job(job)
+        row = _tick_until_ended(store, reconciler, job)
         assert row["state"] == "succeeded" and Path(executor.workdir(run), "stdout.log").read_text() == "made\n"
-        assert {c.id for c in engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run}"})} <= {
-            leftover.id, earlier.id}  # no container was made anew
+        assert {c.id for c in docker.from_env().containers.list(all=True, filters={"label": f"{RUN_LABEL}={run}"})
+                } <= {leftover.id, earlier.id}  # no container was made anew
         earlier.reload()
         assert earlier.status == "created"  # another attempt's: left alone
+        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": leftover.id}))  # it goes once ended
     finally:
-        remove_containers(home)
+        remove_containers(tmp_path / "home")
+
+
+def test_a_start_the_engine_finishes_after_a_restart_is_not_repeated(tmp_path: Path) -> None:
+    """The controller died while asking the engine to start the container; the new one finds it
+    made, and the engine then carries the start out. Starting it again would run it twice
+    (`docker start` runs an exited container anew: the soak saw 2 of 1,212 jobs run twice)."""
+    require_engine()
+    import docker
+
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    store, reconciler, job, executor, made = _left_made(
+        tmp_path, ["sh", "-c", "echo ran >> /ledger/runs"], volumes={str(ledger): {"bind": "/ledger", "mode": "rw"}})
+    try:
+        reconciler.tick(time.time())  # sees it made, not started
+        made.start()  # the start that was under way
+        made.wait()
+        row = _tick_until_ended(store, reconciler, job)
+        assert row["state"] == "succeeded"
+        assert (ledger / "runs").read_text() == "ran\n"
+        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": made.id}))  # it goes once ended
+    finally:
+        remove_containers(tmp_path / "home")
 
 
 def test_out_of_memory_retries_with_more_memory(docker_running: Running) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 DIGEST_CHARS = set("0123456789abcdef")
 GRACE = 600.0  # seconds: data this new, or named this recently, is never collected
+MAX_VERIFIED = 1_000_000  # blobs remembered as checked (about 100 MB)
 # A manifest entry, compact: (path, link target) or (path, sha256, size, executable).
 Entry = tuple[str, str] | tuple[str, str, int, bool]
 # A file's entry in a manifest's canonical JSON; never inside a string (its quotes would be escaped).
@@ -82,7 +83,9 @@ class Data:
         self.root = Path(root)
         self.max_upload = max_upload
         self.recent = Recent()
-        self._verified: dict[str, tuple[int, int, int]] = {}  # blob -> (inode, size, ctime) when it last matched
+        # A blob's digest (+ b"x" for a twin) -> the hash of its (inode, size, ctime) when it last
+        # matched its digest; bytes, as a store's blobs may be many.
+        self._verified: dict[bytes, int] = {}
         for folder in ("blobs", "manifests", "trees", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.trees = str(self.root / "trees")
@@ -148,17 +151,26 @@ class Data:
             raise InvalidSpec(f"{size} bytes is over the upload limit of {self.max_upload}", field="size")
 
     def _keep(self, tmp: Path, digest: str) -> None:
-        self.recent.name([digest])
-        path = self._blob(digest)
-        if not path.exists():
+        if not self._present(digest):
             tmp.chmod(0o444)
-            _move_in(tmp, path)
-            self._mark(path)
+            _move_in(tmp, self._blob(digest))
+            self._mark(self._blob(digest))
 
-    def _mark(self, path: Path) -> None:
-        """`path` was just written from bytes hashed on the way: it needs no verifying yet."""
-        st = path.stat()
-        self._verified[str(path)] = (st.st_ino, st.st_size, st.st_ctime_ns)
+    def _present(self, digest: str) -> bool:
+        """Whether the blob is here; then it is named, so that `gc` spares it for what is about
+        to name it. (A new blob needs no naming: it is younger than the grace.)"""
+        if not self._blob(digest).exists():
+            return False
+        self.recent.name([digest])
+        return self._blob(digest).exists()
+
+    def _mark(self, path: Path | str, st: os.stat_result | None = None) -> None:
+        """`path` matches its digest (it was just written from bytes hashed on the way, or
+        hashed): it needs no verifying until its inode changes."""
+        st = st or os.stat(path)
+        if len(self._verified) >= MAX_VERIFIED:  # a bound on memory: what is forgotten is hashed again
+            self._verified.clear()
+        self._verified[_key(path)] = hash((st.st_ino, st.st_size, st.st_ctime_ns))
 
     def open_blob(self, digest: str) -> Iterator[bytes]:
         if not (is_digest(digest) and self._blob(digest).exists()):
@@ -186,12 +198,11 @@ class Data:
                     if not twin:
                         bad.append(digest)
                     continue
-                mark = (st.st_ino, st.st_size, st.st_ctime_ns)
-                if self._verified.get(path) != mark:
+                if self._verified.get(_key(path)) != hash((st.st_ino, st.st_size, st.st_ctime_ns)):
                     if _sha256(path) != digest:
                         bad.append(digest)
                         continue
-                    self._verified[path] = mark
+                    self._mark(path, st)
         if bad:
             raise CorruptData(bad[0], self.quarantine(bad))
 
@@ -211,7 +222,7 @@ class Data:
             for path in (self._blob(digest), self._twin(digest)):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(path, aside / f"{path.name}.{secrets.token_hex(4)}")
-                self._verified.pop(str(path), None)
+                self._verified.pop(_key(path), None)
         named = set()
         for kept in (self.root / "manifests").glob("*.json"):  # rare: a scan, not an index
             if any(m[1] in digests for m in BLOB_REF.finditer(kept.read_text())):
@@ -229,9 +240,8 @@ class Data:
             head = src.read(CHUNK)
             if len(head) < CHUNK:
                 digest = hashlib.sha256(head).hexdigest()
-                self.recent.name([digest])
                 blob = self._blob(digest)
-                if not blob.exists():
+                if not self._present(digest):
                     tmp = self._tmp("out")
                     try:
                         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)  # read-only from the start
@@ -333,8 +343,8 @@ class Data:
     def ingest(self, folder: Path) -> str:
         """Store a run's output folder, and make it a link to the stored tree; returns its
         manifest's digest. Its files are stored as they are read, so only its links are checked
-        (they must stay inside). Stored again after a stop halfway, it is stored alike. A file
-        costs a few hundred bytes of memory here (a million files, about 300 MB)."""
+        (they must stay inside). Stored again after a stop halfway, it is stored alike. Each file
+        costs about 650 bytes of memory while it is stored (100,000 files: 64 MiB)."""
         aside = folder.with_name(f"{folder.name}.stored")  # the folder, until the link replaces it
         if aside.exists():
             if folder.exists() or folder.is_symlink():  # the link is in place: what was stored
@@ -438,7 +448,7 @@ class Data:
                 if digest in needed_blobs or self.recent.named(digest) or _newer(path, cutoff):
                     continue
                 freed += remove(path, dry_run)
-            self._verified.pop(str(path), None)
+            self._verified.pop(_key(path), None)
             if path.suffix != ".x":
                 blobs += 1
                 gone.add(digest)
@@ -522,6 +532,11 @@ def _check_link(path: str, target: str, links: set[str], where: str) -> None:
 def _entries(files: dict[str, dict[str, Any]]) -> Iterator[Entry]:
     for path, e in files.items():
         yield (path, e["link"]) if "link" in e else (path, e["sha256"], e["size"], e["x"])
+
+
+def _key(path: str | Path) -> bytes:
+    name = os.path.basename(path)  # the digest, and ".x" for a twin
+    return bytes.fromhex(name[:64]) + name[64:].encode()
 
 
 def _sha256(path: str | Path) -> str:

@@ -33,6 +33,9 @@ OUTPUT = "/jobnest/out"
 PROGRAM = "/jobnest/program"
 INPUTS = "/jobnest/inputs"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+# Seconds a container found made but not started is left to a start still under way in the
+# engine (its controller died while asking): only then is it started here.
+START_SETTLE = 2.0
 RETRY_DOWN = 2.0  # seconds before an unreachable engine is tried again
 LIVE = ("created", "running", "restarting", "paused")
 
@@ -62,6 +65,8 @@ class DockerExecutor:
         self._seen_images: dict[str, str] = {}  # name -> content id, as last resolved
         self._ended_containers: list[tuple[str, str]] = []  # (node, container id) to remove
         self._signalled: dict[str, int] = {}  # run -> the last signal sent to it
+        self._unstarted: dict[str, float] = {}  # run -> when its container was first found made, not started
+        self._containers: dict[str, str] = {}  # run -> the container watched (its handle may not be stored)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -222,6 +227,7 @@ class DockerExecutor:
                    for s in ("stdout", "stderr")]
         threads.append(threading.Thread(target=wait, name=f"wait-{run_uuid[:8]}", daemon=True))
         self._watchers[run_uuid] = threads
+        self._containers[run_uuid] = container_id
         for thread in threads:
             thread.start()
 
@@ -233,7 +239,8 @@ class DockerExecutor:
         return str(found[0]["Id"]) if found else ""
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
-        uuid, node, container_id = run["uuid"], run["node"], str(run["handle"])
+        uuid, node = run["uuid"], run["node"]
+        container_id = str(run["handle"]) or self._containers.get(uuid, "")
         if uuid in self._ended:
             state = self._ended.pop(uuid)
         elif uuid in self._watchers and self._watchers[uuid][-1].is_alive():
@@ -252,11 +259,18 @@ class DockerExecutor:
             workdir = Path(run["workdir"] or self.workdir(uuid))
             if state is not None and state["Status"] == "created":
                 # Made by a controller that died before it was started, or while it was being
-                # started: starting it (again) makes it run once, where a new one could run twice.
+                # started: starting it makes it run once, where a new one could run twice. But a
+                # start the engine is still carrying out makes it run, and starting it once it
+                # has run would run it again: it is started only if it stays made for a while.
+                first = self._unstarted.setdefault(uuid, time.monotonic())
+                if time.monotonic() - first < START_SETTLE:
+                    return None
+                del self._unstarted[uuid]
                 (workdir / "out").mkdir(parents=True, exist_ok=True)
                 self._client(node).api.start(container_id)
                 self._watch(uuid, node, container_id, workdir)
                 return None
+            self._unstarted.pop(uuid, None)
             if state is not None and state["Status"] in LIVE:
                 self._watch(uuid, node, container_id, workdir)
                 return None
@@ -264,6 +278,7 @@ class DockerExecutor:
                 self._copy_logs(node, container_id, workdir)
         for thread in self._watchers.pop(uuid, []):
             thread.join(timeout=5)
+        self._containers.pop(uuid, None)
         self._stopping.pop(uuid, None)
         self._signalled.pop(uuid, None)
         if state is None:

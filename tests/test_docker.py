@@ -306,9 +306,10 @@ def test_the_executor_is_chosen_per_job_per_block_or_by_the_controller(docker_ru
         remove_containers(home)
 
 
-def _left_made(tmp_path: Path, argv: list[str], **create: Any) -> tuple[Any, Any, str, Any, Any]:
+def _left_made(tmp_path: Path, argv: list[str], make: bool = True, **create: Any) -> tuple[Any, Any, str, Any, Any]:
     """A docker run claimed (running) by a controller that died after making its container, and
-    that container, made and not started: (store, reconciler, job, executor, container)."""
+    that container, made and not started (or, unless `make`, its create still under way: then a
+    function that makes it): (store, reconciler, job, executor, container)."""
     import docker
 
     from jobnest_controller.data import Data
@@ -339,8 +340,8 @@ def _left_made(tmp_path: Path, argv: list[str], **create: Any) -> tuple[Any, Any
                          workdir=executor.workdir(run))
     Path(executor.workdir(run), "out").mkdir(parents=True)  # as its start made it
     labels = {RUN_LABEL: run, CONTROLLER_LABEL: str(home), ATTEMPT_LABEL: "1"}
-    made = docker.from_env().containers.create(BUSYBOX, argv, labels=labels, **create)
-    return store, reconciler, job, executor, made
+    made = lambda: docker.from_env().containers.create(BUSYBOX, argv, labels=labels, **create)  # noqa: E731
+    return store, reconciler, job, executor, made() if make else made
 
 
 def _tick_until_ended(store: Any, reconciler: Any, job: str) -> dict[str, Any]:
@@ -378,20 +379,25 @@ def test_a_container_made_but_never_started_is_started_not_replaced(tmp_path: Pa
         remove_containers(tmp_path / "home")
 
 
-def test_a_start_the_engine_finishes_after_a_restart_is_not_repeated(tmp_path: Path) -> None:
-    """The controller died while asking the engine to start the container; the new one finds it
-    made, and the engine then carries the start out. Starting it again would run it twice
-    (`docker start` runs an exited container anew: the soak saw 2 of 1,212 jobs run twice)."""
+@pytest.mark.parametrize("under_way", ["start", "create"])
+def test_what_the_engine_finishes_after_a_restart_is_not_done_twice(tmp_path: Path, under_way: str) -> None:
+    """The controller died while asking the engine to start the container, or to make it; the
+    new one finds it made, or finds none, and the engine then carries the call out. Starting it
+    again (`docker start` runs an exited container anew), or making another, would run it twice:
+    the soak saw 2 of 1,212 jobs run twice, and 6 of 1,326 once the first was fixed."""
     require_engine()
     import docker
 
     ledger = tmp_path / "ledger"
     ledger.mkdir()
     store, reconciler, job, executor, made = _left_made(
-        tmp_path, ["sh", "-c", "echo ran >> /ledger/runs"], volumes={str(ledger): {"bind": "/ledger", "mode": "rw"}})
+        tmp_path, ["sh", "-c", "echo ran >> /ledger/runs"], make=under_way == "start",
+        volumes={str(ledger): {"bind": "/ledger", "mode": "rw"}})
     try:
-        reconciler.tick(time.time())  # sees it made, not started
-        made.start()  # the start that was under way
+        reconciler.tick(time.time())  # sees it made and not started, or sees none
+        if under_way == "create":
+            made = made()
+        made.start()  # what was under way
         made.wait()
         row = _tick_until_ended(store, reconciler, job)
         assert row["state"] == "succeeded"

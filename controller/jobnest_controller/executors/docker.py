@@ -33,8 +33,9 @@ OUTPUT = "/jobnest/out"
 PROGRAM = "/jobnest/program"
 INPUTS = "/jobnest/inputs"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-# Seconds a container found made but not started is left to a start still under way in the
-# engine (its controller died while asking): only then is it started here.
+# Seconds a run found with its container made but not started, or with none, is left to what a
+# controller that died as it asked may still have under way in the engine (a start, a create):
+# only then is it started here, or queued again.
 START_SETTLE = 2.0
 RETRY_DOWN = 2.0  # seconds before an unreachable engine is tried again
 LIVE = ("created", "running", "restarting", "paused")
@@ -65,7 +66,7 @@ class DockerExecutor:
         self._seen_images: dict[str, str] = {}  # name -> content id, as last resolved
         self._ended_containers: list[tuple[str, str]] = []  # (node, container id) to remove
         self._signalled: dict[str, int] = {}  # run -> the last signal sent to it
-        self._unstarted: dict[str, float] = {}  # run -> when its container was first found made, not started
+        self._settled: dict[str, float] = {}  # run -> when it was first found with no container started
         self._containers: dict[str, str] = {}  # run -> the container watched (its handle may not be stored)
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -236,7 +237,16 @@ class DockerExecutor:
             return str(run["handle"])
         found = self._client(run["node"]).api.containers(all=True, filters={"label": [
             f"{RUN_LABEL}={run['uuid']}", f"{ATTEMPT_LABEL}={run['attempt']}"]})  # not an earlier attempt's
-        return str(found[0]["Id"]) if found else ""
+        started = [c for c in found if c["State"] != "created"]  # over one made by a create under way as it died
+        return str((started or found)[0]["Id"]) if found else ""
+
+    def _settling(self, uuid: str) -> bool:
+        """Whether the run was first found unstarted less than `START_SETTLE` seconds ago."""
+        first = self._settled.setdefault(uuid, time.monotonic())
+        if time.monotonic() - first < START_SETTLE:
+            return True
+        del self._settled[uuid]
+        return False
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         uuid, node = run["uuid"], run["node"]
@@ -249,6 +259,10 @@ class DockerExecutor:
             try:
                 container_id = self._container_id(run)
                 if not container_id:
+                    if self._settling(uuid):
+                        return None
+                    log.info("run %s: no container of attempt %s: it never started, and is queued again",
+                             uuid, run["attempt"])
                     return Exited(None, "the controller stopped before the run started", started=False)
                 state = self._client(node).api.inspect_container(container_id)["State"]
             except self._docker.errors.NotFound:
@@ -262,15 +276,14 @@ class DockerExecutor:
                 # started: starting it makes it run once, where a new one could run twice. But a
                 # start the engine is still carrying out makes it run, and starting it once it
                 # has run would run it again: it is started only if it stays made for a while.
-                first = self._unstarted.setdefault(uuid, time.monotonic())
-                if time.monotonic() - first < START_SETTLE:
+                if self._settling(uuid):
                     return None
-                del self._unstarted[uuid]
+                log.info("run %s: its container %s was made, never started: starting it", uuid, container_id[:12])
                 (workdir / "out").mkdir(parents=True, exist_ok=True)
                 self._client(node).api.start(container_id)
                 self._watch(uuid, node, container_id, workdir)
                 return None
-            self._unstarted.pop(uuid, None)
+            self._settled.pop(uuid, None)
             if state is not None and state["Status"] in LIVE:
                 self._watch(uuid, node, container_id, workdir)
                 return None

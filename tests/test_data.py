@@ -240,7 +240,8 @@ def test_an_output_is_stored_once_and_a_changed_blob_is_never_served_or_reused(r
     out = Path(made.info.output_dir)
     blob = Path(running.controller.settings.home) / "data" / "blobs" / hashlib.sha256(b"first\n").hexdigest()[:2] / \
         hashlib.sha256(b"first\n").hexdigest()
-    assert out.is_symlink() and out.resolve().parent == (Path(running.controller.settings.home) / "data" / "trees").resolve()
+    trees = Path(running.controller.settings.home) / "data" / "trees"
+    assert out.is_symlink() and out.resolve().parent == trees.resolve()
     assert (out / "value").stat().st_ino == blob.stat().st_ino  # one copy of the bytes
     (out / "value").write_text("changed\n")
     with pytest.raises(jobnest.Corrupt, match="no longer has its digest's bytes"):

@@ -374,7 +374,8 @@ def test_a_container_made_but_never_started_is_started_not_replaced(tmp_path: Pa
                 } <= {leftover.id, earlier.id}  # no container was made anew
         earlier.reload()
         assert earlier.status == "created"  # another attempt's: left alone
-        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": leftover.id}))  # it goes once ended
+        # It goes once its end is stored.
+        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": leftover.id}))
     finally:
         remove_containers(tmp_path / "home")
 
@@ -402,7 +403,7 @@ def test_what_the_engine_finishes_after_a_restart_is_not_done_twice(tmp_path: Pa
         row = _tick_until_ended(store, reconciler, job)
         assert row["state"] == "succeeded"
         assert (ledger / "runs").read_text() == "ran\n"
-        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": made.id}))  # it goes once ended
+        wait_for(lambda: not docker.from_env().containers.list(all=True, filters={"id": made.id}))  # once ended
     finally:
         remove_containers(tmp_path / "home")
 

@@ -89,7 +89,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
          mount_roots: tuple[str, ...], store_url: str,
          cpu: float | None, memory: int | None, no_sandbox: bool, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
-         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, retention: str, idle_timeout: float) -> None:
+         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, retention: str,
+         idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups, sandbox=not no_sandbox)

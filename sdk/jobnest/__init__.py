@@ -16,5 +16,6 @@ from .errors import (Conflict, Corrupt, InvalidSpec, JobnestError, NotFound, Per
 
 __all__ = [
     "Client", "Condition", "Conflict", "Corrupt", "InvalidSpec", "Job", "JobInfo", "JobnestError", "NotFound",
-    "PermissionDenied", "Output", "ResourceExhausted", "Timeout", "Unauthenticated", "Unavailable", "Upload", "connect", "current_job", "race", "upload",
+    "PermissionDenied", "Output", "ResourceExhausted", "Timeout", "Unauthenticated", "Unavailable", "Upload",
+    "connect", "current_job", "race", "upload",
 ]

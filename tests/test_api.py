@@ -176,8 +176,8 @@ def test_sdk_raises_typed_errors_naming_the_field(running: Running) -> None:
         client.why("f" * 32)
     with pytest.raises(jobnest.NotFound):
         list(client.logs("f" * 32))
-    with pytest.raises(jobnest.InvalidSpec, match="uuid"):
-        client.get("not-a-uuid")
+    with pytest.raises(jobnest.NotFound, match="uuid: no job 'not-a-uuid' .* or a job's name"):
+        client.get("not-a-uuid")  # no job has that name either
     assert counts(running) == (0, 0)
 
 

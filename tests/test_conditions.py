@@ -69,8 +69,9 @@ def test_a_condition_that_cannot_hold_cancels_and_cascades(where: tuple[Running,
     cleanup = client.submit(["echo", "cleanup"], name="cleanup", cpu=0.1, when=reduction.done, **options)
     for job in (fetch, fit, cleanup):
         job.wait(timeout=60)
-    assert fetch.state == "cancelled" and reduction.uuid in fetch.info.reason and "failed" in fetch.info.reason
-    assert fit.state == "cancelled" and fetch.uuid in fit.info.reason
+    assert fetch.state == "cancelled" and f"job reduction ({reduction.uuid[:8]}) failed" in fetch.info.reason
+    assert fit.state == "cancelled" and f"job fetch ({fetch.uuid[:8]}) cancelled; root cause: job reduction" \
+        in fit.info.reason
     assert cleanup.state == "succeeded"
 
 

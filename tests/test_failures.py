@@ -74,7 +74,7 @@ def test_run_each_groups_the_batch_under_the_command(running: Running, tmp_path:
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "3 jobs: 2 succeeded, 1 did not" in result.stdout
     [driver] = running.client().list(roots=True)
-    assert sorted(j.name for j in running.client().list(parent=driver.uuid)) == ["sh", "sh", "sh"]
+    assert sorted(j.name for j in running.client().list(parent=driver.uuid)) == ["sh[a]", "sh[b]", "sh[c]"]
 
 
 def test_race_keeps_the_first_accepted_and_never_reuses_the_losers(where: tuple[Running, dict[str, Any]]) -> None:

@@ -32,7 +32,7 @@ from .executors.base import Executor, Exited, Launch, Started
 from .programs import Programs
 from .scheduler import Node, Pending, Plan, Queue, charge, plan, reason
 from .states import Kind, State
-from .store import DRIVER, Store, Tx
+from .store import CANNOT, DRIVER, Store, Tx
 
 log = logging.getLogger(__name__)
 STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
@@ -289,7 +289,7 @@ class Reconciler:
             decided, self._decided = self._decided[:budget], self._decided[budget:]
             budget -= len(decided)
             release = [d.key for d in decided if d.value and d.key in index.held]
-            doomed = [(d.key, index.held[d.key].job, f"condition cannot hold: job {d.job} {d.state}")
+            doomed = [(d.key, index.held[d.key].job, CANNOT + self.store.blame(tx.conn, d.job, d.state))
                       for d in decided if not d.value and d.key in index.held]
             ready = set(self.store.release(tx, release, now))
             for uuid in release:
@@ -366,6 +366,9 @@ class Reconciler:
         for run, state, exited in ended:
             values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
             why = exited.reason
+            executor = self.executors.get(run["executor"])
+            if state is State.FAILED and exited.exit_code and executor:  # what it said last: users look there first
+                why += _said_last(executor.log_paths(run).get("stderr", ""))
             if not state.terminal:  # it never started: queued again, the scheduler says why
                 values, why = {"started_at": None, "node": "", "pid": 0, "handle": ""}, ""
             elif state is State.SUCCEEDED:
@@ -501,6 +504,18 @@ def _retry(run: dict[str, Any], exited: Exited) -> dict[str, Any]:
     if exited.reason == "out of memory" and run["memory"]:
         values["memory"] = int(run["memory"] * run["memory_on_oom"])
     return values
+
+
+def _said_last(path: str) -> str:
+    """": " and the last line a run wrote to `path` (its stderr), or "" if it wrote none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").split("\n")
+    except OSError:
+        return ""
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f": {last[:200]}" if last else ""
 
 
 def _size(path: str) -> int:

@@ -198,7 +198,7 @@ class JobService(pb_grpc.JobServiceServicer):
         """The full uuid and path of the job `ref` names, if the caller may see it."""
         if not ref:
             raise InvalidSpec("must name a job", field="uuid")
-        uuid = self.store.resolve(ref)
+        uuid = self.store.resolve(ref, caller)
         path, owner = self.store.job_scope(uuid)
         caller.check_scope(uuid, path, owner)
         return uuid, path
@@ -296,9 +296,12 @@ class JobService(pb_grpc.JobServiceServicer):
         parent = self._scoped(caller, request.parent)[0] if request.parent else None
         if subtree is None and caller.kind == "job":
             subtree = caller.path
+        if len(request.name) > specs.MAX_NAME:
+            raise InvalidSpec(f"longer than {specs.MAX_NAME} characters", field="name")
         chunks = self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
                                       roots=request.roots, limit=request.limit,
-                                      owner=None if caller.kind == "admin" else caller.name)
+                                      owner=None if caller.kind == "admin" else caller.name,
+                                      name=request.name, newest_first=request.newest_first)
         if not request.include_reused:
             for rows in chunks:
                 yield from list_chunks(rows, self.waiting)

@@ -39,6 +39,8 @@ from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
 LIVE_VALUES = [s.value for s in LIVE]
+CANNOT = "condition cannot hold: "  # how a job cancelled by its condition's end says so
+ROOT = "; root cause: "
 CANCEL_CHUNK = 250  # jobs a Cancel ends per transaction, so that submits go on meanwhile
 # Between those transactions: without it the cancelling thread takes the lock again before a
 # submit's thread, waiting for Python's interpreter lock, has even asked for it.
@@ -240,6 +242,19 @@ class Store(Tokens, Submits, Views, Explain, Leases, Retention):
             if heir is not None:
                 heirs[run_uuid] = heir
         return heirs
+
+    def blame(self, conn: Connection, job_uuid: str, state: str) -> str:
+        """How the job whose end decided a condition ended, by name and short id, and the root
+        cause when it was itself cancelled by a condition."""
+        row = conn.execute(sa.select(jobs.c.name, VIEW["reason"]).select_from(JOB_FROM)
+                           .where(jobs.c.uuid == job_uuid)).first()
+        name, reason = row if row is not None else ("?", "")
+        said = f"job {name} ({job_uuid[:8]}) {state}"
+        if ROOT in reason:
+            return said + ROOT + reason.split(ROOT, 1)[1]
+        if reason.startswith(CANNOT):
+            return said + ROOT + reason.removeprefix(CANNOT)
+        return f"{said}: {reason}" if state == State.FAILED.value and reason else said
 
     def _live_run(self, conn: Connection, job_uuid: str) -> str | None:
         """The run of a job that has not ended, if that run is live: the one a cancel of the job

@@ -20,6 +20,7 @@ from jobnest.errors import InvalidSpec, NotFound
 from .models import jobs, runs
 
 if TYPE_CHECKING:
+    from .auth import Caller
     from .store import Store
 
 _apart = jobs.c.end_state != ""
@@ -50,6 +51,12 @@ JOB_FROM = jobs.join(runs, runs.c.uuid == jobs.c.run_uuid)
 # no index serves. Without it SQLite's planner, which has no statistics, prefers the index on state
 # to a list of five keys or more, and so reads every queued run to find five.
 RUN_STATE = runs.c.state.concat("")
+
+
+def _like(pattern: str) -> str:
+    """A shell pattern (* and ?) as a LIKE pattern, escaped with a backslash."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def insert_new(table: sa.Table) -> dict[str, Any]:
@@ -234,17 +241,20 @@ class Views:
 
     def list_jobs(self: "Store", *, subtree_path: str | None = None, parent: str | None = None,
                   states: list[str] | None = None, roots: bool = False, limit: int = 0, owner: str | None = None,
-                  chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
-        """Jobs as `LIST_FIELDS` rows (tuples), in chunks, by subtree, parent, state and owner.
+                  name: str = "", newest_first: bool = False, chunk: int = 5000) -> Iterator[Sequence[sa.Row[Any]]]:
+        """Jobs as `LIST_FIELDS` rows (tuples), in chunks, by subtree, parent, state, owner and
+        name (a shell pattern).
 
         A subtree comes in tree order (each job before its children, siblings in submit order),
-        straight off the path index; anything else in submit order.
+        straight off the path index; anything else in submit order, or newest first.
         """
         query = sa.select(*LIST_COLUMNS).select_from(JOB_FROM)
         if subtree_path:
             query = query.where(jobs.c.path.like(subtree_path + "%")).order_by(jobs.c.path)
         else:
-            query = query.order_by(jobs.c.seq)
+            query = query.order_by(jobs.c.seq.desc() if newest_first else jobs.c.seq)
+        if name:
+            query = query.where(jobs.c.name.like(_like(name), escape="\\"))
         if parent:
             query = query.where(jobs.c.spawned_by_job_uuid == parent)
         if roots:
@@ -258,19 +268,28 @@ class Views:
         with self.read() as conn:
             yield from conn.execution_options(yield_per=chunk).execute(query).partitions(chunk)
 
-    def resolve(self: "Store", ref: str) -> str:
-        """The full uuid of the job that `ref` (a uuid or a unique prefix of 4+ characters) names."""
-        if len(ref) == 32:
+    def resolve(self: "Store", ref: str, caller: "Caller") -> str:
+        """The full uuid of the job that `ref` names: a uuid, a unique prefix of one (4+ hex
+        digits), or the name of exactly one job the caller may see."""
+        if len(ref) == 32 and HEX_PREFIX.fullmatch(ref):
             return ref
-        if not HEX_PREFIX.fullmatch(ref):
-            raise InvalidSpec(f"{ref[:80]!r} is not a job uuid or a prefix of one (4+ hex digits)", field="uuid")
         with self.read() as conn:
-            found = conn.execute(sa.select(jobs.c.uuid).where(jobs.c.uuid.like(ref + "%")).limit(2)).scalars().all()
+            found = conn.execute(sa.select(jobs.c.uuid).where(jobs.c.uuid.like(ref + "%")).limit(2)
+                                 ).scalars().all() if HEX_PREFIX.fullmatch(ref) else []
+            if len(found) > 1:
+                raise InvalidSpec(f"{ref!r} names more than one job; give more of the uuid", field="uuid")
+            if not found:
+                query = sa.select(jobs.c.uuid).where(jobs.c.name == ref).order_by(jobs.c.seq.desc()).limit(100)
+                if caller.kind != "admin":
+                    query = query.where(jobs.c.owner == caller.name, jobs.c.path.like(caller.path + "%"))
+                found = conn.execute(query).scalars().all()
         if not found:
-            raise NotFound(f"no job {ref}", field="uuid")
+            raise NotFound(f"no job {ref[:80]!r} (an id, a prefix of one, or a job's name)", field="uuid")
         if len(found) > 1:
-            raise InvalidSpec(f"{ref!r} names more than one job; give more of the uuid", field="uuid")
-        return found[0]
+            many = "more than 99" if len(found) == 100 else len(found)
+            raise InvalidSpec(f"{ref[:80]!r} names {many} jobs; give an id (the newest is {found[0][:8]})",
+                              field="uuid")
+        return str(found[0])
 
     def job_path(self: "Store", uuid: str) -> str:
         return self.job_scope(uuid)[0]

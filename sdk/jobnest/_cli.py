@@ -255,12 +255,15 @@ def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, 
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
 @click.option("--parent", default="", help="Only the children of this job.")
 @click.option("--roots", is_flag=True, help="Only jobs nobody spawned.")
-@click.option("--limit", type=int, default=0)
+@click.option("--name", default="", help="Only jobs whose name matches, as in a shell: 'sample-*'.")
+@click.option("--limit", type=int, default=0, help="At most this many: the newest.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def ls(ctx: click.Context, states: tuple[str, ...], parent: str, roots: bool, limit: int, as_json: bool) -> None:
-    """List jobs in submit order."""
-    jobs = _client(ctx).list(parent=parent, states=list(states), roots=roots, limit=limit)
+def ls(ctx: click.Context, states: tuple[str, ...], parent: str, roots: bool, name: str, limit: int,
+       as_json: bool) -> None:
+    """List jobs, newest first."""
+    jobs = _client(ctx).list(parent=parent, states=list(states), roots=roots, limit=limit, name=name,
+                             newest_first=True)
     _listing(jobs, as_json, render.table)
 
 

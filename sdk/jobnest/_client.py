@@ -119,6 +119,7 @@ def parse_memory(value: int | str) -> int:
 
 
 DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_NAME = 200  # as the controller allows
 
 
 def parse_duration(text: str) -> float:
@@ -329,9 +330,12 @@ class Client:
         return JobInfo.from_message(self._unary("Get", pb.GetRequest(uuid=uuid)))
 
     def list(self, *, subtree: str = "", parent: str = "", states: list[str] | None = None, roots: bool = False,
-             include_reused: bool = False, limit: int = 0) -> Iterator[JobInfo]:
+             include_reused: bool = False, limit: int = 0, name: str = "", newest_first: bool = False
+             ) -> Iterator[JobInfo]:
+        """Jobs by subtree, parent, state and name (a pattern: `sample-*`); `limit` of them, the
+        first in submit order or, with `newest_first`, the newest."""
         request = pb.ListRequest(subtree=subtree, parent=parent, states=states or [], roots=roots,
-                                 include_reused=include_reused, limit=limit)
+                                 include_reused=include_reused, limit=limit, name=name, newest_first=newest_first)
         for chunk in self._stream("List", request):
             yield from JobInfo.from_chunk(chunk)
 
@@ -387,8 +391,11 @@ class Client:
         return {name: getattr(r, name) for name in ("jobs", "runs", "data", "blobs", "programs", "bytes")}
 
     def map(self, argv: builtins.list[str], items: Iterable[Any], **options: Any) -> builtins.list["Job"]:
-        """One job per item, `{item}` in argv replaced by it, all in one batch."""
-        specs = [self.spec([a.replace("{item}", str(item)) for a in argv], **options) for item in items]
+        """One job per item, all in one batch: `{item}` in argv and in `name` replaced by it. A
+        job is named `PROGRAM[ITEM]` (`bwa[sample-3]`) unless `name` is given."""
+        name = options.pop("name", None) or (f"{Path(str(argv[0])).name}[{{item}}]" if argv else "")
+        specs = [self.spec([a.replace("{item}", str(item)) for a in argv], **options,
+                           name=name.replace("{item}", str(item))[:MAX_NAME]) for item in items]
         return self.submit_many(specs) if specs else []
 
     def create_token(self, name: str, expires_in: float = 0) -> str:

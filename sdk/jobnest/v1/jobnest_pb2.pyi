@@ -152,20 +152,24 @@ class GetRequest(_message.Message):
     def __init__(self, uuid: _Optional[str] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("subtree", "parent", "states", "roots", "include_reused", "limit")
+    __slots__ = ("subtree", "parent", "states", "roots", "include_reused", "limit", "name", "newest_first")
     SUBTREE_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     ROOTS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_REUSED_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
     subtree: str
     parent: str
     states: _containers.RepeatedScalarFieldContainer[str]
     roots: bool
     include_reused: bool
     limit: int
-    def __init__(self, subtree: _Optional[str] = ..., parent: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., roots: _Optional[bool] = ..., include_reused: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    name: str
+    newest_first: bool
+    def __init__(self, subtree: _Optional[str] = ..., parent: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., roots: _Optional[bool] = ..., include_reused: _Optional[bool] = ..., limit: _Optional[int] = ..., name: _Optional[str] = ..., newest_first: _Optional[bool] = ...) -> None: ...
 
 class ListChunk(_message.Message):
     __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "output", "run_state", "output_dir")

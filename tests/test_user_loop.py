@@ -1,0 +1,79 @@
+"""The user's loop (issue 12), from the user's side: a failure explains itself where the user
+looks (the job's reason, `show`, `tree`), and jobs are found by name."""
+
+from pathlib import Path
+from typing import Any
+
+import jobnest
+
+from .conftest import Running
+from .test_cli import cli
+
+
+def test_a_failure_names_its_cause_and_what_it_said(where: tuple[Running, dict[str, Any]]) -> None:
+    """Before: `exit code 3`, and downstream `condition cannot hold: job 0ae5c8a6159bf423ade41c9c7c0c0ac5
+    cancelled`, the cause two hops up in nobody's words."""
+    running, options = where
+    client = running.client()
+    align = client.submit(["sh", "-c", "echo reading sample 3 >&2; echo 'sample-3.fq: truncated' >&2; exit 3"],
+                          name="align-3", **options)
+    merge = client.submit(["true"], name="merge", when=align.succeeded, **options)
+    report = client.submit(["true"], name="report", inputs={"m": merge.output}, **options)
+    for job in (align, merge, report):
+        job.wait(timeout=60)
+    said = f"job align-3 ({align.uuid[:8]}) failed: exit code 3: sample-3.fq: truncated"
+    assert align.info.reason == "exit code 3: sample-3.fq: truncated"
+    assert merge.info.reason == f"condition cannot hold: {said}"
+    assert report.info.reason == f"condition cannot hold: job merge ({merge.uuid[:8]}) cancelled; root cause: {said}"
+
+
+def test_a_missing_program_says_so_in_its_reason(running: Running) -> None:
+    job = running.client().submit(["no-such-tool-xyz", "--in", "a.fq"]).wait(timeout=30)
+    assert job.state == "failed" and job.info.reason.startswith("exit code 127: ")
+    assert "no-such-tool-xyz" in job.info.reason and "not found" in job.info.reason
+
+
+def test_show_prints_the_reason_with_the_cause(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    bad = client.submit(["sh", "-c", "echo 'bwa: index missing' >&2; exit 1"], name="align").wait(timeout=30)
+    shown = cli(running, "show", bad.uuid)
+    assert shown.returncode == 0 and "exit code 1: bwa: index missing" in shown.stdout, shown
+
+
+def test_a_job_is_named_by_its_name_where_an_id_is_expected(running: Running) -> None:
+    client = running.client()
+    first = client.submit(["sh", "-c", "echo one"], name="qc-1").wait(timeout=30)
+    client.submit(["sh", "-c", "echo two"], name="qc-2").wait(timeout=30)
+    assert cli(running, "logs", "qc-1").stdout == "one\n"
+    assert client.get("qc-1").uuid == first.uuid
+    client.submit(["sh", "-c", "echo again"], name="qc-1", reuse=False).wait(timeout=30)
+    twice = cli(running, "show", "qc-1")
+    assert twice.returncode == 1 and "names 2 jobs" in twice.stderr, twice
+    try:
+        client.get("nothing-by-this-name")
+    except jobnest.NotFound as e:
+        assert "no job" in str(e)
+    else:
+        raise AssertionError("a name no job has was found")
+
+
+def test_ls_lists_newest_first_and_filters_by_name(running: Running) -> None:
+    client = running.client()
+    for i in range(4):
+        client.submit(["true", str(i)], name=f"sample-{i}").wait(timeout=30)
+    client.submit(["true"], name="merge").wait(timeout=30)
+    listed = cli(running, "ls", "--limit", "3")
+    names = [line.split()[2] for line in listed.stdout.splitlines()[1:]]
+    assert names == ["merge", "sample-3", "sample-2"], listed.stdout
+    named = cli(running, "ls", "--name", "sample-*", "--json")
+    assert sorted(j["name"] for j in __import__("json").loads(named.stdout)) == [f"sample-{i}" for i in range(4)]
+
+
+def test_map_and_each_name_each_job_after_its_item(running: Running, tmp_path: Path) -> None:
+    client = running.client()
+    jobs = client.map(["echo", "{item}"], ["s1", "s2"], name="qc-{item}")
+    assert [j.info.name for j in jobs] == ["qc-s1", "qc-s2"]
+    (tmp_path / "items").write_text("a\nb\n")
+    done = cli(running, "run", "--each", str(tmp_path / "items"), "--name", "proc-{item}", "--", "echo", "{item}")
+    assert done.returncode == 0, done
+    assert {j.name for j in client.list()} >= {"proc-a", "proc-b"}

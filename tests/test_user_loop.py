@@ -6,7 +6,7 @@ from typing import Any
 
 import jobnest
 
-from .conftest import Running
+from .conftest import Running, wait_for
 from .test_cli import cli
 
 
@@ -77,3 +77,19 @@ def test_map_and_each_name_each_job_after_its_item(running: Running, tmp_path: P
     done = cli(running, "run", "--each", str(tmp_path / "items"), "--name", "proc-{item}", "--", "echo", "{item}")
     assert done.returncode == 0, done
     assert {j.name for j in client.list()} >= {"proc-a", "proc-b"}
+
+
+def test_a_held_job_says_which_jobs_it_waits_for(running: Running) -> None:
+    """Before: an empty reason, then 'the jobs it waits on have not ended', naming none."""
+    client = running.client()
+    align = client.submit(["sleep", "3"], name="align")
+    qc = client.submit(["sleep", "3"], name="qc")
+    merge = client.submit(["true"], name="merge", when=align.succeeded & ~qc.failed)
+    report = client.submit(["cat", "{inputs.m}"], name="report", inputs={"m": merge.output})
+    wait_for(lambda: client.get(report.uuid).reason.startswith("waiting until"))
+    assert client.get(merge.uuid).reason == \
+        f"waiting until job align ({align.uuid[:8]}) succeeded and not job qc ({qc.uuid[:8]}) failed"
+    assert client.get(report.uuid).reason == f"waiting until job merge ({merge.uuid[:8]}) succeeded"
+    assert f"waiting until job merge ({merge.uuid[:8]}) succeeded" in cli(running, "show", report.uuid).stdout
+    client.cancel(align.uuid)
+    client.cancel(qc.uuid)

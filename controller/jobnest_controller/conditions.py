@@ -82,6 +82,18 @@ def rename(tree: dict[str, Any], name: Callable[[str], str], key: str = "job") -
     return {op: [rename(part, name, key) for part in tree[op]]}
 
 
+def describe(tree: dict[str, Any], label: Callable[[str], str]) -> str:
+    """The condition as people read it: `job align (1a2b3c4d) succeeded and not job qc (…) failed`."""
+    if "job" in tree:
+        return f"{label(tree['job'])} {'ended' if tree['is'] == 'done' else tree['is']}"
+    if "not" in tree:
+        return f"not {describe(tree['not'], label)}"
+    op = next(iter(tree))
+    parts = [describe(part, label) for part in tree[op]]
+    return parts[0] if len(parts) == 1 else f" {op} ".join(f"({p})" if " and " in p or " or " in p else p
+                                                           for p in parts)
+
+
 def evaluate(tree: dict[str, Any], states: dict[str, str]) -> Outcome:
     if "job" in tree:
         state = State(states[tree["job"]])

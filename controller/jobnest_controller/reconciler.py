@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 STARTS_AT_ONCE = 8  # runs started concurrently: a container takes ~0.5 s to start, mostly waiting
 LOG_CHECK = 0.25  # seconds between looks at the size of running runs' logs
 STORES_AT_ONCE = 2  # outputs stored concurrently: hashing and copying, bound by the disk
+HELD = "waiting for its condition: the jobs it waits on (when=, inputs=) have not ended"  # `Get` says which
 # Conditions applied in one write at most (each a few statements): the rest wait for the next
 # pass, and submits go on in between. The ends they cause are heard again from the bus.
 SETTLED_AT_ONCE = 500
@@ -123,7 +124,7 @@ class Reconciler:
         if index is None:
             return ""
         if run_uuid in index.held:
-            return "waiting for its condition: the jobs it waits on (when=, inputs=) have not ended"
+            return HELD
         name = index.where.get(run_uuid)
         run = index.queues[name].runs.get(run_uuid) if name is not None else None
         last = self._plans.get(name or "")

@@ -32,7 +32,7 @@ from . import conditions, confine, retention, specs
 from .data import CorruptData, Data
 from .executors.base import Executor
 from .programs import Programs
-from .reconciler import Reconciler
+from .reconciler import HELD, Reconciler
 from .scheduler import charge, cores
 from .states import State
 from .store import DRIVER, LIST_FIELDS, VIEW, Caller, Store
@@ -270,7 +270,20 @@ class JobService(pb_grpc.JobServiceServicer):
         msg = job_message(job, self.waiting, with_spec=True)
         if msg.reason.startswith("waiting for cpu"):
             msg.reason += self._runner_note(job["spawned_by_job_uuid"])
+        if msg.reason == HELD and msg.spec.when:
+            msg.reason = f"waiting until {conditions.describe(json.loads(msg.spec.when), self._label(caller))}"
         return msg
+
+    def _label(self, caller: Caller) -> Callable[[str], str]:
+        """A job as a reason names it: by name and short id, or as another's."""
+        def label(uuid: str) -> str:
+            try:
+                path, owner = self.store.job_scope(uuid)
+            except NotFound:
+                return f"job {uuid[:8]}"
+            return f"job {self.store.get_job(uuid)['name']} ({uuid[:8]})" if caller.sees(path, owner) \
+                else "a job of another's"
+        return label
 
     def _runner_note(self, parent: str) -> str:
         """Which runner above a job waiting for cpu holds cpu without waiting on its children."""

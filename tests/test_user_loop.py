@@ -93,3 +93,20 @@ def test_a_held_job_says_which_jobs_it_waits_for(running: Running) -> None:
     assert f"waiting until job merge ({merge.uuid[:8]}) succeeded" in cli(running, "show", report.uuid).stdout
     client.cancel(align.uuid)
     client.cancel(qc.uuid)
+
+
+def test_an_image_is_never_ignored(running: Running) -> None:
+    """Before, `image=` without `executor=` ran the job on the host, in no image."""
+    client = running.client()  # a controller with no container executor
+    try:
+        client.submit(["true"], image="debian:bookworm")
+    except jobnest.InvalidSpec as e:
+        assert e.field == "jobs[0].image" and "no container executor" in str(e)
+    else:
+        raise AssertionError("an image was ignored")
+    try:
+        client.submit(["true"], image="debian:bookworm", executor="local")
+    except jobnest.InvalidSpec as e:
+        assert e.field == "jobs[0].image" and "runs on the host" in str(e)
+    else:
+        raise AssertionError("an image was ignored")

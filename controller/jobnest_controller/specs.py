@@ -73,8 +73,17 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
         if cpu_millis < 1:
             raise bad("cpu", f"{cpu:g} is less than the smallest share, 0.001")
         executor = msg.executor or default_executor
+        if msg.image and not msg.executor and executor == "local":  # an image asks for a container
+            containers = sorted(executors - {"local"}, key=lambda name: name != "docker")
+            if not containers:
+                raise bad("image", "an image runs in a container, and this controller has no container executor "
+                                   "(docker, kubernetes)")
+            executor = containers[0]
         if executor not in executors:
             raise bad("executor", f"unknown executor {executor!r} (known: {', '.join(sorted(executors))})")
+        if msg.image and executor == "local":
+            raise bad("image", "a local job runs on the host, in no image: leave the executor out (a container "
+                               "executor is picked) or name docker or kubernetes")
     if msg.memory < 0:
         raise bad("memory", f"must not be negative, got {msg.memory}")
     if msg.memory > max_memory:

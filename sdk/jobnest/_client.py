@@ -216,6 +216,8 @@ class Client:
         for block in self._defaults:
             merged.update(block)
         merged.update({k: v for k, v in options.items() if v is not None})
+        if options.get("executor") == "local" and not options.get("image"):
+            merged.pop("image", None)  # a default image is for the jobs that run in containers
         if isinstance(argv, str):
             argv = [argv]
         unknown = set(merged) - {"name", "image", "cpu", "memory", "env", "cwd", "priority", "reuse",

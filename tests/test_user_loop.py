@@ -1,12 +1,16 @@
 """The user's loop (issue 12), from the user's side: a failure explains itself where the user
 looks (the job's reason, `show`, `tree`), and jobs are found by name."""
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import jobnest
 
-from .conftest import Running, wait_for
+from .conftest import ADMIN, Running, wait_for
 from .test_cli import cli
 
 
@@ -110,3 +114,37 @@ def test_an_image_is_never_ignored(running: Running) -> None:
         assert e.field == "jobs[0].image" and "runs on the host" in str(e)
     else:
         raise AssertionError("an image was ignored")
+
+
+def _interrupted(running: Running, args: list[str], job_name: str) -> subprocess.CompletedProcess[str]:
+    """`args` run as a user would, Ctrl-C'd (SIGINT) once its job named `job_name` runs."""
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = running.client()
+    wait_for(lambda: any(j.name == job_name and j.state == "running" for j in client.list()), timeout=30)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_ctrl_c_in_a_driver_says_what_goes_on_without_a_traceback(running: Running, tmp_path: Path) -> None:
+    program = tmp_path / "pipeline.py"
+    program.write_text("import jobnest\njobnest.connect().submit(['sleep', '60'], name='long-align').wait()\n")
+    done = _interrupted(running, [sys.executable, str(program)], "long-align")
+    [driver] = [j for j in running.client().list() if j.name == "pipeline.py"]
+    assert done.returncode in (130, -signal.SIGINT) and "Traceback" not in done.stderr, done.stderr  # as by SIGINT
+    assert "interrupted. The jobs this program submitted go on" in done.stderr
+    assert f"jobnest cancel {driver.uuid[:8]}" in done.stderr
+    [align] = [j for j in running.client().list() if j.name == "long-align"]
+    assert align.state == "running"  # it goes on, as said
+    running.client().cancel(driver.uuid)
+
+
+def test_ctrl_c_in_jobnest_run_cancels_its_job_and_says_so(running: Running) -> None:
+    """Before: `Aborted!`, and the job went on running unseen."""
+    done = _interrupted(running, [sys.executable, "-c", "from jobnest._cli import main; main()", "run",
+                                  "--name", "long-sort", "--", "sleep", "60"], "long-sort")
+    assert done.returncode == 130 and "Aborted" not in done.stderr, done.stderr
+    [job] = [j for j in running.client().list() if j.name == "long-sort"]
+    assert f"job {job.uuid[:8]} is cancelled" in done.stderr
+    wait_for(lambda: running.client().get(job.uuid).state == "cancelled")

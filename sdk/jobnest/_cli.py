@@ -203,8 +203,14 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
     if detach:
         click.echo(job.uuid)
         return
-    _copy_logs(client.logs(job.uuid, follow=True))
-    info = job.wait().info
+    try:
+        _copy_logs(client.logs(job.uuid, follow=True))
+        info = job.wait().info
+    except KeyboardInterrupt:
+        client.cancel(job.uuid)
+        click.echo(f"\njobnest: interrupted: job {job.uuid[:8]} is cancelled (with --detach a job goes on "
+                   "without you)", err=True)
+        sys.exit(130)
     if info.state != "succeeded":
         click.echo(f"jobnest: job {job.uuid[:8]} {info.state}: {info.reason}", err=True)
     sys.exit(0 if info.state == "succeeded" else (info.exit_code or 1))

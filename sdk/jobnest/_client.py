@@ -762,6 +762,7 @@ class _Exit:
 
     code = 0
     watched = False
+    driver = ""  # the driver job's uuid, for what Ctrl-C says
 
     @classmethod
     def watch(cls) -> None:
@@ -772,6 +773,11 @@ class _Exit:
 
         def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
             cls.code = 130 if issubclass(kind, KeyboardInterrupt) else 1
+            if issubclass(kind, KeyboardInterrupt) and cls.driver:  # what happens next, not a traceback
+                print(f"\njobnest: interrupted. The jobs this program submitted go on: run it again to pick up "
+                      f"where it left off (what finished is reused), or stop them with `jobnest cancel "
+                      f"{cls.driver[:8]}`.", file=sys.stderr)
+                return
             previous_hook(kind, value, tb)
 
         def exit(code: object = None) -> NoReturn:
@@ -786,6 +792,7 @@ class _Exit:
 def _finish_at_exit(client: Client) -> None:
     """End the driver job when the program ends, with the program's exit code (see `_Exit`)."""
     _Exit.watch()
+    _Exit.driver = client.driver.uuid if client.driver else ""
 
     def finish() -> None:
         with contextlib.suppress(JobnestError):

@@ -148,3 +148,26 @@ def test_ctrl_c_in_jobnest_run_cancels_its_job_and_says_so(running: Running) -> 
     [job] = [j for j in running.client().list() if j.name == "long-sort"]
     assert f"job {job.uuid[:8]} is cancelled" in done.stderr
     wait_for(lambda: running.client().get(job.uuid).state == "cancelled")
+
+
+def test_each_attempt_is_kept_and_shown(running: Running, tmp_path: Path) -> None:
+    """Before, a retry was seen only in controller.log, and `show` gave the first memory."""
+    flag = tmp_path / "tried"
+    job = running.client().submit(["sh", "-c", f"if [ -e {flag} ]; then echo fine; else touch {flag}; "
+                                   "echo 'disk quota exceeded' >&2; exit 5; fi"], name="flaky", retries=2,
+                                  memory="64Mi").wait(timeout=30)
+    assert job.state == "succeeded"
+    info = running.client().get(job.uuid)
+    assert [(a["attempt"], a["exit_code"], a["reason"]) for a in info.attempts] == [
+        (1, 5, "exit code 5: disk quota exceeded"), (2, 0, "exit code 0")]
+    assert all(a["memory"] == 64 * 2**20 and a["node"] == "local" for a in info.attempts)
+    shown = cli(running, "show", job.uuid).stdout
+    assert "attempt 1: " in shown and "on local, 64 MiB: exit code 5: disk quota exceeded" in shown, shown
+    assert "attempt 2: " in shown and "on local, 64 MiB: exit code 0" in shown
+
+
+def test_an_attempt_line_says_what_it_had_and_how_it_ended() -> None:
+    from jobnest._render import attempt
+
+    assert attempt({"attempt": 2, "exit_code": 137, "reason": "out of memory", "memory": 48 * 2**20, "node": "n1",
+                    "started_at": 100.0, "finished_at": 103.25}) == "attempt 2: 3.2s on n1, 48 MiB: out of memory"

@@ -102,6 +102,21 @@ class Holding(SQLModel, table=True):
     path: str = Field(primary_key=True)  # "/" for a person; a job's path for a job's upload
 
 
+class Attempt(SQLModel, table=True):
+    """An attempt of a run that ran and ended, as it ended: the run keeps only its latest."""
+
+    __tablename__ = "attempts"
+
+    run_uuid: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    exit_code: int | None = None
+    reason: str
+    memory: int
+    node: str
+    started_at: float | None = None
+    finished_at: float
+
+
 class Pin(SQLModel, table=True):
     """A job whose tree, runs and data `gc` keeps."""
 
@@ -130,3 +145,4 @@ requests: sa.Table = Request.__table__  # type: ignore[attr-defined]
 holdings: sa.Table = Holding.__table__  # type: ignore[attr-defined]
 leader: sa.Table = Leader.__table__  # type: ignore[attr-defined]
 pins: sa.Table = Pin.__table__  # type: ignore[attr-defined]
+attempts: sa.Table = Attempt.__table__  # type: ignore[attr-defined]

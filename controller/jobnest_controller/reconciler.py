@@ -364,6 +364,7 @@ class Reconciler:
 
     def _record_ends(self, tx: Tx, ended: list[tuple[dict[str, Any], State, Exited]],
                      outputs: dict[str, tuple[str, str]], now: float) -> None:
+        tried = []
         for run, state, exited in ended:
             values: dict[str, Any] = {"exit_code": exited.exit_code, "finished_at": now}
             why = exited.reason
@@ -376,6 +377,10 @@ class Reconciler:
                 values["output"], problem = outputs[run["uuid"]]
                 if problem:
                     state, why = State.FAILED, f"could not store its output: {problem}"
+            if state.terminal:
+                tried.append({"run_uuid": run["uuid"], "attempt": run["attempt"], "exit_code": exited.exit_code,
+                              "reason": why, "memory": run["memory"], "node": run["node"],
+                              "started_at": run["started_at"], "finished_at": now})
             if state is State.FAILED and run["desired"] == "run" and run["attempt"] <= run["retries"]:
                 state, values, why = State.QUEUED, _retry(run, exited), ""
                 log.info("run %s failed (%s): attempt %d next", run["uuid"], exited.reason, run["attempt"] + 1)
@@ -384,6 +389,7 @@ class Reconciler:
                 self._mine.add(run["uuid"])
             else:  # queued again: the index takes it back when it reads it
                 self._mine.discard(run["uuid"])
+        self.store.record_attempts(tx, tried)
 
     def _store_output(self, run: dict[str, Any]) -> tuple[str, str]:
         """(the digest of a succeeded run's output, "") or ("", what kept it from being stored)."""

@@ -5,7 +5,7 @@ ended within the window, or is pinned, or made a run that stays. A run stays whi
 ended within the window (it may still be reused), or a kept job names it. Data stays while a
 kept run reads it (inputs, program) or made it (output), or while it was stored or named within
 the window (an upload not yet submitted; never less than `data.GRACE`). The rest goes: the jobs and the request ids that
-named them, the runs with their folders (logs), the manifests with their trees, the blobs, the
+named them, the runs with their attempts and folders (logs), the manifests with their trees, the blobs, the
 programs, and the holdings that named them.
 
 The rows go in one write, and the data a kept run needs is read in it: a submit that reuses a
@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from jobnest.errors import NotFound
 
 from .data import Data, remove
-from .models import holdings, jobs, pins, requests, runs
+from .models import attempts, holdings, jobs, pins, requests, runs
 from .programs import Programs
 from .states import TERMINAL
 from .views import JOB_FROM, STATE, chunks
@@ -111,6 +111,7 @@ def _collect_rows(conn: Connection, cutoff: float) -> tuple[int, int, list[str],
     removed = [(uuid, workdir) for uuid, _, workdir, *_ in found if uuid not in kept_runs]
     for chunk in chunks([uuid for uuid, _ in removed]):
         conn.execute(sa.delete(runs).where(runs.c.uuid.in_(chunk)))
+        conn.execute(sa.delete(attempts).where(attempts.c.run_uuid.in_(chunk)))
     needed: set[str] = set()
     for uuid, spec, output in conn.execute(sa.select(runs.c.uuid, runs.c.spec, runs.c.output)):
         if uuid in kept_runs:

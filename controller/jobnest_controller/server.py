@@ -268,6 +268,11 @@ class JobService(pb_grpc.JobServiceServicer):
         uuid, _ = self._scoped(caller, request.uuid)
         job = self.store.get_job(uuid)
         msg = job_message(job, self.waiting, with_spec=True)
+        msg.attempts.extend(pb.Attempt(attempt=a["attempt"], has_exit_code=a["exit_code"] is not None,
+                                       exit_code=a["exit_code"] or 0, reason=a["reason"], memory=a["memory"],
+                                       node=a["node"], started_at=a["started_at"] or 0.0,
+                                       finished_at=a["finished_at"])
+                            for a in self.store.attempts_of(job["run_uuid"]))
         if msg.reason.startswith("waiting for cpu"):
             msg.reason += self._runner_note(job["spawned_by_job_uuid"])
         if msg.reason == HELD and msg.spec.when:

@@ -30,15 +30,16 @@ from .executors.base import Started
 from .explain import Explain
 from .lease import Leases
 from .retention import Retention
-from .models import holdings, jobs, leader, pins, requests, runs, user_tokens
+from .models import attempts, holdings, jobs, leader, pins, requests, runs, user_tokens
 from .states import ALLOWED, LIVE, Kind, State
 from .submit import DRIVER, INDEXED, PathKeys, Submission, Submits
-from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks, one_of,
-                    raw)
+from .views import (HEX_PREFIX, JOB_FROM, JOB_PATH, LIST_FIELDS, RUN_STATE, VIEW, ByKeys, Fast, Views, chunks,
+                    insert_new, one_of, raw)
 
 __all__ = ["Caller", "DRIVER", "Kind", "LIST_FIELDS", "Store", "Tx", "VIEW", "hash_token", "jobs", "runs"]
 
 LIVE_VALUES = [s.value for s in LIVE]
+ADD_ATTEMPT = insert_new(attempts)
 CANNOT = "condition cannot hold: "  # how a job cancelled by its condition's end says so
 ROOT = "; root cause: "
 CANCEL_CHUNK = 250  # jobs a Cancel ends per transaction, so that submits go on meanwhile
@@ -110,7 +111,7 @@ class Store(Tokens, Submits, Views, Explain, Leases, Retention):
         try:
             SQLModel.metadata.create_all(self.engine)
             inspector = sa.inspect(self.engine)
-            for table in (jobs, runs, requests, user_tokens, holdings, leader, pins):
+            for table in (jobs, runs, requests, user_tokens, holdings, leader, pins, attempts):
                 missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
                 if missing:
                     raise JobnestError(f"the store at {self.url} is older than this controller: table "
@@ -242,6 +243,16 @@ class Store(Tokens, Submits, Views, Explain, Leases, Retention):
             if heir is not None:
                 heirs[run_uuid] = heir
         return heirs
+
+    def record_attempts(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        """Keep how attempts that ran ended (`models.Attempt` rows); one stored already stays."""
+        if rows:
+            tx.conn.execute(ADD_ATTEMPT[self.engine.dialect.name], rows)
+
+    def attempts_of(self, run_uuid: str) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(sa.select(attempts).where(attempts.c.run_uuid == run_uuid)
+                                                  .order_by(attempts.c.attempt)).mappings()]
 
     def blame(self, conn: Connection, job_uuid: str, state: str) -> str:
         """How the job whose end decided a condition ended, by name and short id, and the root

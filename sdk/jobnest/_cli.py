@@ -328,7 +328,9 @@ def show(ctx: click.Context, job: str, as_json: bool) -> None:
         _emit(info.to_dict())
         return
     for key, value in info.to_dict().items():
-        if key in ("created_at", "started_at", "finished_at") and value:
+        if key == "attempts":
+            value = "".join(f"\n  {render.attempt(a)}" for a in value)
+        elif key in ("created_at", "started_at", "finished_at") and value:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         click.echo(f"{key + ':':<22}{' '.join(value) if isinstance(value, tuple) else value}")
 

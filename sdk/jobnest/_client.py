@@ -80,13 +80,19 @@ class JobInfo(NamedTuple):
     output: str  # the digest of its output, once it succeeded
     output_dir: str
     argv: tuple[str, ...] = ()
+    # Get only: each attempt of its run that ended (attempt, exit_code, reason, memory, node,
+    # started_at, finished_at), so a retry, or one out of memory, is seen.
+    attempts: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_message(cls, m: pb.Job) -> "JobInfo":
         return cls(m.uuid, m.name, m.state, m.reason, m.owner, m.spawned_by_job_uuid, m.run_uuid, m.reused,
                    m.run_origin_job_uuid, m.exit_code if m.has_exit_code else None, m.cpu_millis / 1000,
                    m.memory, m.created_at, m.started_at or None, m.finished_at or None, m.node, m.executor,
-                   m.cpu_enforced, m.output, m.output_dir, tuple(m.spec.argv))
+                   m.cpu_enforced, m.output, m.output_dir, tuple(m.spec.argv), tuple(
+                       {"attempt": a.attempt, "exit_code": a.exit_code if a.has_exit_code else None,
+                        "reason": a.reason, "memory": a.memory, "node": a.node, "started_at": a.started_at or None,
+                        "finished_at": a.finished_at} for a in m.attempts))
 
     @classmethod
     def from_chunk(cls, c: pb.ListChunk) -> Iterator["JobInfo"]:
@@ -96,7 +102,7 @@ class JobInfo(NamedTuple):
             c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
             c.run_origin_job_uuid, exit_codes, [m / 1000 for m in c.cpu_millis], c.memory, c.created_at,
             [t or None for t in c.started_at], [t or None for t in c.finished_at], c.node, c.executor,
-            c.cpu_enforced, c.output, c.output_dir, itertools.repeat(()),
+            c.cpu_enforced, c.output, c.output_dir, itertools.repeat(()), itertools.repeat(()),
         ))
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from ._client import JobInfo
 
@@ -82,6 +83,13 @@ def _note(job: JobInfo, inherited: bool) -> str:
     if job.state in ("failed", "cancelled") or (job.state == "queued" and job.reason):
         parts.append(job.reason)
     return "; ".join(p for p in parts if p)
+
+
+def attempt(a: dict[str, Any]) -> str:
+    """One attempt of a run, as `show` lists them: `attempt 1: 0.3s on local, 24 MiB: exit code 1`."""
+    took = duration(a["finished_at"] - a["started_at"]) if a["started_at"] else "never started"
+    memory = f", {a['memory'] / 2**20:g} MiB" if a["memory"] else ""
+    return f"attempt {a['attempt']}: {took} on {a['node'] or '?'}{memory}: {a['reason'] or 'exit code 0'}"
 
 
 def summary(jobs: Iterable[JobInfo], root: str | None = None) -> str:

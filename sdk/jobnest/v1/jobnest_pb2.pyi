@@ -78,7 +78,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., image: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., priority: _Optional[int] = ..., no_reuse: _Optional[bool] = ..., executor: _Optional[str] = ..., timeout: _Optional[float] = ..., cache_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., driver: _Optional[bool] = ..., driver_pid: _Optional[int] = ..., driver_host: _Optional[str] = ..., program_archive: _Optional[bytes] = ..., program: _Optional[str] = ..., when: _Optional[str] = ..., retries: _Optional[int] = ..., memory_on_oom: _Optional[float] = ..., inputs: _Optional[_Mapping[str, str]] = ..., mount_cwd: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state", "output_dir")
+    __slots__ = ("uuid", "name", "owner", "spawned_by_job_uuid", "state", "reason", "run_uuid", "reused", "run_origin_job_uuid", "exit_code", "has_exit_code", "cpu_millis", "memory", "created_at", "started_at", "finished_at", "node", "executor", "cpu_enforced", "signature", "output", "spec", "run_state", "output_dir", "attempts")
     UUID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class Job(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     name: str
     owner: str
@@ -127,7 +128,28 @@ class Job(_message.Message):
     spec: JobSpec
     run_state: str
     output_dir: str
-    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., spawned_by_job_uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., run_uuid: _Optional[str] = ..., reused: _Optional[bool] = ..., run_origin_job_uuid: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., cpu_millis: _Optional[int] = ..., memory: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., node: _Optional[str] = ..., executor: _Optional[str] = ..., cpu_enforced: _Optional[bool] = ..., signature: _Optional[str] = ..., output: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., run_state: _Optional[str] = ..., output_dir: _Optional[str] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, uuid: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., spawned_by_job_uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., run_uuid: _Optional[str] = ..., reused: _Optional[bool] = ..., run_origin_job_uuid: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., cpu_millis: _Optional[int] = ..., memory: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., node: _Optional[str] = ..., executor: _Optional[str] = ..., cpu_enforced: _Optional[bool] = ..., signature: _Optional[str] = ..., output: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., run_state: _Optional[str] = ..., output_dir: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("attempt", "has_exit_code", "exit_code", "reason", "memory", "node", "started_at", "finished_at")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    has_exit_code: bool
+    exit_code: int
+    reason: str
+    memory: int
+    node: str
+    started_at: float
+    finished_at: float
+    def __init__(self, attempt: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., memory: _Optional[int] = ..., node: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("request_id", "jobs")

@@ -32,7 +32,9 @@ def test_a_failing_reduction_cancels_fetch_and_fit_and_the_fix_reuses_the_rest(
     assert broken.returncode != 0, broken.stdout + broken.stderr
     assert {name: j.state for name, j in steps.items()} == {
         "reduction": "failed", "fetch": "cancelled", "upload": "succeeded", "model": "succeeded", "fit": "cancelled"}
-    assert steps["reduction"].uuid in steps["fetch"].reason and steps["fetch"].uuid in steps["fit"].reason
+    reduction, fetch = steps["reduction"].uuid[:8], steps["fetch"].uuid[:8]
+    assert f"job reduction ({reduction}) failed: exit code 1: reduction: only 30 points" in steps["fetch"].reason
+    assert f"job fetch ({fetch}) cancelled; root cause: job reduction ({reduction}) failed" in steps["fit"].reason
     assert "fewer than --min-points" in running.client().job(steps["reduction"].uuid).logs(stream="stderr")
 
     fixed, steps = run_example(running, options)

@@ -32,7 +32,8 @@ def test_tree_draws_levels_icons_and_columns() -> None:
         "  └─✖ sub     dddddddd   0.25      2.5s  exit code 2",
         "    └─◷ leaf  eeeeeeee   0.25         -  waiting for cpu",
     ])
-    assert summary(FIRST, "a" * 8) == "5 jobs: 5 ran, 0 reused"
+    # Before, "5 jobs: 5 ran, 0 reused": the running driver and the queued leaf counted as ran.
+    assert summary(FIRST, "a" * 8) == "5 jobs: 3 ran (1 failed), 0 reused, 1 running, 1 queued"
 
 
 def test_a_reused_job_shows_the_work_it_stands_for() -> None:
@@ -40,7 +41,13 @@ def test_a_reused_job_shows_the_work_it_stands_for() -> None:
     text = tree(FIRST[1:] + second, "f" * 8, now=110.0)
     assert "└─✔ runner    gggggggg    0.1      2.5s  ♻ reused run bbbbbbbb of job bbbbbbbb" in text
     assert "  ├─✔ align   cccccccc   0.25      2.5s  ♻ (reused)" in text
-    assert summary(FIRST[1:] + second, "f" * 8) == "5 jobs: 1 ran, 4 reused"
+    assert summary(FIRST[1:] + second, "f" * 8) == "5 jobs: 0 ran, 4 reused, 1 running"
+
+
+def test_the_summary_counts_what_ended_apart_from_what_is_live() -> None:
+    done = [info("a", "driver", cpu=0), info("b", "align", "a"), info("c", "merge", "a", state="cancelled",
+                                                                       started=None, finished=None)]
+    assert summary(done, "a" * 8) == "3 jobs: 2 ran, 0 reused, 1 cancelled"
 
 
 def test_table() -> None:

@@ -93,10 +93,21 @@ def attempt(a: dict[str, Any]) -> str:
 
 
 def summary(jobs: Iterable[JobInfo], root: str | None = None) -> str:
-    """For example "7 jobs: 1 ran, 6 reused": what the tree under `root` shows."""
+    """What the tree under `root` shows, each job counted once: "7 jobs: 5 ran (1 failed), 1
+    reused, 1 cancelled"; jobs still live as such ("2 running, 3 queued"), never as ran."""
     rows = build_tree(jobs, root)
-    reused = sum(1 for _, job, inherited in rows if job.reused or inherited)
-    return f"{len(rows)} jobs: {len(rows) - reused} ran, {reused} reused"
+    counts = {"ran": 0, "failed": 0, "reused": 0, "cancelled": 0, "running": 0, "queued": 0}
+    for _, job, inherited in rows:
+        if job.reused or inherited:
+            counts["reused"] += 1
+        elif job.state in ("succeeded", "failed") or job.executor == "driver":  # a driver: the program itself
+            counts["ran"] += 1
+            counts["failed"] += job.state == "failed"
+        else:
+            counts[job.state] += 1
+    failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
+    rest = "".join(f", {counts[state]} {state}" for state in ("cancelled", "running", "queued") if counts[state])
+    return f"{len(rows)} jobs: {counts['ran']} ran{failed}, {counts['reused']} reused{rest}"
 
 
 def table(jobs: Iterable[JobInfo], now: float | None = None) -> str:

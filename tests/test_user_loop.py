@@ -171,3 +171,33 @@ def test_an_attempt_line_says_what_it_had_and_how_it_ended() -> None:
 
     assert attempt({"attempt": 2, "exit_code": 137, "reason": "out of memory", "memory": 48 * 2**20, "node": "n1",
                     "started_at": 100.0, "finished_at": 103.25}) == "attempt 2: 3.2s on n1, 48 MiB: out of memory"
+
+
+def test_why_tells_the_truth_about_a_rerun(running: Running, tmp_path: Path) -> None:
+    """Before: 'no earlier run is named merge' for a job that never started; after an invalidate,
+    a comparison with an unrelated run; 'inputs' without saying which."""
+    client = running.client()
+    gate = client.submit(["sh", "-c", "exit 1"], name="gate").wait(timeout=30)
+    never = client.submit(["true"], name="merge", when=gate.succeeded).wait(timeout=30)
+    assert client.why(never.uuid)["explanation"] == "has not run: it was cancelled before it started"
+
+    first = client.submit(["echo", "a"], name="count").wait(timeout=30)
+    client.submit(["echo", "other"], name="count").wait(timeout=30)  # a nearer run of the name, unrelated
+    client.invalidate(first.info.run_uuid)
+    again = client.submit(["echo", "a"], name="count").wait(timeout=30)
+    assert client.why(again.uuid)["explanation"] == \
+        f"ran: run {first.info.run_uuid} has the same signature but its result was invalidated"
+
+    (tmp_path / "x.txt").write_text("one")
+    (tmp_path / "y.txt").write_text("two")
+    before = client.submit(["cat", "{inputs.x}", "{inputs.y}"], name="join",
+                           inputs={"x": jobnest.upload(tmp_path / "x.txt"), "y": jobnest.upload(tmp_path / "y.txt")})
+    before.wait(timeout=30)
+    (tmp_path / "y.txt").write_text("changed")
+    after = client.submit(["cat", "{inputs.x}", "{inputs.y}"], name="join",
+                          inputs={"x": jobnest.upload(tmp_path / "x.txt"), "y": jobnest.upload(tmp_path / "y.txt")})
+    after.wait(timeout=30)
+    why = client.why(after.uuid)
+    assert why["differing"] == ["inputs"]
+    assert why["explanation"].startswith(f"ran: differs from run {before.info.run_uuid} in inputs (inputs y: ")
+    assert ", x" not in why["explanation"]

@@ -414,3 +414,27 @@ def test_out_of_memory_retries_with_more_memory(docker_running: Running) -> None
     job = in_docker(client, ["sh", "-c", hog], memory="24Mi", retries=1, memory_on_oom=8).wait(timeout=60)
     assert job.state == "succeeded" and job.logs().strip() == "40000000"
     assert client.get(job.uuid).memory == 24 * 2**20  # the job keeps what it asked for; its run got more
+
+
+def test_the_local_executor_and_the_local_engine_share_this_machine_s_cores(tmp_path: Path) -> None:
+    """Before, the local node and the local engine's node each offered every core: a 2-core
+    machine ran 4 cores' worth of jobs, and `status` said each had room."""
+    require_engine()
+    cores = os.cpu_count() or 1
+    home = tmp_path / "home"
+    controller = Controller(make_settings(home, cpu=cores, docker=[ENGINE]))
+    controller.start()
+    try:
+        client = Running(controller).client()
+        busy = client.submit(["sleep", "30"], cpu=cores, name="all-cores")
+        wait_for(lambda: client.get(busy.uuid).state == "running")
+        boxed = client.submit(["true"], executor="docker", image=BUSYBOX, cpu=1, name="boxed")
+        wait_for(lambda: client.get(boxed.uuid).reason.startswith("waiting for cpu"))
+        assert client.get(boxed.uuid).state == "queued"
+        used = {n["name"]: n["cpu_used"] for n in client.status()["nodes"]}
+        assert set(used.values()) == {cores}, used  # each node counts what the other runs
+        busy.cancel()
+        assert boxed.wait(timeout=60).state == "succeeded"
+    finally:
+        controller.stop(grace=0)
+        remove_containers(home)

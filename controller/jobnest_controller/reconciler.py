@@ -30,7 +30,7 @@ from .conditions import Decision, Tracker, jobs_of
 from .data import CorruptData, Data
 from .executors.base import Executor, Exited, Launch, Started
 from .programs import Programs
-from .scheduler import Node, Pending, Plan, Queue, charge, plan, reason
+from .scheduler import Node, Pending, Plan, Queue, charge_all, plan, reason
 from .states import Kind, State
 from .store import CANNOT, DRIVER, Store, Tx
 
@@ -407,14 +407,16 @@ class Reconciler:
         with self._lent_lock:
             lent = set(self._lent)
         placements = []
+        # A lent run's memory stays taken: only its cpu is lent.
+        running = [{**r, "cpu_millis": 0} if r["uuid"] in lent else r for r in running]
+        charged = charge_all(nodes, running)
         for name in self.executors:
-            # A lent run's memory stays taken: only its cpu is lent.
-            mine = [{**r, "cpu_millis": 0} if r["uuid"] in lent else r for r in running if r["executor"] == name]
             usage: dict[str, int] = {}
-            for r in mine:
-                usage[r["owner"]] = usage.get(r["owner"], 0) + r["cpu_millis"]
+            for r in running:
+                if r["executor"] == name:
+                    usage[r["owner"]] = usage.get(r["owner"], 0) + r["cpu_millis"]
             queue = index.queue(name)
-            result = plan(charge(nodes[name], mine), queue, usage, now)
+            result = plan(charged.get(name, []), queue, usage, now)
             self._plans[name] = result
             for run_uuid, node in result.placements:
                 index.forget(run_uuid)

@@ -30,6 +30,7 @@ class Node:
     cpu_used: int = 0
     memory_used: int = 0
     cpu_enforced: bool = False  # whether the node enforces cpu shares (not the scheduler's concern)
+    machine: str = ""  # nodes of several executors on one machine share its cores and memory
 
     @property
     def cpu_free(self) -> int:
@@ -124,6 +125,25 @@ def charge(nodes: list[Node], running: list[dict[str, Any]]) -> list[Node]:
         if node is not None:
             node.cpu_used += run["cpu_millis"]
             node.memory_used += run["memory"]
+    return nodes
+
+
+THIS_MACHINE = "this machine"  # the controller's own: the local node's, and a local Docker engine's
+
+
+def charge_all(nodes: dict[str, list[Node]], running: list[dict[str, Any]]) -> dict[str, list[Node]]:
+    """Each executor's nodes charged with its own running runs, and with those of other
+    executors' nodes on the same machine: two executors on one machine do not both offer all
+    of its cores."""
+    machine = {(name, n.name): n.machine for name, found in nodes.items() for n in found}
+    for name, found in nodes.items():
+        charge(found, [r for r in running if r["executor"] == name])
+        for node in found:
+            for run in running:
+                if node.machine and run["executor"] != name and machine.get((run["executor"], run["node"])) \
+                        == node.machine:
+                    node.cpu_used += run["cpu_millis"]
+                    node.memory_used += run["memory"]
     return nodes
 
 

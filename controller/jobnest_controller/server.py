@@ -33,7 +33,7 @@ from .data import CorruptData, Data
 from .executors.base import Executor
 from .programs import Programs
 from .reconciler import HELD, Reconciler
-from .scheduler import charge, cores
+from .scheduler import charge_all, cores
 from .states import State
 from .store import DRIVER, LIST_FIELDS, VIEW, Caller, Store
 
@@ -478,10 +478,10 @@ class JobService(pb_grpc.JobServiceServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         self.caller(context)
         active = self.store.active_runs()
+        charged = charge_all({name: executor.nodes() for name, executor in self.executors.items()}, active)
         nodes = [pb.Node(name=n.name, cpu_millis=n.cpu_millis, memory=n.memory, cpu_used=n.cpu_used,
                          memory_used=n.memory_used, cpu_enforced=n.cpu_enforced)
-                 for name, executor in self.executors.items()
-                 for n in charge(executor.nodes(), [r for r in active if r["executor"] == name])]
+                 for found in charged.values() for n in found]
         disk = {}
         if self.caller(context).kind == "admin":
             store_file = self.store.url.removeprefix("sqlite:///") if self.store.is_sqlite else ""

@@ -21,7 +21,7 @@ from typing import Any
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
 from .. import confine
-from ..scheduler import Node
+from ..scheduler import THIS_MACHINE, Node
 from .base import Exited, Launch, Started, expand
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class DockerExecutor:
                 self._capacity[name] = Node(name, info["NCPU"] * 1000, info["MemTotal"], cpu_enforced=True)
                 self._down.pop(name, None)
             c = self._capacity[name]
-            up.append(Node(c.name, c.cpu_millis, c.memory, cpu_enforced=True))
+            # An engine on this machine's socket shares its cores with the local executor.
+            machine = THIS_MACHINE if self.endpoints[name].startswith("unix://") else self.endpoints[name]
+            up.append(Node(c.name, c.cpu_millis, c.memory, cpu_enforced=True, machine=machine))
         return up
 
     def tidy(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..cgroups import CpuLimiter
 from ..confine import Sandbox
-from ..scheduler import Node
+from ..scheduler import THIS_MACHINE, Node
 from .base import Exited, Launch, Started, expand
 
 # $1: the run's work dir, $2: cgroup.procs file or "", $3: the attempt, then the program and its
@@ -51,7 +51,7 @@ class LocalExecutor:
 
     def nodes(self) -> list[Node]:
         return [Node(self.capacity.name, self.capacity.cpu_millis, self.capacity.memory,
-                     cpu_enforced=self.limiter.available)]
+                     cpu_enforced=self.limiter.available, machine=THIS_MACHINE)]
 
     def tidy(self) -> None:
         pass  # poll() cleans up after each run itself

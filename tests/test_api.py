@@ -219,7 +219,7 @@ def test_single_submits_of_concurrent_threads_share_a_request_and_keep_their_own
 
 
 def test_tcp_needs_a_valid_token(running: Running) -> None:
-    for token, words in [("", "token is required"), ("bad token!", "malformed"), ("wrong-but-wellformed", "not recognised")]:
+    for token, words in [("", "token is required"), ("bad token!", "no token jobnest made"), ("wrong-but-wellformed", "not recognised")]:
         with pytest.raises(jobnest.Unauthenticated, match=words):
             running.client(token).get("f" * 32)
     error = raw_submit(running, pb.JobSpec(argv=["true"]), token="x" * 20)

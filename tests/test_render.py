@@ -56,3 +56,17 @@ def test_table() -> None:
         "aaaaaaaa  running    driver                        -       10s  -",
         "bbbbbbbb  succeeded  runner                      0.1      2.5s  aaaaaaaa",
     ]
+
+
+def test_watch_counts_each_state_and_fits_a_tall_tree_to_the_terminal() -> None:
+    from jobnest._render import screen
+
+    assert screen(FIRST, "a" * 8, now=110.0).splitlines()[0] == "◷ 1 queued   ● 1 running   ✔ 2 succeeded   ✖ 1 failed"
+    tall = [info("a", "driver", cpu=0, state="running", finished=None)] + [
+        info(chr(ord("b") + i), f"step-{i}", "a") for i in range(20)]
+    lines = screen(tall, "a" * 8, height=10, now=110.0).splitlines()
+    assert len(lines) == 10 and lines[0] == "● 1 running   ✔ 20 succeeded"
+    assert lines[1].startswith("STEP") and lines[2].startswith("● driver")  # the top stays
+    assert lines[-2] == "… 15 more (jobnest tree aaaaaaaa shows all)"
+    assert lines[-1] == "21 jobs: 20 ran, 0 reused, 1 running"
+    assert len(screen(tall, "a" * 8, now=110.0).splitlines()) == 24  # not a terminal: all of it

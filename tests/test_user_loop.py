@@ -201,3 +201,26 @@ def test_why_tells_the_truth_about_a_rerun(running: Running, tmp_path: Path) -> 
     assert why["differing"] == ["inputs"]
     assert why["explanation"].startswith(f"ran: differs from run {before.info.run_uuid} in inputs (inputs y: ")
     assert ", x" not in why["explanation"]
+
+
+def test_errors_speak_the_user_s_terms(running: Running) -> None:
+    """Before: `expected 'Bearer <token>'` (users never type that) and memory in raw bytes."""
+    try:
+        jobnest.Client(running.address, "not a token!").get("x" * 8)
+    except jobnest.Unauthenticated as e:
+        assert "no token jobnest made (check JOBNEST_TOKEN" in str(e) and "Bearer" not in str(e)
+    else:
+        raise AssertionError("a malformed token was taken")
+    try:
+        running.client().submit(["true"], memory="64Ti")
+    except jobnest.InvalidSpec as e:
+        assert e.field == "jobs[0].memory" and "65536.00 GiB is more than the largest node has (" in str(e)
+        assert " GiB)" in str(e)
+    else:
+        raise AssertionError("64 TiB was taken")
+
+
+def test_ls_json_shows_no_empty_argv(running: Running) -> None:
+    running.client().submit(["echo", "hi"], name="greet").wait(timeout=30)
+    [listed] = __import__("json").loads(cli(running, "ls", "--json").stdout)
+    assert listed["name"] == "greet" and "argv" not in listed and "attempts" not in listed

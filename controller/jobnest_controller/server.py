@@ -166,7 +166,8 @@ class JobService(pb_grpc.JobServiceServicer):
         header = metadata.get("authorization", "")
         token = header.removeprefix("Bearer ").strip()
         if header and not TOKEN_RE.match(token):
-            raise Unauthenticated("malformed token: expected 'Bearer <token>'", field="authorization")
+            raise Unauthenticated("this is no token jobnest made (check JOBNEST_TOKEN, or --token): it has other "
+                                  "characters than a token's", field="authorization")
         if token:
             if self.admin_token and hmac.compare_digest(token, self.admin_token):
                 return Caller("admin", "admin")

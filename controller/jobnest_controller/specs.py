@@ -16,6 +16,7 @@ from jobnest.v1 import jobnest_pb2 as pb
 from . import conditions
 from .data import is_digest
 from .executors.base import PLACEHOLDER
+from .scheduler import gib
 
 MAX_NAME = 200
 # Every text field has a limit: what is stored is listed and sent back, job after job.
@@ -87,7 +88,7 @@ def validate(msg: pb.JobSpec, index: int, *, max_cpu_millis: int, max_memory: in
     if msg.memory < 0:
         raise bad("memory", f"must not be negative, got {msg.memory}")
     if msg.memory > max_memory:
-        raise bad("memory", f"{msg.memory} bytes is more than the largest node has ({max_memory})")
+        raise bad("memory", f"{gib(msg.memory)} is more than the largest node has ({gib(max_memory)})")
     if not (msg.timeout >= 0 and math.isfinite(msg.timeout)):
         raise bad("timeout", f"must be a number of seconds >= 0, got {msg.timeout:g}")
     if not 0 <= msg.retries <= 100:

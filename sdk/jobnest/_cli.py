@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -309,8 +310,9 @@ def watch(ctx: click.Context, job: str | None, interval: float) -> None:
     events = client.watch(subtree=root)
     while True:
         jobs = list(client.list(subtree=root, include_reused=True))
-        click.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)
-        click.echo(render.tree_with_summary(jobs, root))
+        tty = sys.stdout.isatty()
+        click.echo("\x1b[H\x1b[2J" if tty else "", nl=False)
+        click.echo(render.screen(jobs, root, shutil.get_terminal_size().lines if tty else 0))
         if all(j.state in ("succeeded", "failed", "cancelled") for j in jobs):
             return
         next(events)  # wait for a change, then let a burst of them settle
@@ -442,8 +444,8 @@ def token_revoke(ctx: click.Context, name: str) -> None:
 
 def _listing(jobs: Iterator[JobInfo] | list[JobInfo], as_json: bool, text: Callable[[list[JobInfo]], str]) -> None:
     jobs = list(jobs)
-    if as_json:
-        _emit([j.to_dict() for j in jobs])
+    if as_json:  # a listing carries no argv nor attempts (`show` has them): not shown empty
+        _emit([{k: v for k, v in j.to_dict().items() if k not in ("argv", "attempts")} for j in jobs])
     else:
         click.echo(text(jobs))
 

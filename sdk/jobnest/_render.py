@@ -122,3 +122,18 @@ def table(jobs: Iterable[JobInfo], now: float | None = None) -> str:
 def tree_with_summary(jobs: Iterable[JobInfo], root: str, now: float | None = None) -> str:
     jobs = list(jobs)
     return tree(jobs, root, now) + "\n" + summary(jobs, root)
+
+
+def screen(jobs: Iterable[JobInfo], root: str, height: int = 0, now: float | None = None) -> str:
+    """What `watch` draws: a count per state, the tree (its top, if taller than `height` lines,
+    with how many more there are) and the summary."""
+    jobs = list(jobs)
+    counts = {state: 0 for state in ICONS}
+    for _, job, _ in build_tree(jobs, root):
+        counts[job.state] = counts.get(job.state, 0) + 1
+    header = "   ".join(f"{ICONS.get(state, '?')} {n} {state}" for state, n in counts.items() if n)
+    lines = tree(jobs, root, now).split("\n")
+    room = max(height - 3, 2)  # the header, the summary and the line that says what is left out
+    if height and len(lines) > room + 1:
+        lines = lines[:room] + [f"… {len(lines) - room} more (jobnest tree {root[:8]} shows all)"]
+    return "\n".join([header, *lines, summary(jobs, root)])

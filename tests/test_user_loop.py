@@ -224,3 +224,26 @@ def test_ls_json_shows_no_empty_argv(running: Running) -> None:
     running.client().submit(["echo", "hi"], name="greet").wait(timeout=30)
     [listed] = __import__("json").loads(cli(running, "ls", "--json").stdout)
     assert listed["name"] == "greet" and "argv" not in listed and "attempts" not in listed
+
+
+def test_a_waiting_driver_shows_its_progress(running: Running, tmp_path: Path) -> None:
+    """Before, a driver showed nothing while it waited. Not on a terminal: plain lines."""
+    program = tmp_path / "pipeline.py"
+    program.write_text("import jobnest\nc = jobnest.connect()\n"
+                       "c.wait([c.submit(['sleep', str(1.5 + i)], name=f's{i}', cpu=0.1).uuid for i in range(3)])\n")
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    done = subprocess.run([sys.executable, str(program)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("jobnest: 3 jobs: ● ") and "running" in lines[0], lines  # while they run
+    assert lines[-1] == "jobnest: 3 jobs: ✔ 3 succeeded"
+    quiet = subprocess.run([sys.executable, str(program)], env={**env, "JOBNEST_PROGRESS": "0"}, capture_output=True,
+                           text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_the_progress_line() -> None:
+    from jobnest._render import progress
+
+    assert progress(["running", "queued", "queued", "failed"]) == "jobnest: 4 jobs: ● 1 running  ◷ 2 queued  ✖ 1 failed"
+    assert progress(["succeeded"]) == "jobnest: 1 job: ✔ 1 succeeded"

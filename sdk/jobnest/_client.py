@@ -352,15 +352,21 @@ class Client:
         return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree), timeout)
 
     def wait(self, uuids: builtins.list[str], timeout: float | None = None) -> None:
-        """Block until every job in `uuids` has ended."""
+        """Block until every job in `uuids` has ended. A wait of more than a second shows its
+        progress on stderr (see `Progress`)."""
         left: set[str] = set(uuids)
         if not left:
             return
-        for event in self.watch(uuids=list(left), timeout=timeout):
-            if event.state in TERMINAL:
-                left.discard(event.uuid)
-                if not left:
-                    return
+        shown = Progress(dict.fromkeys(left, "queued"))
+        try:
+            for event in self.watch(uuids=builtins.list(left), timeout=timeout):
+                shown.update(event.uuid, event.state)
+                if event.state in TERMINAL:
+                    left.discard(event.uuid)
+                    if not left:
+                        return
+        finally:
+            shown.close()
 
     def logs(self, uuid: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         for chunk in self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow)):
@@ -760,6 +766,44 @@ def _target(address: str) -> str:
     for prefix in ("grpc://", "http://", "tcp://"):
         address = address.removeprefix(prefix)
     return address
+
+
+class Progress:
+    """A waiting program's progress, on stderr: a line redrawn in place on a terminal, else a
+    plain line at most every `EVERY` seconds. Only a wait of more than a second shows it, and
+    only outside a job (a job's stderr is its log), unless JOBNEST_PROGRESS says otherwise (1/0)."""
+
+    AFTER, EVERY = 1.0, 10.0
+
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.started = time.monotonic()
+        self.last, self.drawn = 0.0, ""
+        self.tty = sys.stderr.isatty()
+        wanted = os.environ.get("JOBNEST_PROGRESS")
+        self.on = wanted == "1" if wanted in ("0", "1") else not os.environ.get("JOBNEST_JOB")
+
+    def update(self, uuid: str, state: str) -> None:
+        self.states[uuid] = state
+        now = time.monotonic()
+        if self.on and now - self.started > self.AFTER and (self.tty or now - self.last >= self.EVERY):
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        from ._render import progress  # the renderer builds on this module
+
+        line = progress(self.states.values())
+        if line != self.drawn:
+            sys.stderr.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
+            sys.stderr.flush()
+            self.drawn, self.last = line, now
+
+    def close(self) -> None:
+        """The last state, once anything was shown."""
+        if self.drawn:
+            self._draw(time.monotonic())
+            if self.tty:
+                sys.stderr.write("\n")
 
 
 class _Exit:

@@ -124,6 +124,14 @@ def tree_with_summary(jobs: Iterable[JobInfo], root: str, now: float | None = No
     return tree(jobs, root, now) + "\n" + summary(jobs, root)
 
 
+def progress(states: Iterable[str]) -> str:
+    """The line a waiting driver shows: `jobnest: 22 jobs: ● 8 running  ◷ 4 queued  ✔ 9 succeeded  ✖ 1 failed`."""
+    states = list(states)
+    counts = {state: states.count(state) for state in ("running", "queued", "succeeded", "failed", "cancelled")}
+    return f"jobnest: {len(states)} job{'s' * (len(states) != 1)}: " + "  ".join(
+        f"{ICONS[state]} {n} {state}" for state, n in counts.items() if n)
+
+
 def screen(jobs: Iterable[JobInfo], root: str, height: int = 0, now: float | None = None) -> str:
     """What `watch` draws: a count per state, the tree (its top, if taller than `height` lines,
     with how many more there are) and the summary."""

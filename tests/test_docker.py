@@ -438,3 +438,17 @@ def test_the_local_executor_and_the_local_engine_share_this_machine_s_cores(tmp_
     finally:
         controller.stop(grace=0)
         remove_containers(home)
+
+
+def test_jobnest_run_mounts_its_folder_into_a_container_when_asked(docker_running: Running, tmp_path: Path) -> None:
+    """Before, `jobnest run --executor docker` had no way to give the container its folder."""
+    folder = tmp_path / "mounts" / "project"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "raw.csv").write_text("a,b\n1,2\n")
+    env = {**os.environ, "JOBNEST_CONTROLLER": docker_running.address, "JOBNEST_TOKEN": ADMIN}
+    done = subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "run", "--image", BUSYBOX,
+                           "--mount-cwd", "--", "wc", "-l", "data/raw.csv"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["2", "data/raw.csv"], done
+    [job] = docker_running.client().list()
+    assert job.executor == "docker"  # an image and no executor: a container

@@ -175,6 +175,8 @@ def pin(ctx: click.Context, job: str, unpin: bool) -> None:
 @click.option("--retries", type=int, default=0, help="Run a failed attempt again, up to this many times.")
 @click.option("--input", "inputs", multiple=True,
               help="NAME=PATH: upload a file or folder as input NAME ({inputs.NAME} in COMMAND); repeatable.")
+@click.option("--mount-cwd", is_flag=True,
+              help="In a container, mount this folder at its own path and run there (as a local job does).")
 @click.option("--detach", "-d", is_flag=True, help="Print the job uuid and return.")
 @click.option("--each", type=click.File(), default=None,
               help="One job per line of this file, {item} in COMMAND replaced by the line.")
@@ -182,7 +184,7 @@ def pin(ctx: click.Context, job: str, unpin: bool) -> None:
 @click.pass_context
 def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
         executor: str | None, env: tuple[str, ...], no_reuse: bool, retries: int, inputs: tuple[str, ...],
-        detach: bool, each: Any, command: tuple[str, ...]) -> None:
+        mount_cwd: bool, detach: bool, each: Any, command: tuple[str, ...]) -> None:
     """Run COMMAND as a job, stream its output, and exit with its exit code."""
     uploads = {}
     for item in inputs:
@@ -195,7 +197,7 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
         key, _, value = item.partition("=")
         variables[key] = value if "=" in item else os.environ.get(key, "")
     options = dict(name=name, cpu=cpu, memory=memory, image=image, executor=executor, env=variables,
-                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries, inputs=uploads)
+                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries, inputs=uploads, mount_cwd=mount_cwd)
     if each is not None:
         _run_each(ctx, list(command), [line.strip() for line in each if line.strip()], options, detach)
         return

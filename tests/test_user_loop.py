@@ -247,3 +247,24 @@ def test_the_progress_line() -> None:
 
     assert progress(["running", "queued", "queued", "failed"]) == "jobnest: 4 jobs: ● 1 running  ◷ 2 queued  ✖ 1 failed"
     assert progress(["succeeded"]) == "jobnest: 1 job: ✔ 1 succeeded"
+
+
+def test_names_with_a_nul_are_refused_clearly_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """PostgreSQL refuses a NUL in a query: a name lookup or a listing by name must not send one."""
+    from jobnest_controller.app import Controller
+
+    from .conftest import make_settings, new_database
+
+    controller = Controller(make_settings(tmp_path / "home", store_url=new_database(postgres_url, tmp_path)))
+    controller.start()
+    try:
+        client = Running(controller).client()
+        for call in (lambda: client.get("qc\0-1"), lambda: list(client.list(name="qc\0*"))):
+            try:
+                call()
+            except (jobnest.NotFound, jobnest.InvalidSpec) as e:
+                assert e.field in ("uuid", "name")
+            else:
+                raise AssertionError("a NUL went through")
+    finally:
+        controller.stop(grace=0)

@@ -315,8 +315,8 @@ class JobService(pb_grpc.JobServiceServicer):
         parent = self._scoped(caller, request.parent)[0] if request.parent else None
         if subtree is None and caller.kind == "job":
             subtree = caller.path
-        if len(request.name) > specs.MAX_NAME:
-            raise InvalidSpec(f"longer than {specs.MAX_NAME} characters", field="name")
+        if len(request.name) > specs.MAX_NAME or "\0" in request.name:
+            raise InvalidSpec(f"must be at most {specs.MAX_NAME} characters, none of them NUL", field="name")
         chunks = self.store.list_jobs(subtree_path=subtree, parent=parent, states=list(request.states),
                                       roots=request.roots, limit=request.limit,
                                       owner=None if caller.kind == "admin" else caller.name,

@@ -278,7 +278,7 @@ class Views:
                                  ).scalars().all() if HEX_PREFIX.fullmatch(ref) else []
             if len(found) > 1:
                 raise InvalidSpec(f"{ref!r} names more than one job; give more of the uuid", field="uuid")
-            if not found:
+            if not found and "\0" not in ref:  # no name holds a NUL (PostgreSQL refuses one in a query)
                 query = sa.select(jobs.c.uuid).where(jobs.c.name == ref).order_by(jobs.c.seq.desc()).limit(100)
                 if caller.kind != "admin":
                     query = query.where(jobs.c.owner == caller.name, jobs.c.path.like(caller.path + "%"))

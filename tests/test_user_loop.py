@@ -95,6 +95,9 @@ def test_a_held_job_says_which_jobs_it_waits_for(running: Running) -> None:
         f"waiting until job align ({align.uuid[:8]}) succeeded and not job qc ({qc.uuid[:8]}) failed"
     assert client.get(report.uuid).reason == f"waiting until job merge ({merge.uuid[:8]}) succeeded"
     assert f"waiting until job merge ({merge.uuid[:8]}) succeeded" in cli(running, "show", report.uuid).stdout
+    listed = {j.name: j.reason for j in client.list()}  # and in listings: `tree`, `ls`
+    assert listed["report"] == f"waiting until job merge ({merge.uuid[:8]}) succeeded"
+    assert f"waiting until job align ({align.uuid[:8]}) succeeded" in cli(running, "tree", merge.uuid).stdout
     client.cancel(align.uuid)
     client.cancel(qc.uuid)
 

@@ -276,20 +276,31 @@ class JobService(pb_grpc.JobServiceServicer):
                             for a in self.store.attempts_of(job["run_uuid"]))
         if msg.reason.startswith("waiting for cpu"):
             msg.reason += self._runner_note(job["spawned_by_job_uuid"])
-        if msg.reason == HELD and msg.spec.when:
-            msg.reason = f"waiting until {conditions.describe(json.loads(msg.spec.when), self._label(caller))}"
+        if msg.reason == HELD:
+            msg.reason = self._held_reasons(caller, [uuid]).get(uuid, msg.reason)
         return msg
 
-    def _label(self, caller: Caller) -> Callable[[str], str]:
-        """A job as a reason names it: by name and short id, or as another's."""
+    def _held_reasons(self, caller: Caller, uuids: Sequence[str]) -> dict[str, str]:
+        """What each held job of `uuids` waits for, its jobs named as `caller` may see them:
+        `waiting until job align (1a2b3c4d) succeeded and not job qc (9f8e7d6c) failed`."""
+        if not uuids:
+            return {}
+        whens = {uuid: when for uuid, when in self.store.conditions_of(uuids).items() if when}
+        named = self.store.names_of(set().union(*map(conditions.jobs_of, whens.values())))
+
         def label(uuid: str) -> str:
-            try:
-                path, owner = self.store.job_scope(uuid)
-            except NotFound:
-                return f"job {uuid[:8]}"
-            return f"job {self.store.get_job(uuid)['name']} ({uuid[:8]})" if caller.sees(path, owner) \
-                else "a job of another's"
-        return label
+            name, path, owner = named.get(uuid, ("", "", ""))
+            return f"job {name} ({uuid[:8]})" if name and caller.sees(path, owner) else f"job {uuid[:8]}"
+        return {uuid: f"waiting until {conditions.describe(when, label)}" for uuid, when in whens.items()}
+
+    def _waiting_in(self, caller: Caller) -> Callable[[Sequence[str], Sequence[str]], list[str]]:
+        """Why each queued job of a listing waits, from (job uuids, run uuids): the scheduler's
+        reason, or for a held one what it waits for."""
+        def waiting(jobs: Sequence[str], runs: Sequence[str]) -> list[str]:
+            reasons = [self.waiting(run) for run in runs]
+            held = self._held_reasons(caller, [job for job, why in zip(jobs, reasons) if why == HELD])
+            return [held.get(job, why) for job, why in zip(jobs, reasons)]
+        return waiting
 
     def _runner_note(self, parent: str) -> str:
         """Which runner above a job waiting for cpu holds cpu without waiting on its children."""
@@ -321,9 +332,10 @@ class JobService(pb_grpc.JobServiceServicer):
                                       roots=request.roots, limit=request.limit,
                                       owner=None if caller.kind == "admin" else caller.name,
                                       name=request.name, newest_first=request.newest_first)
+        waiting = self._waiting_in(caller)
         if not request.include_reused:
             for rows in chunks:
-                yield from list_chunks(rows, self.waiting)
+                yield from list_chunks(rows, waiting)
             return
         # A reused job's work was done under the job that started its run: list that subtree too,
         # when the caller may see it (a job token sees only its own subtree).
@@ -334,7 +346,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 rows = [r for r in rows if r.uuid not in listed]
                 listed.update(r.uuid for r in rows)
                 origins += [r.run_origin_job_uuid for r in rows if r.reused]
-                yield from list_chunks(rows, self.waiting)
+                yield from list_chunks(rows, waiting)
             visible = [p for p, owner in map(self.store.job_scope, set(origins) - listed) if caller.sees(p, owner)]
             if not visible:
                 return
@@ -607,7 +619,8 @@ def job_message(row: dict[str, Any], waiting: Callable[[str], str], with_spec: b
     return msg
 
 
-def list_chunks(rows: Sequence[Any], waiting: Callable[[str], str]) -> Iterator[pb.ListChunk]:
+def list_chunks(rows: Sequence[Any], waiting: Callable[[Sequence[str], Sequence[str]], list[str]]
+                ) -> Iterator[pb.ListChunk]:
     """`rows` as chunks of at most about `LIST_CHUNK_BYTES` each, however long their texts."""
     start, size = 0, 0
     for i, row in enumerate(rows):
@@ -620,12 +633,13 @@ def list_chunks(rows: Sequence[Any], waiting: Callable[[str], str]) -> Iterator[
         yield list_chunk(rows[start:], waiting)
 
 
-def list_chunk(rows: Sequence[Any], waiting: Callable[[str], str]) -> pb.ListChunk:
+def list_chunk(rows: Sequence[Any], waiting: Callable[[Sequence[str], Sequence[str]], list[str]]) -> pb.ListChunk:
     chunk = pb.ListChunk()
     columns: dict[str, Sequence[Any]] = dict(zip(LIST_FIELDS, zip(*rows)))
     if columns:
-        columns["reason"] = [(waiting(run) or reason) if state == "queued" else reason
-                             for reason, state, run in zip(columns["reason"], columns["state"], columns["run_uuid"])]
+        queued = [i for i, state in enumerate(columns["state"]) if state == "queued"]
+        why = dict(zip(queued, waiting([columns["uuid"][i] for i in queued], [columns["run_uuid"][i] for i in queued])))
+        columns["reason"] = [why.get(i) or reason for i, reason in enumerate(columns["reason"])]
     for name, column in columns.items():
         getattr(chunk, name).extend(column)
     return chunk

@@ -291,6 +291,16 @@ class Views:
                               field="uuid")
         return str(found[0])
 
+    def names_of(self: "Store", uuids: set[str]) -> dict[str, tuple[str, str, str]]:
+        """uuid -> (name, path, owner) of the jobs of `uuids` that exist."""
+        found = {}
+        with self.read() as conn:
+            for chunk in chunks(sorted(uuids)):
+                for uuid, name, path, owner in conn.execute(
+                        sa.select(jobs.c.uuid, jobs.c.name, jobs.c.path, jobs.c.owner).where(jobs.c.uuid.in_(chunk))):
+                    found[uuid] = (name, path, owner)
+        return found
+
     def job_path(self: "Store", uuid: str) -> str:
         return self.job_scope(uuid)[0]
 

@@ -90,6 +90,13 @@ def test_a_pipeline_in_bash_runs_the_whitelisted_stage_as_one_job_and_a_rerun_re
     counts.append(sh(env, "wc -l data.txt", cwd=tmp_path).stdout)
     assert counts == ["2 data.txt\n", "2 data.txt\n", "3 data.txt\n"]
     assert [j.reused for j in running.client().list() if j.name == "wc"][-3:] == [False, True, False]
+    # A redirected tool can be given cpu and memory (before, never: every call got the defaults).
+    sized = sh({**env, "JOBNEST_EXEC_CPU": "0.5", "JOBNEST_EXEC_MEMORY": "64Mi"}, "greet sized", cwd=tmp_path)
+    assert sized.returncode == 0 and sized.stdout == "sized again\n", sized.stderr
+    [job] = [j for j in running.client().list() if j.name == "greet"][-1:]
+    assert (job.cpu, job.memory) == (0.5, 64 * 2**20)
+    bad = sh({**env, "JOBNEST_EXEC_CPU": "half"}, "greet x", cwd=tmp_path)
+    assert bad.returncode == 2 and "JOBNEST_EXEC_CPU: 'half' is not a share of a core" in bad.stderr
 
 
 def test_make_runs_whitelisted_recipes_as_concurrent_jobs(running: Running, tools: Path, tmp_path: Path) -> None:

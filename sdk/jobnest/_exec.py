@@ -5,7 +5,8 @@
 outside a job), streams its stdout and stderr as its own, and exits with its exit code (128+N
 for a signal; a helper stopped by a signal cancels the job). The job runs in the same cwd
 (local jobs run there; Docker mounts it) with only the variables named in JOBNEST_EXEC_ENV, in
-JOBNEST_EXEC_IMAGE when set. Its signature holds the sha256 of the program's binary and of the
+JOBNEST_EXEC_IMAGE when set, with JOBNEST_EXEC_CPU and JOBNEST_EXEC_MEMORY (0.5, 2Gi) when set.
+Its signature holds the sha256 of the program's binary and of the
 files its arguments name, so an upgraded tool or a changed input runs again while the same
 script on the same files reuses every call (JOBNEST_EXEC_REUSE=0: never). A piped or redirected
 stdin is sent along as an upload.
@@ -47,6 +48,14 @@ def exec_remote(command: list[str]) -> NoReturn:
     options: dict[str, object] = {"name": name, "cwd": os.getcwd(), "mount_cwd": True}
     options["env"] = {k: os.environ[k] for k in filter(None, os.environ.get("JOBNEST_EXEC_ENV", "").split(","))
                       if k in os.environ}
+    for variable, option in (("JOBNEST_EXEC_CPU", "cpu"), ("JOBNEST_EXEC_MEMORY", "memory")):
+        if os.environ.get(variable):  # what the redirected tool asks for (else a job's defaults)
+            options[option] = os.environ[variable]
+    try:
+        if "cpu" in options:
+            options["cpu"] = float(str(options["cpu"]))
+    except ValueError:
+        _fail(2, f"JOBNEST_EXEC_CPU: {options['cpu']!r} is not a share of a core such as 0.5")
     if image:  # the program is looked up in the image, whose content id the signature holds
         options.update(image=image, executor=os.environ.get("JOBNEST_EXEC_EXECUTOR", "docker"))
         path, tool = name, ""  # by name: the image has its own PATH

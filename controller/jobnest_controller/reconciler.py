@@ -290,8 +290,11 @@ class Reconciler:
             decided, self._decided = self._decided[:budget], self._decided[budget:]
             budget -= len(decided)
             release = [d.key for d in decided if d.value and d.key in index.held]
-            doomed = [(d.key, index.held[d.key].job, CANNOT + self.store.blame(tx.conn, d.job, d.state))
-                      for d in decided if not d.value and d.key in index.held]
+            deciding = {d.job: d.state for d in decided if not d.value and d.key in index.held}
+            blamed = {job: CANNOT + self.store.blame(tx.conn, job, state)  # once per job: a fan-out waits
+                      for job, state in deciding.items()}  # on one job many times
+            doomed = [(d.key, index.held[d.key].job, blamed[d.job]) for d in decided
+                      if not d.value and d.key in index.held]
             ready = set(self.store.release(tx, release, now))
             for uuid in release:
                 held = index.held[uuid]

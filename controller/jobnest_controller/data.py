@@ -73,6 +73,14 @@ class Recent:
         """Named within the grace; the caller holds the lock."""
         return self._named.get(digest, 0.0) > time.time() - self.grace
 
+    def sweep(self, path: Path, digest: str, needed: set[str], cutoff: float, dry_run: bool) -> int | None:
+        """Remove the stored `path` of `digest` unless it is needed, named lately or newer than
+        `cutoff`; returns the bytes freed, or None if it stays."""
+        with self.lock:
+            if digest in needed or self.named(digest) or _newer(path, cutoff):
+                return None
+            return remove(path, dry_run)
+
 
 def is_digest(text: str) -> bool:
     return len(text) == 64 and set(text) <= DIGEST_CHARS
@@ -431,12 +439,12 @@ class Data:
         needed_blobs: set[str] = set()
         for kept in (self.root / "manifests").glob("*.json"):
             digest = kept.stem
-            with self.recent.lock:
-                if digest in needed or self.recent.named(digest) or _newer(kept, cutoff):
-                    with contextlib.suppress(FileNotFoundError):
-                        needed_blobs.update(m[1] for m in BLOB_REF.finditer(kept.read_text()))
-                    continue
-                freed += remove(kept, dry_run)
+            swept = self.recent.sweep(kept, digest, needed, cutoff, dry_run)
+            if swept is None:
+                with contextlib.suppress(FileNotFoundError):
+                    needed_blobs.update(m[1] for m in BLOB_REF.finditer(kept.read_text()))
+                continue
+            freed += swept
             manifests += 1
             gone.add(digest)
             tree = self.root / "trees" / digest
@@ -444,10 +452,10 @@ class Data:
                 remove(tree, dry_run)
         for path in (self.root / "blobs").glob("*/*"):
             digest = path.name.removesuffix(".x")
-            with self.recent.lock:
-                if digest in needed_blobs or self.recent.named(digest) or _newer(path, cutoff):
-                    continue
-                freed += remove(path, dry_run)
+            swept = self.recent.sweep(path, digest, needed_blobs, cutoff, dry_run)
+            if swept is None:
+                continue
+            freed += swept
             self._verified.pop(_key(path), None)
             if path.suffix != ".x":
                 blobs += 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jobnest.errors import InvalidSpec
 
-from .data import Recent, is_digest, remove
+from .data import Recent, is_digest
 
 MAX_ARCHIVE = 64 * 2**20
 MAX_UNPACKED, MAX_MEMBERS = 512 * 2**20, 100_000  # what an archive may unpack to, in bytes and files
@@ -78,11 +78,10 @@ class Programs:
         gone, freed = set(), 0
         for path in self.root.glob("*.tar.gz"):
             digest = path.name.removesuffix(".tar.gz")
-            with self.recent.lock:
-                if digest in needed or self.recent.named(digest) or path.stat().st_mtime >= cutoff:
-                    continue
-                freed += remove(path, dry_run)
-            gone.add(digest)
+            swept = self.recent.sweep(path, digest, needed, cutoff, dry_run)
+            if swept is not None:
+                freed += swept
+                gone.add(digest)
         return len(gone), freed, gone
 
 

@@ -5,13 +5,13 @@
 
 The same file is the driver, the runner and the sub-runner: the role is its first argument.
 Every job here is an ordinary job; the runners submit their children with their own job token.
+A runner runs in a copy of this folder (`submit_program`), so `jobnest submit examples/pipeline.py
+runner` is the same job as the driver's runner: each reuses the other's work.
 """
 
 import sys
 
 import jobnest
-
-PROGRAM = [sys.executable, __file__]
 
 
 def runner(client: jobnest.Client) -> None:
@@ -20,7 +20,7 @@ def runner(client: jobnest.Client) -> None:
         jobs = [
             client.submit(["sh", "-c", "echo aligning sample A; sleep 0.5"], name="align-a"),
             client.submit(["sh", "-c", "echo aligning sample B; sleep 0.5"], name="align-b"),
-            client.submit([*PROGRAM, "sub-runner"], name="call-variants"),
+            client.submit_program(__file__, "sub-runner", name="call-variants"),
         ]
     _wait_ok(jobs)
 
@@ -33,7 +33,7 @@ def sub_runner(client: jobnest.Client) -> None:
 
 
 def driver(client: jobnest.Client) -> None:
-    top = client.submit([*PROGRAM, "runner"], name="pipeline", cpu=0.1)
+    top = client.submit_program(__file__, "runner", name="pipeline", cpu=0.1)
     top.wait()
     print(client.tree())
     if top.state != "succeeded":

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jobnest
+from jobnest._data import program_archive
 from jobnest.v1 import jobnest_pb2 as pb
 from jobnest.v1 import jobnest_pb2_grpc as pb_grpc
 from jobnest_controller.store import jobs as jobs_table
@@ -87,7 +88,8 @@ def test_a_program_is_named_by_its_digest_and_no_path_leads_out_of_the_store(run
     host is refused, and nothing is stored."""
     planted = tmp_path / "elsewhere" / "planted.tar.gz"
     planted.parent.mkdir()
-    planted.write_bytes(jobnest._client.folder_archive(planted.parent))
+    with open(planted, "wb") as f:
+        program_archive(Path(__file__).parent / "shim", f)
     ref = os.path.relpath(str(planted).removesuffix(".tar.gz"), running.controller.programs.root)
     error = raw_submit(running, pb.JobSpec(argv=["true"], program=ref))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "jobs[0].program" in error.details()

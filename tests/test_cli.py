@@ -9,16 +9,17 @@ from pathlib import Path
 from .conftest import ADMIN, Running
 
 
-def cli(running: Running, *args: str, token: str = ADMIN) -> subprocess.CompletedProcess[str]:
+def cli(running: Running, *args: str, token: str = ADMIN, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": token}
     return subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_run_streams_output_and_exits_with_the_jobs_code(running: Running, tmp_path: Path) -> None:
     result = cli(running, "run", "--cpu", "0.5", "--", "sh", "-c", "echo hello; echo oops >&2; pwd; exit 7")
     assert result.returncode == 7
-    assert result.stdout.splitlines() == ["hello", os.getcwd()]
+    [job] = running.client().list()
+    assert result.stdout.splitlines() == ["hello", job.output_dir]  # where every job runs by default
     assert "oops" in result.stderr
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 
 import jobnest
-from jobnest._client import folder_archive
 
 from .conftest import JOBNEST_IMAGE, require_engine
 
@@ -35,9 +34,8 @@ def test_pipeline_on_a_controller_in_a_container() -> None:
             except jobnest.Unavailable:
                 assert time.monotonic() < deadline, container.get_logs()
                 time.sleep(0.2)
-        spec = client.spec(["python", "pipeline.py", "runner"], name="pipeline", cpu=0.1)
-        spec.program_archive = folder_archive(ROOT / "examples")
-        [runner] = client.submit_many([spec])
+        runner = client.submit_program(ROOT / "examples" / "pipeline.py", "runner", name="pipeline", cpu=0.1,
+                                       python="python")  # the controller's, in its container
         runner.wait(timeout=120)
         assert runner.state == "succeeded", runner.logs(stream="stderr")
         jobs = {j.name: j for j in client.list(subtree=runner.uuid)}

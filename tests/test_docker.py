@@ -452,3 +452,16 @@ def test_jobnest_run_mounts_its_folder_into_a_container_when_asked(docker_runnin
     assert done.returncode == 0 and done.stdout.split() == ["2", "data/raw.csv"], done
     [job] = docker_running.client().list()
     assert job.executor == "docker"  # an image and no executor: a container
+
+
+def test_a_runner_in_a_container_writes_beside_its_program(docker_running: Running, tmp_path: Path) -> None:
+    """Before, its folder was mounted read-only: `Read-only file system`, as a raw traceback."""
+    program = tmp_path / "program" / "notes.py"
+    program.parent.mkdir()
+    program.write_text("from pathlib import Path\n"
+                       "Path('scratch.txt').write_text('kept beside me')\n"
+                       "print(Path('scratch.txt').read_text())\n")
+    client = docker_running.client()
+    job = client.submit_program(program, executor="docker", image=JOBNEST_IMAGE, cpu=0.1)
+    assert job.wait(timeout=120).state == "succeeded", job.logs(stream="stderr")
+    assert job.logs() == "kept beside me\n"

@@ -46,7 +46,7 @@ def test_a_pod_asks_for_the_share_and_mounts_its_data_from_the_claim(tmp_path: P
                                     "/jobnest/out"]
     assert {m["mountPath"]: (m["subPath"], m.get("readOnly", False)) for m in container["volumeMounts"]} == {
         "/jobnest/out": (f"runs/{'ab' * 16}/out", False),
-        "/jobnest/program": (f"runs/{'ab' * 16}/program", True),
+        "/jobnest/program": (f"runs/{'ab' * 16}/program", False),
         "/jobnest/inputs/code": (f"data/trees/{'1' * 64}", True),
         "/jobnest/inputs/data": (f"data/trees/{'2' * 64}", True),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import jobnest
-from jobnest._client import folder_archive
+from jobnest._data import program_archive
 from jobnest_controller.programs import Programs
 
 from .conftest import Running
@@ -53,6 +53,12 @@ def test_archives_that_escape_or_are_not_archives_are_refused(running: Running, 
         client.submit_many([spec])
     assert list(client.list()) == []
     assert not list((Path(running.controller.settings.home) / "programs").iterdir())
+
+
+def folder_archive(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    program_archive(folder, buffer)
+    return buffer.getvalue()
 
 
 def test_the_same_folder_is_the_same_program(tmp_path: Path) -> None:

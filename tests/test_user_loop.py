@@ -271,3 +271,88 @@ def test_names_with_a_nul_are_refused_clearly_on_postgresql(tmp_path: Path, post
                 raise AssertionError("a NUL went through")
     finally:
         controller.stop(grace=0)
+
+
+def test_a_job_runs_in_its_own_folder_however_it_is_submitted(running: Running, tmp_path: Path) -> None:
+    """Before, an SDK job ran in its output folder and `jobnest run` in the caller's: one read
+    `data/raw.csv` and the other found nothing. Now both run in their own folder, and --cwd says
+    where else."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "raw.csv").write_text("a,b\n1,2\n")
+    command = ["sh", "-c", "pwd; wc -l < data/raw.csv"]
+    from_sdk = running.client().submit(command, name="sdk").wait(timeout=30)
+    from_cli = cli(running, "run", "--name", "cli", "--", *command, cwd=project)
+    from_cli_job = running.client().get("cli")
+    for job in (from_sdk.info, from_cli_job):
+        assert job.state == "failed" and "data/raw.csv" in job.reason, job
+    assert from_sdk.logs() == f"{from_sdk.info.output_dir}\n"
+    assert from_cli.returncode != 0 and from_cli.stdout == f"{from_cli_job.output_dir}\n", from_cli
+    here = cli(running, "run", "--cwd", ".", "--", *command, cwd=project)
+    assert here.returncode == 0 and here.stdout.split() == [str(project), "2"], here
+
+
+# A pipeline with a script beside it: the jobs get the script as an input (signed over its
+# content), never the folder, so nothing else beside the program is in their signatures.
+PIPELINE = """
+import sys
+from pathlib import Path
+import jobnest
+
+client = jobnest.connect()
+qc = jobnest.upload(Path(__file__).parent / "qc.sh")
+jobs = [client.submit(["sh", "{inputs.qc}", s], name=f"qc-{s}", inputs={"qc": qc}) for s in ("a", "b", "c")]
+client.wait([j.uuid for j in jobs])
+sys.exit(0 if all(j.state == "succeeded" for j in jobs) else 1)
+"""
+
+
+def _submitted(running: Running, program: Path) -> list[jobnest.JobInfo]:
+    """`jobnest submit --wait program`: the runner's tree, the runner first."""
+    done = cli(running, "submit", "--wait", str(program))
+    assert done.returncode == 0, done
+    runner = done.stdout.split()[0]
+    return sorted(running.client().list(subtree=runner), key=lambda j: j.uuid != runner)
+
+
+def test_a_driver_and_a_runner_of_one_pipeline_share_their_work(running: Running, tmp_path: Path) -> None:
+    """Before, a runner's children were signed over every file beside the program: a driver run
+    and a runner run never shared a job, and editing NOTES.txt reran all of them."""
+    folder = tmp_path / "pipeline"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(PIPELINE)
+    (folder / "qc.sh").write_text('echo "qc of $1"\n')
+    (folder / "NOTES.txt").write_text("first try\n")
+    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
+    driven = subprocess.run([sys.executable, str(folder / "pipeline.py")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert driven.returncode == 0, driven
+    runner, *children = _submitted(running, folder / "pipeline.py")
+    assert runner.state == "succeeded" and not runner.reused
+    assert len(children) == 3 and all(j.reused for j in children), children  # the driver's work
+    (folder / "NOTES.txt").write_text("second try: the notes changed, nothing the jobs run\n")
+    runner, *children = _submitted(running, folder / "pipeline.py")
+    assert not runner.reused and all(j.reused for j in children)  # the runner's folder changed; its jobs' did not
+    (folder / "qc.sh").write_text('echo "better qc of $1"\n')
+    runner, *children = _submitted(running, folder / "pipeline.py")
+    assert not any(j.reused for j in children)  # what they run changed
+    assert running.client().job(children[0].uuid).logs().startswith("better qc of ")
+
+
+def test_a_program_folder_streams_and_keeps_out_what_jobnestignore_names(running: Running, tmp_path: Path) -> None:
+    """Before, the folder was tarred in memory and sent in one message: a 120 MB FASTQ beside the
+    script failed the submit. Now it streams as data; `.jobnestignore` leaves files out."""
+    folder = tmp_path / "pipeline"
+    (folder / "reads").mkdir(parents=True)
+    (folder / "reads" / "big.fq").write_bytes(os.urandom(70 * 2**20))  # over what one message may carry
+    (folder / "count.py").write_text("from pathlib import Path\n"
+                                     "print(sorted(str(p) for p in Path('.').rglob('*') if p.is_file()))\n"
+                                     "big = Path('reads/big.fq')\n"
+                                     "print(big.stat().st_size if big.exists() else 0)\n")
+    client = running.client()
+    job = client.submit_program(folder / "count.py").wait(timeout=120)
+    assert job.state == "succeeded", job.info.reason
+    assert job.logs().splitlines() == ["['count.py', 'reads/big.fq']", str(70 * 2**20)]
+    (folder / ".jobnestignore").write_text("# data, not code\n*.fq\n")
+    lean = client.submit_program(folder / "count.py").wait(timeout=60)
+    assert lean.logs().splitlines() == ["['.jobnestignore', 'count.py']", "0"]

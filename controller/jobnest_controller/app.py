@@ -75,7 +75,7 @@ class Controller:
         for executor in self.executors.values():
             executor.notify = self.observe_soon
         address = settings.server.advertise or f"unix://{settings.server.jobs_socket}"
-        self.programs = Programs(str(home / "programs"), self.data.recent)
+        self.programs = Programs(str(home / "programs"), self.data)
         self.reconciler = Reconciler(self.store, self.executors, address, self.programs, self.data,
                                      max_log=settings.max_log)
         self.reconciler.notify = self.observe_soon

@@ -180,11 +180,15 @@ class Data:
             self._verified.clear()
         self._verified[_key(path)] = hash((st.st_ino, st.st_size, st.st_ctime_ns))
 
-    def open_blob(self, digest: str) -> Iterator[bytes]:
-        if not (is_digest(digest) and self._blob(digest).exists()):
+    def blob(self, digest: str) -> Path:
+        """A stored blob's file, checked against its digest (`verify`)."""
+        if not (is_digest(digest) and self._present(digest)):
             raise NotFound(f"no blob {digest}", field="digest")
         self.verify([(digest, False)])
-        with open(self._blob(digest), "rb") as f:
+        return self._blob(digest)
+
+    def open_blob(self, digest: str) -> Iterator[bytes]:
+        with open(self.blob(digest), "rb") as f:
             while data := f.read(CHUNK):
                 yield data
 

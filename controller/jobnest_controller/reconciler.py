@@ -448,14 +448,12 @@ class Reconciler:
         for run_uuid in claimed:
             run = runs[run_uuid]
             spec = run["spec"]
-            # The SDK in the job gives its children the job's executor, image and program by
-            # default, so a runner's whole nest runs the way the runner does.
+            # The SDK in the job gives its children the job's executor and image by default, so
+            # a runner's whole nest runs the way the runner does.
             env = {**spec.get("env", {}), "JOBNEST_TOKEN": tokens[run_uuid], "JOBNEST_JOB": run["origin_job_uuid"],
                    "JOBNEST_RUN": run_uuid, "JOBNEST_EXECUTOR": run["executor"]}
             if spec.get("image"):
                 env["JOBNEST_IMAGE"] = spec["image"]
-            if spec.get("program"):
-                env["JOBNEST_PROGRAM"] = spec["program"]
             launches.append((self.executors[run["executor"]], spec, Launch(
                 run_uuid, node_of[run_uuid], spec["argv"], env, spec.get("cwd", ""), run["cpu_millis"],
                 run["memory"], self.controller_address, spec.get("image_id") or spec.get("image", ""),

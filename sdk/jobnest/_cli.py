@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from . import _render as render
-from ._client import (Client, JobInfo, connect, ensure_local_controller, folder_archive, local_controller_healthy,
+from ._client import (Client, JobInfo, connect, ensure_local_controller, local_controller_healthy,
                       parse_duration)
 from ._data import upload
 from ._exec import exec_remote, write_shims
@@ -175,8 +175,10 @@ def pin(ctx: click.Context, job: str, unpin: bool) -> None:
 @click.option("--retries", type=int, default=0, help="Run a failed attempt again, up to this many times.")
 @click.option("--input", "inputs", multiple=True,
               help="NAME=PATH: upload a file or folder as input NAME ({inputs.NAME} in COMMAND); repeatable.")
+@click.option("--cwd", "cwd", type=click.Path(file_okay=False, resolve_path=True), default=None,
+              help="Run in this folder of the controller's machine, not in the job's own output folder.")
 @click.option("--mount-cwd", is_flag=True,
-              help="In a container, mount this folder at its own path and run there (as a local job does).")
+              help="In a container, mount the --cwd folder (else this one) at its own path and run there.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job uuid and return.")
 @click.option("--each", type=click.File(), default=None,
               help="One job per line of this file, {item} in COMMAND replaced by the line.")
@@ -184,8 +186,9 @@ def pin(ctx: click.Context, job: str, unpin: bool) -> None:
 @click.pass_context
 def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | None, image: str | None,
         executor: str | None, env: tuple[str, ...], no_reuse: bool, retries: int, inputs: tuple[str, ...],
-        mount_cwd: bool, detach: bool, each: Any, command: tuple[str, ...]) -> None:
-    """Run COMMAND as a job, stream its output, and exit with its exit code."""
+        cwd: str | None, mount_cwd: bool, detach: bool, each: Any, command: tuple[str, ...]) -> None:
+    """Run COMMAND as a job, stream its output, and exit with its exit code. It runs in its own
+    output folder, as every job does, unless --cwd (or --mount-cwd) names another."""
     uploads = {}
     for item in inputs:
         key, _, path = item.partition("=")
@@ -197,7 +200,8 @@ def run(ctx: click.Context, name: str | None, cpu: float | None, memory: str | N
         key, _, value = item.partition("=")
         variables[key] = value if "=" in item else os.environ.get(key, "")
     options = dict(name=name, cpu=cpu, memory=memory, image=image, executor=executor, env=variables,
-                   reuse=not no_reuse, cwd=os.getcwd(), retries=retries, inputs=uploads, mount_cwd=mount_cwd)
+                   reuse=not no_reuse, cwd=cwd or (os.getcwd() if mount_cwd else None), retries=retries,
+                   inputs=uploads, mount_cwd=mount_cwd)
     if each is not None:
         _run_each(ctx, list(command), [line.strip() for line in each if line.strip()], options, detach)
         return
@@ -240,19 +244,16 @@ def _run_each(ctx: click.Context, command: list[str], items: list[str], options:
 @click.option("--cpu", type=float, default=0.1, show_default=True, help="The runner's share of a core.")
 @click.option("--image", default=None, help="Image for the runner and, by default, its children.")
 @click.option("--executor", default=None, help="Executor for the runner and, by default, its children.")
+@click.option("--python", default="", help="The Python that runs it: by default `python` in an image, else this one.")
 @click.option("--wait", "-w", "wait", is_flag=True, help="Wait for the runner to end and print its tree.")
 @click.argument("program", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, executor: str | None, wait: bool,
-           program: Path, args: tuple[str, ...]) -> None:
+def submit(ctx: click.Context, name: str | None, cpu: float, image: str | None, executor: str | None, python: str,
+           wait: bool, program: Path, args: tuple[str, ...]) -> None:
     """Run a Python PROGRAM as a runner job, its folder uploaded; print the job's uuid."""
-    python = "python" if image else sys.executable  # in an image, its own; here, this one
-    client = _client(ctx)
-    spec = client.spec([python, program.name, *args], name=name or program.name, cpu=cpu, image=image,
-                       executor=executor)
-    spec.program_archive = folder_archive(program.resolve().parent)
-    [job] = client.submit_many([spec])
+    job = _client(ctx).submit_program(program, *args, name=name, cpu=cpu, image=image, executor=executor,
+                                      python=python)
     click.echo(job.uuid)
     if wait:
         job.wait()

@@ -13,16 +13,14 @@ import atexit
 import builtins
 import contextlib
 import fcntl
-import gzip
-import io
 import itertools
 import json
 import os
 import socket
 import subprocess
-import sys
-import tarfile
 import signal
+import sys
+import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -34,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._conditions import Condition
-from ._data import Output, Upload, chunks, lay_out, walk
+from ._data import Output, Upload, chunks, file_sha256, lay_out, program_archive, walk
 from .errors import (Conflict, InvalidSpec, JobnestError, NotFound, PermissionDenied, Timeout, Unauthenticated,
                      Unavailable, from_rpc_error)
 from .v1 import jobnest_pb2 as pb
@@ -153,9 +151,8 @@ class Client:
         self._finished = False
         self._driver_lock = threading.Lock()
         self._singles = _Gathered(self.submit_many)
-        # Inside a runner submitted with `jobnest submit`, its children run as it does by default.
-        from_env = {"executor": os.environ.get("JOBNEST_EXECUTOR"), "image": os.environ.get("JOBNEST_IMAGE"),
-                    "program": os.environ.get("JOBNEST_PROGRAM")}
+        # Inside a job, its children run where it does by default (its program folder they do not get).
+        from_env = {"executor": os.environ.get("JOBNEST_EXECUTOR"), "image": os.environ.get("JOBNEST_IMAGE")}
         self._defaults: list[dict[str, Any]] = [{k: v for k, v in from_env.items() if v}]
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -432,18 +429,41 @@ class Client:
         """Send a local file or folder to the controller (only what it lacks); usable as an input."""
         root = Path(path)
         entries = walk(root)
-        files = {e.digest: e for e in entries if not e.link}
-        size = sum(e.size for e in files.values())
-        self._ensure_driver()  # sent as the jobs that read it are submitted: within their scope
+        token = self._send({e.digest: (root / e.path if root.is_dir() else root, e) for e in entries if not e.link})
+        manifest = pb.Manifest(entries=entries, file="" if root.is_dir() else root.name)
+        return Upload(root, self._unary("PutManifest", manifest, token=token, stub=self._data).digest)
+
+    def _send(self, files: dict[str, tuple[Path, pb.ManifestEntry]]) -> str | None:
+        """Send the blobs the controller lacks, by digest: each file's chunks. They go as the jobs
+        that read them are submitted (a driver's, within its scope); returns the token used."""
+        self._ensure_driver()
         token = self._driver_token
+        size = sum(entry.size for _, entry in files.values())
         missing = self._unary("Missing", pb.BlobRefs(digests=list(files), size=size), token=token,
                               stub=self._data).digests
         for digest in missing:
-            rel = files[digest].path
-            self._unary("Upload", chunks(root if not root.is_dir() else root / rel, files[digest]),
-                        timeout=None, token=token, stub=self._data, retry=False)  # a stream: spent
-        manifest = pb.Manifest(entries=entries, file="" if root.is_dir() else root.name)
-        return Upload(root, self._unary("PutManifest", manifest, token=token, stub=self._data).digest)
+            self._unary("Upload", chunks(*files[digest]), timeout=None, token=token, stub=self._data,
+                        retry=False)  # a stream: spent
+        return token
+
+    def submit_program(self, program: str | os.PathLike[str], *args: Any, python: str = "",
+                       **options: Any) -> "Job":
+        """Run the Python `program` as a runner job in a copy of its folder, as `jobnest submit`
+        does. The folder goes once per content, streamed (its `.jobnestignore` leaves files out),
+        and is part of the runner's signature; its children get none of it but what they name.
+        `python` runs it: by default `python` in an image, else this program's own Python."""
+        path = Path(program).resolve()
+        options["name"] = options.get("name") or path.name
+        spec = self.spec(["python", path.name, *map(str, args)], **options)
+        spec.argv[0] = python or ("python" if spec.image else sys.executable)
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "program.tar.gz"
+            with open(archive, "wb") as f:
+                program_archive(path.parent, f)
+            entry = pb.ManifestEntry(digest=file_sha256(archive), size=archive.stat().st_size)
+            self._send({entry.digest: (archive, entry)})
+        spec.program = entry.digest
+        return self._singles.submit(spec)
 
     def manifest(self, digest: str) -> pb.Manifest:
         return self._unary("GetManifest", pb.BlobRef(digest=digest), stub=self._data)
@@ -738,28 +758,6 @@ def local_controller_healthy(sock: Path, timeout: float = 2.0) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-SKIP = {"__pycache__", ".git", ".venv", "node_modules", ".pytest_cache"}
-
-
-def folder_archive(folder: Path) -> bytes:
-    """A gzipped tar of `folder` (caches and version control left out), the same bytes for the
-    same files, so an unchanged program keeps its signature."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if SKIP & set(rel.parts) or not (path.is_file() or path.is_dir()):
-                continue
-            info = tar.gettarinfo(str(path), arcname=str(rel))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if path.is_file():
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
 
 
 def _target(address: str) -> str:

@@ -9,11 +9,14 @@ and downloads, all over the controller's DataService, so they work as well from 
 
 from __future__ import annotations
 
+import fnmatch
+import gzip
 import hashlib
 import os
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import Conflict, InvalidSpec
 from .v1 import jobnest_pb2 as pb
@@ -88,6 +91,57 @@ def walk(root: Path) -> list[pb.ManifestEntry]:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+SKIP = {"__pycache__", ".git", ".venv", "node_modules", ".pytest_cache"}  # never part of a program
+IGNORE_FILE = ".jobnestignore"
+
+
+def program_archive(folder: Path, into: BinaryIO) -> None:
+    """Write a gzipped tar of a program's folder into `into`: the same bytes for the same files,
+    so an unchanged program keeps its signature. Caches, version control and what the folder's
+    `.jobnestignore` names are left out."""
+    ignored = _ignore_rule(folder)
+    with gzip.GzipFile(fileobj=into, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for top, dirs, files in os.walk(folder):
+            base = Path(top).relative_to(folder)
+            dirs[:] = sorted(d for d in dirs if d not in SKIP and not ignored((base / d).as_posix(), True))
+            kept = [base / f for f in files if not ignored((base / f).as_posix(), False)]
+            for rel in sorted([*(base / d for d in dirs), *kept]):
+                path = folder / rel
+                info = tar.gettarinfo(str(path), arcname=rel.as_posix())
+                if info is None or not (info.isfile() or info.isdir() or info.issym()):
+                    continue  # a socket or a pipe: nothing a program reads as a file
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if info.isfile():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+
+
+def _ignore_rule(folder: Path) -> Callable[[str, bool], bool]:
+    """Whether a path of `folder` is left out, by the patterns of its `.jobnestignore` (one per
+    line, as in .gitignore: `*.fq` anywhere, `/NOTES.txt` or `data/*.csv` from the folder,
+    `results/` only folders; `#` starts a comment; `!` is not supported)."""
+    try:
+        lines = (folder / IGNORE_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return lambda rel, is_dir: False
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+    def ignored(rel: str, is_dir: bool) -> bool:
+        for pattern in patterns:
+            if pattern.endswith("/") and not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+            if "/" in pattern:
+                if fnmatch.fnmatchcase(rel, pattern.lstrip("/")):
+                    return True
+            elif fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern):
+                return True
+        return False
+    return ignored
 
 
 def chunks(path: Path, entry: pb.ManifestEntry) -> Iterator[pb.BlobChunk]:

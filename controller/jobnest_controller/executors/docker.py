@@ -3,9 +3,10 @@
 It talks to each engine over the Engine API with the `docker` package, imported here and only
 here. A container gets the run's cpu share as a CPU limit, its memory limit, an init process,
 labels naming the run and the controller, the run's output dir at /jobnest/out, its inputs at
-/jobnest/inputs/NAME and a runner's program folder at /jobnest/program (both read-only), and the
-jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are copied into the run's work dir as
-they come, so `jobnest logs -f` reads them as it does a local run's. A restarted controller finds
+/jobnest/inputs/NAME (read-only), a runner's program folder (the run's own copy, writable) at
+/jobnest/program, and the jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are
+copied into the run's work dir as they come, so `jobnest logs -f` reads them as it does a local
+run's. A restarted controller finds
 its containers again by id (or by label, for one it was starting) and learns how they ended.
 """
 
@@ -158,7 +159,7 @@ class DockerExecutor:
         env = {**launch.env, "JOBNEST_OUTPUT": OUTPUT, "JOBNEST_CONTROLLER": launch.controller}
         binds = [(str(workdir / "out"), OUTPUT, "rw")]  # (host path, container path, mode)
         if launch.program:
-            binds.append((launch.program, PROGRAM, "ro"))
+            binds.append((launch.program, PROGRAM, "rw"))  # the run's own copy: it may write beside it
         seen = {}  # input name -> its path in the container
         for name, path in launch.inputs.items():
             host = Path(path)

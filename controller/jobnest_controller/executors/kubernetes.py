@@ -185,7 +185,7 @@ class KubernetesExecutor:
         if self.settings.pvc:
             mounts.append({"name": DATA_VOLUME, "mountPath": OUTPUT, "subPath": self._below_home(workdir / "out")})
             if launch.program:
-                mounts.append({"name": DATA_VOLUME, "mountPath": PROGRAM, "readOnly": True,
+                mounts.append({"name": DATA_VOLUME, "mountPath": PROGRAM,  # the run's own copy, writable
                                "subPath": self._below_home(Path(launch.program))})
             for name, path in launch.inputs.items():
                 host = Path(path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import jobnest
+
 from .conftest import ADMIN, BUSYBOX, Running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,11 @@ def sh(env: dict[str, str], script: str, cwd: Path | None = None) -> subprocess.
     return subprocess.run(["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+def calls(running: Running) -> list[jobnest.JobInfo]:
+    """The redirected calls, oldest first: not the jobs of their callers."""
+    return [j for j in running.client().list() if j.executor != "driver"]
+
+
 def test_every_exec_variant_of_a_whitelisted_program_becomes_a_child_job(running: Running, tools: Path,
                                                                          tmp_path: Path) -> None:
     program = tmp_path / "every_exec"
@@ -58,7 +65,7 @@ def test_every_exec_variant_of_a_whitelisted_program_becomes_a_child_job(running
     report = [line for line in caller.logs().splitlines() if ": " in line]
     assert report == [f"{v} {name}: {code}" for v in variants for name, code in (("say", 3), ("echo", 0))]
     children = list(client.list(parent=caller.uuid))
-    assert [c.name for c in children] == ["say"] * len(variants)  # echo ran here, not as a job
+    assert sorted(c.name for c in children) == sorted(f"say {v}" for v in variants)  # echo ran here, not as a job
     assert sorted(client.job(c.uuid).logs() for c in children) == sorted(f"{v}\n" for v in variants)
     assert {c.exit_code for c in children} == {3}
     tree = subprocess.run([HELPER, "tree", caller.uuid], env={**os.environ, "JOBNEST_CONTROLLER": running.address,
@@ -71,16 +78,16 @@ def test_a_pipeline_in_bash_runs_the_whitelisted_stage_as_one_job_and_a_rerun_re
     env = shim_env(running, tools, "wc,greet")
     first = sh(env, 'printf "a\\nb\\n" | wc -l')
     assert first.returncode == 0 and first.stdout.strip() == "2", first.stderr
-    [job] = running.client().list()
-    assert job.name == "wc" and job.state == "succeeded"
+    [job] = calls(running)
+    assert job.name == "wc -l" and job.state == "succeeded"
     assert sh(env, 'printf "a\\nb\\n" | wc -l').stdout.strip() == "2"
-    assert [j.reused for j in running.client().list()] == [False, True]
+    assert [j.reused for j in calls(running)] == [False, True]
     # The tool's binary is part of the signature: the same script reuses, a changed tool runs.
     runs = [sh(env, "greet hello", cwd=tmp_path) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0] and runs[1].stdout == "hello\n"
     (tools / "greet").write_text('#!/bin/sh\necho "$@" again\n')
     assert sh(env, "greet hello", cwd=tmp_path).stdout == "hello again\n"
-    greets = [j for j in running.client().list() if j.name == "greet"]
+    greets = [j for j in calls(running) if j.name == "greet hello"]
     assert [j.reused for j in greets] == [False, True, False]
     assert running.client().why(greets[2].uuid)["differing"] == ["cache_version"]
     # So are the files its arguments name: a changed input runs again.
@@ -89,11 +96,11 @@ def test_a_pipeline_in_bash_runs_the_whitelisted_stage_as_one_job_and_a_rerun_re
     (tmp_path / "data.txt").write_text("1\n2\n3\n")
     counts.append(sh(env, "wc -l data.txt", cwd=tmp_path).stdout)
     assert counts == ["2 data.txt\n", "2 data.txt\n", "3 data.txt\n"]
-    assert [j.reused for j in running.client().list() if j.name == "wc"][-3:] == [False, True, False]
+    assert [j.reused for j in calls(running) if j.name == "wc -l data.txt"] == [False, True, False]
     # A redirected tool can be given cpu and memory (before, never: every call got the defaults).
     sized = sh({**env, "JOBNEST_EXEC_CPU": "0.5", "JOBNEST_EXEC_MEMORY": "64Mi"}, "greet sized", cwd=tmp_path)
     assert sized.returncode == 0 and sized.stdout == "sized again\n", sized.stderr
-    [job] = [j for j in running.client().list() if j.name == "greet"][-1:]
+    [job] = [j for j in calls(running) if j.name == "greet sized"]
     assert (job.cpu, job.memory) == (0.5, 64 * 2**20)
     bad = sh({**env, "JOBNEST_EXEC_CPU": "half"}, "greet x", cwd=tmp_path)
     assert bad.returncode == 2 and "JOBNEST_EXEC_CPU: 'half' is not a share of a core" in bad.stderr
@@ -104,9 +111,13 @@ def test_make_runs_whitelisted_recipes_as_concurrent_jobs(running: Running, tool
     done = subprocess.run(["make", "-s", "-j2"], env=shim_env(running, tools, "slow"), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and sorted(done.stdout.split()) == ["a", "b"], done.stderr
-    a, b = sorted(running.client().list(), key=lambda j: j.started_at or 0)
-    assert a.name == b.name == "slow"
+    a, b = sorted(calls(running), key=lambda j: j.started_at or 0)
+    assert sorted([a.name, b.name]) == ["slow a", "slow b"]
     assert b.started_at < a.finished_at  # they overlapped  # type: ignore[operator]
+    [make] = [j for j in running.client().list() if j.executor == "driver"]  # one job for the make, theirs
+    assert make.name == "make -s -j2" and a.spawned_by_job_uuid == b.spawned_by_job_uuid == make.uuid
+    ended = running.client().job(make.uuid).wait(timeout=30).info
+    assert ended.state == "succeeded", ended  # it ended with the make
 
 
 @pytest.mark.parametrize("redirect, words", [
@@ -139,7 +150,7 @@ def test_path_mode_wrappers_run_programs_as_jobs_without_the_shim(running: Runni
     env["PATH"] = f"{tmp_path / 'shims'}:{env['PATH']}"
     done = sh(env, 'printf "a\\nb\\n" | wc -l')
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
-    assert [j.name for j in running.client().list()] == ["wc"]
+    assert [j.name for j in running.client().list()] == ["wc -l"]
     bad = subprocess.run([HELPER, "exec-shims", str(tmp_path / "shims"), "no-such-tool"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "'no-such-tool' is not a program on PATH" in bad.stderr
@@ -153,7 +164,7 @@ def test_the_job_runs_in_the_callers_folder_with_only_the_variables_asked_for(ru
     env = shim_env(running, tools, "show", KEEP="kept", DROP="dropped", JOBNEST_EXEC_ENV="KEEP")
     done = sh(env, "show", cwd=tmp_path)
     assert done.stdout == "local file\n[kept][]\n", done.stderr
-    [job] = running.client().list()
+    [job] = running.client().list()  # bash ran `show` in its own place: there is no caller to group under
     assert job.name == "show" and job.state == "succeeded" and job.executor == "local"
 
 
@@ -166,7 +177,7 @@ def test_with_an_image_the_call_runs_in_a_container_that_sees_the_callers_folder
     done = sh(env, "cat here.txt", cwd=folder)
     assert done.returncode == 0 and done.stdout == "local file\n", done.stderr
     [job] = docker_running.client().list()
-    assert job.executor == "docker" and job.name == "cat"
+    assert job.executor == "docker" and job.name == "cat here.txt"
 
 
 def test_a_stopped_caller_cancels_its_job_and_exits_128_plus_the_signal(running: Running, tools: Path) -> None:
@@ -187,4 +198,35 @@ def test_pythons_search_of_path_is_left_alone_until_it_finds_the_program(running
     done = subprocess.run([sys.executable, "-c", "import subprocess; subprocess.run(['greet', 'from python'])"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "from python\n", done.stderr
-    assert [j.name for j in running.client().list()] == ["greet"]
+    assert [j.name for j in calls(running)] == ["greet from python"]
+
+
+def test_a_script_s_calls_group_under_one_job_that_ends_with_it(running: Running, tools: Path, tmp_path: Path) -> None:
+    """Before, each redirected call outside a job was a root job of its own, named only `greet`."""
+    env = shim_env(running, tools, "greet,say")
+    script = tmp_path / "steps.sh"
+    script.write_text("greet one\ngreet two three\nsay four || true\n")
+    done = sh(env, f"bash {script}")
+    assert done.returncode == 0 and done.stdout == "one\ntwo three\nfour\n", done.stderr
+    client = running.client()
+    [caller] = [j for j in client.list() if j.executor == "driver"]
+    assert caller.name == f"bash {script}"
+    assert [(j.name, j.spawned_by_job_uuid) for j in calls(running)] == [
+        (name, caller.uuid) for name in ("greet one", "greet two three", "say four")]
+    assert client.job(caller.uuid).wait(timeout=30).state == "failed"  # a call of it failed
+    tree = subprocess.run([HELPER, "tree", caller.uuid], env={**os.environ, "JOBNEST_CONTROLLER": running.address,
+                                                              "JOBNEST_TOKEN": ADMIN}, capture_output=True, text=True)
+    assert "greet two three" in tree.stdout and "say four" in tree.stdout, tree
+
+
+def test_a_reused_call_lays_out_the_files_it_wrote(running: Running, tools: Path, tmp_path: Path) -> None:
+    """Before, a reused `gzip -k` did not make reads.fq.gz again, which `make` relies on."""
+    (tmp_path / "reads.fq").write_text("@r1\nACGT\n+\nIIII\n" * 100)
+    env = shim_env(running, tools, "gzip")
+    assert sh(env, "gzip -k reads.fq && echo made", cwd=tmp_path).stdout == "made\n"
+    made = (tmp_path / "reads.fq.gz").read_bytes()
+    (tmp_path / "reads.fq.gz").unlink()
+    again = sh(env, "gzip -k reads.fq && echo made", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [j.reused for j in calls(running)] == [False, True]
+    assert (tmp_path / "reads.fq.gz").read_bytes() == made  # laid out again, the same bytes

@@ -282,21 +282,27 @@ class Client:
         response = self._unary("Submit", request, token=self._driver_token)
         return [Job(self, m.uuid, m) for m in response.jobs]
 
-    def _ensure_driver(self) -> None:
-        """Record this program as a driver job the first time it submits from outside any job."""
+    def _ensure_driver(self, name: str = "", argv: builtins.list[str] | None = None, cwd: str = "") -> None:
+        """Record this program as a driver job the first time it submits from outside any job
+        (or, for the redirect helper's keeper, the caller it keeps)."""
         if not self._record_driver:
             return
         with self._driver_lock:
             if self._driver is not None:
                 return
-            argv = [sys.executable, *sys.argv]
-            spec = pb.JobSpec(name=os.path.basename(sys.argv[0] or "python"), argv=argv, driver=True,
-                              driver_pid=os.getpid(), driver_host=socket.gethostname(), cwd=os.getcwd())
+            spec = pb.JobSpec(name=name or os.path.basename(sys.argv[0] or "python"),
+                              argv=argv or [sys.executable, *sys.argv], driver=True, driver_pid=os.getpid(),
+                              driver_host=socket.gethostname(), cwd=cwd or os.getcwd())
             response = self._unary("Submit", pb.SubmitRequest(request_id=uuidlib.uuid4().hex, jobs=[spec]))
             self._driver = Job(self, response.jobs[0].uuid, response.jobs[0])
             self._driver_token = response.driver_token
             _finish_at_exit(self)
             threading.Thread(target=self._hold_lease, name="jobnest-driver-lease", daemon=True).start()
+
+    def _join_driver(self, uuid: str, token: str) -> None:
+        """Submit as the driver job `uuid`, which another process records and keeps (the redirect
+        helper's calls group under the job of their caller)."""
+        self._driver, self._driver_token = Job(self, uuid), token
 
     def _hold_lease(self) -> None:
         """Renew the driver job's lease while this program runs: a driver that stops renewing

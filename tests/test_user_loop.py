@@ -356,3 +356,24 @@ def test_a_program_folder_streams_and_keeps_out_what_jobnestignore_names(running
     (folder / ".jobnestignore").write_text("# data, not code\n*.fq\n")
     lean = client.submit_program(folder / "count.py").wait(timeout=60)
     assert lean.logs().splitlines() == ["['.jobnestignore', 'count.py']", "0"]
+
+
+def test_a_graph_with_a_mistake_is_refused_before_any_of_it_starts(running: Running, tmp_path: Path) -> None:
+    """Before, a missing input halfway through a submit loop left the first half running. Sent
+    as one graph (`client.batch()`, as the README shows), a mistake anywhere stops all of it."""
+    client = running.client()
+    (tmp_path / "sample-1.fq").write_text("@r\nACGT\n+\nIIII\n")
+    reads = {name: jobnest.upload(tmp_path / f"{name}.fq") for name in ("sample-1", "sample-2")}  # no sample-2.fq
+    nobody = jobnest.Job(client, "0" * 32)
+    for mistake, said in (({"inputs": {"reads": reads["sample-2"]}}, "sample-2.fq' does not exist"),
+                          ({"inputs": {"reads": reads["sample-1"]}, "when": nobody.succeeded}, "jobs[2].when")):
+        try:
+            with client.batch() as batch:
+                first = batch.submit(["wc", "-l", "{inputs.reads}"], name="qc-1", inputs={"reads": reads["sample-1"]})
+                batch.submit(["true"], name="align-1", when=first.succeeded)
+                batch.submit(["wc", "-l", "{inputs.reads}"], name="qc-2", **mistake)
+        except jobnest.JobnestError as e:
+            assert said in str(e), e
+        else:
+            raise AssertionError("a graph with a mistake was accepted")
+        assert list(client.list()) == []  # nothing of it started

@@ -151,7 +151,7 @@ class Client:
         self._finished = False
         self._driver_lock = threading.Lock()
         self._singles = _Gathered(self.submit_many)
-        # Inside a job, its children run where it does by default (its program folder they do not get).
+        # Inside a job, its children run on its executor and image by default (none of its program folder).
         from_env = {"executor": os.environ.get("JOBNEST_EXECUTOR"), "image": os.environ.get("JOBNEST_IMAGE")}
         self._defaults: list[dict[str, Any]] = [{k: v for k, v in from_env.items() if v}]
 

@@ -6,8 +6,8 @@ labels naming the run and the controller, the run's output dir at /jobnest/out, 
 /jobnest/inputs/NAME (read-only), a runner's program folder (the run's own copy, writable) at
 /jobnest/program, and the jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are
 copied into the run's work dir as they come, so `jobnest logs -f` reads them as it does a local
-run's. A restarted controller finds
-its containers again by id (or by label, for one it was starting) and learns how they ended.
+run's. A restarted controller finds its containers again by id (or by label, for one it was
+starting) and learns how they ended.
 """
 
 import logging

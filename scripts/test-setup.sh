@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the venv: PostgreSQL server binaries (the tests start a
-# throwaway cluster themselves) and a user to run them as when we are root; a running Docker
-# engine with the project's images; a real helm for the chart tests.
+# throwaway cluster themselves) and a user to run them as when we are root; Slurm's daemons and
+# munge (the tests start a one-node cluster themselves); a running Docker engine with the
+# project's images; a real helm for the chart tests.
 set -euo pipefail
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "installing PostgreSQL server binaries"
@@ -9,6 +10,10 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
 fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres
+fi
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    echo "installing Slurm and munge"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
 bash "$(dirname "$0")/images.sh"
 bash "$(dirname "$0")/helm.sh"

@@ -10,9 +10,9 @@ import pytest
 
 import jobnest
 from jobnest_controller.app import Controller
-from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, StoreSettings
+from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, SlurmSettings, StoreSettings
 
-from . import postgres
+from . import postgres, slurm
 
 ADMIN = "test-admin-token-0123456789"
 ENGINE = "unix:///var/run/docker.sock"
@@ -76,22 +76,56 @@ def remove_containers(home: Path) -> None:
         subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
 
 
-@pytest.fixture(params=["local", "docker"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
-    """A controller, and the options that send a job to the executor under test: each test that
-    takes it runs once with local processes and once with containers."""
-    docker = request.param == "docker"
-    if docker:
-        require_engine()
-    home = tmp_path / "home"
-    controller = Controller(make_settings(home, docker=[ENGINE] if docker else []))
+@pytest.fixture(scope="session")
+def slurm_conf() -> Iterator[Path]:
+    """A throwaway one-node Slurm cluster for this test session; `make test` installs its daemons."""
+    try:
+        with slurm.cluster() as conf:
+            yield conf
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+def slurm_settings(home: Path, conf: Path) -> Settings:
+    settings = make_settings(home)
+    settings.slurm = SlurmSettings(partition=slurm.PARTITION, conf=str(conf))
+    return settings
+
+
+@pytest.fixture
+def slurm_running(tmp_path: Path, slurm_conf: Path) -> Iterator[Running]:
+    controller = Controller(slurm_settings(tmp_path / "home", slurm_conf))
     controller.start()
     try:
-        yield Running(controller), ({"executor": "docker", "image": BUSYBOX} if docker else {})
+        yield Running(controller)
     finally:
         controller.stop(grace=0)
-        if docker:
+        slurm.cancel_all(slurm_conf)
+
+
+@pytest.fixture(params=["local", "docker", "slurm"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
+    """A controller, and the options that send a job to the executor under test: each test that
+    takes it runs with local processes, with containers and on Slurm."""
+    home = tmp_path / "home"
+    if request.param == "docker":
+        require_engine()
+        settings, options = make_settings(home, docker=[ENGINE]), {"executor": "docker", "image": BUSYBOX}
+    elif request.param == "slurm":
+        conf = request.getfixturevalue("slurm_conf")
+        settings, options = slurm_settings(home, conf), {"executor": "slurm"}
+    else:
+        settings, options = make_settings(home), {}
+    controller = Controller(settings)
+    controller.start()
+    try:
+        yield Running(controller), options
+    finally:
+        controller.stop(grace=0)
+        if request.param == "docker":
             remove_containers(home)
+        elif request.param == "slurm":
+            slurm.cancel_all(request.getfixturevalue("slurm_conf"))
 
 
 def new_database(postgres_url: str, tmp_path: Path) -> str:

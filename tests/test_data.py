@@ -42,7 +42,7 @@ def test_an_output_is_stored_by_content_and_read_by_the_next_job(where: tuple[Ru
     assert (read.output.download(tmp_path / "got") / "copy").read_text() == "hello\n"
     first, listing = read.logs().splitlines()
     assert listing.startswith("-r--r--r--")  # stored files are read-only
-    if options:  # a container gets a read-only mount; a local job (run as root here) only file modes
+    if options.get("image"):  # a container gets a read-only mount; a process (run as root here) only file modes
         assert first == "read-only"
     assert read.result() is None  # no result.json
 

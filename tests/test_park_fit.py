@@ -1,4 +1,4 @@
-"""examples/park_fit.py as a test, on local processes and in containers: a failing reduction
+"""examples/park_fit.py as a test, on local processes, in containers and on Slurm: a failing reduction
 cancels fetch and fit, and the fixed rerun reuses upload and model."""
 
 import os
@@ -17,8 +17,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "park_fit.py"
 def run_example(running: Running, options: dict[str, Any], *args: str) -> tuple[subprocess.CompletedProcess[str],
                                                                                  dict[str, jobnest.JobInfo]]:
     env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
-    if options:  # the steps run in the jobnest image, which has python3
-        env.update(JOBNEST_EXECUTOR="docker", JOBNEST_IMAGE=JOBNEST_IMAGE)
+    if options:  # the executor under test; in containers, the jobnest image, which has python3
+        env["JOBNEST_EXECUTOR"] = options["executor"]
+        if options.get("image"):
+            env["JOBNEST_IMAGE"] = JOBNEST_IMAGE
     done = subprocess.run([sys.executable, str(EXAMPLE), *args], env=env, capture_output=True, text=True, timeout=300)
     client = running.client()
     [driver] = [j for j in client.list(roots=True)][-1:]

@@ -17,7 +17,8 @@ from jobnest._client import parse_duration
 from jobnest.errors import JobnestError
 
 from .app import Controller
-from .settings import KubernetesSettings, NodeSettings, ServerSettings, Settings, StoreSettings, default_home
+from .settings import (KubernetesSettings, NodeSettings, ServerSettings, Settings, SlurmSettings, StoreSettings,
+                       default_home)
 
 
 def _refuse_token_flag(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -80,6 +81,11 @@ def _duration(text: str) -> float:
               show_envvar=True, help="Cores of Kubernetes runs in flight at most.")
 @click.option("--k8s-memory-quota", type=click.IntRange(min=1), envvar="JOBNEST_K8S_MEMORY_QUOTA",
               default=32 * 2**30, show_envvar=True, help="Bytes of memory of Kubernetes runs in flight at most.")
+@click.option("--slurm-partition", envvar="JOBNEST_SLURM_PARTITION", default="", show_envvar=True,
+              help="Run jobs in this Slurm partition (enables the slurm executor; its nodes must share this file "
+                   "system).")
+@click.option("--slurm-conf", envvar="JOBNEST_SLURM_CONF", default="", show_envvar=True,
+              help="The slurm.conf for Slurm's commands (default: Slurm's own, or SLURM_CONF).")
 @click.option("--retention", envvar="JOBNEST_RETENTION", default="", show_envvar=True,
               help="Remove finished work nothing needs once older than this (12h, 30d), at start and hourly; "
                    "default: keep it until `jobnest gc`.")
@@ -89,8 +95,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
          mount_roots: tuple[str, ...], store_url: str,
          cpu: float | None, memory: int | None, no_sandbox: bool, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
-         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, retention: str,
-         idle_timeout: float) -> None:
+         k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, slurm_partition: str,
+         slurm_conf: str, retention: str, idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups, sandbox=not no_sandbox)
@@ -117,7 +123,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
     settings = Settings(home=home, server=ServerSettings(socket=socket, listen=listen, admin_token=admin_token,
                                                          advertise=advertise),
                         mount_roots=[r for item in mount_roots for r in item.split(",") if r],
-                        store=StoreSettings(store_url), node=node, kubernetes=kubernetes, idle_timeout=idle_timeout,
+                        store=StoreSettings(store_url), node=node, kubernetes=kubernetes,
+                        slurm=SlurmSettings(partition=slurm_partition, conf=slurm_conf), idle_timeout=idle_timeout,
                         default_executor=default_executor, max_upload=max_upload, retention=_duration(retention),
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])
     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -69,6 +69,9 @@ class Controller:
             # Releases of the chart share the home's path: the address tells them apart.
             self.executors["kubernetes"] = KubernetesExecutor(
                 str(home), settings.kubernetes, controller_id=f"{home} {settings.server.advertise}")
+        if settings.slurm.partition:
+            from .executors.slurm import SlurmExecutor
+            self.executors["slurm"] = SlurmExecutor(str(home / "runs"), settings.slurm)
         if settings.default_executor not in self.executors:
             raise JobnestError(f"default executor {settings.default_executor!r} is not configured "
                                f"(configured: {', '.join(self.executors)})")

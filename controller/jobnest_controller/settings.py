@@ -74,6 +74,14 @@ class KubernetesSettings:
 
 
 @dataclass
+class SlurmSettings:
+    partition: str = ""
+    """Slurm partition to run jobs in; empty: no Slurm executor."""
+    conf: str = ""
+    """The slurm.conf Slurm's commands read (SLURM_CONF); empty: Slurm's own default."""
+
+
+@dataclass
 class Settings:
     home: str = field(default_factory=default_home)
     """State folder: the socket, the SQLite store and the runs' work dirs."""
@@ -81,6 +89,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     default_executor: str = "local"
     """Executor for jobs that name none."""
     docker: list[str] = field(default_factory=lambda: ["auto"])

@@ -85,6 +85,15 @@ def cluster(cpus: int | None = None) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def stop_controller(conf: Path) -> None:
+    """Stop slurmctld (its nodes and their jobs go on), as when Slurm's controller is down."""
+    _stop(conf.parent / "slurmctld.pid")
+
+
+def start_controller(conf: Path) -> None:
+    subprocess.run(["slurmctld", "-f", str(conf)], check=True, env={**os.environ, "SLURM_CONF": str(conf)})
+
+
 def cancel_all(conf: Path) -> None:
     """Cancel every job of the cluster: what one test left must not hold up the next."""
     subprocess.run(["scancel", "--user", "root"], env={**os.environ, "SLURM_CONF": str(conf)}, capture_output=True)

@@ -79,6 +79,10 @@ class SlurmSettings:
     """Slurm partition to run jobs in; empty: no Slurm executor."""
     conf: str = ""
     """The slurm.conf Slurm's commands read (SLURM_CONF); empty: Slurm's own default."""
+    block_cpus: int = 1
+    """CPUs of one block: a Slurm job that runs several runs smaller than a core, each with its share."""
+    block_idle: float = 5.0
+    """Seconds a block waits for more runs once its last has ended, before it gives its CPUs back."""
 
 
 @dataclass

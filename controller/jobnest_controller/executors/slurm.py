@@ -5,8 +5,10 @@ Slurm's nodes share the controller's file system: a run's work dir, its inputs' 
 runner's program folder are paths there, and a small wrapper writes the run's output, its logs
 and its exit code into the work dir (where a restarted controller finds them). A node that does
 not see the work dir ends the job at once, and the run fails saying so. A job is named
-`jobnest-RUN` and asks for the run's cpu share rounded up to whole CPUs (Slurm allocates no less)
-and its memory.
+`jobnest-RUN` and asks for the run's cpu share rounded up to whole CPUs and its memory. Slurm
+allocates no less than a CPU, so runs smaller than a core go to blocks instead (`slurm_block.py`):
+a Slurm job of `block_cpus` CPUs, made when no block has room and ended by itself once idle, that
+runs several of them at once, each with its own cpu share. Runs in a block share its memory.
 
 Slurm is asked about all of this controller's jobs in one `squeue` (with the exit codes of those
 just ended) at most every `POLL` seconds, never once per job; a run whose wrapper has recorded its
@@ -16,10 +18,15 @@ Capacity is one node per partition, from `sinfo`.
 """
 
 import dataclasses
+import json
 import logging
 import math
 import os
+import secrets
+import shlex
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between status queries, whatever the number of jobs
 CAPACITY_EVERY = 30.0  # seconds between `sinfo` queries
+RETRY = 2.0  # seconds between them while Slurm does not answer
+BLOCK = "block:"  # a run's handle when it runs in a block
 NOT_SHARED = 97  # the wrapper's exit code when the node does not see the run's work dir
 # $1: the run's work dir, $2: the attempt, then the program and its arguments.
 WRAPPER = f"""#!/bin/sh
@@ -68,6 +77,11 @@ class SlurmExecutor:
         self._capacity_asked = -math.inf
         self._why = ""
         self._cancel: dict[str, float] = {}  # job id -> when its scancel went
+        self.blocks: dict[str, Block] = {}  # by id
+        self._placed: dict[str, tuple[str, int]] = {}  # run -> (its block, its cpu)
+        self._dropped: set[str] = set()  # runs cancelled before their block started them
+        self._lock = threading.Lock()  # starts run on threads of the reconciler's
+        self._submitted: dict[str, float] = {}  # job id -> when sbatch made it, until a status shows it
         (self.root / "slurm-wrapper.sh").write_text(WRAPPER)
 
     # -- Slurm's commands ---------------------------------------------------------------------
@@ -113,6 +127,8 @@ class SlurmExecutor:
             if int(job_id.split("_")[0]) > int(named.get(name, "0").split("_")[0]):
                 named[name] = job_id
         self._jobs, self._named = jobs, named
+        for block in self.blocks.values():  # one Slurm ended (idle, or cancelled) takes no more runs
+            block.closed = block.closed or jobs.get(block.job_id, ("", "PENDING"))[1] not in LIVE
 
     def _send_cancels(self, now: float) -> None:
         """One `scancel` for every job asked to stop since the last (again after a while for those
@@ -131,12 +147,12 @@ class SlurmExecutor:
 
     def nodes(self) -> list[Node]:
         now = time.monotonic()
-        if now - self._capacity_asked >= CAPACITY_EVERY or not self._nodes:
+        if now - self._capacity_asked >= (CAPACITY_EVERY if self._nodes else RETRY):
             self._capacity_asked = now
             try:
                 self._nodes, self._why = self._capacity(), ""
-            except (Unavailable, JobnestError) as e:
-                self._nodes, self._why = [], f"waiting: Slurm does not answer ({e})"
+            except JobnestError as e:  # Unavailable too: it says Slurm does not answer
+                self._nodes, self._why = [], f"waiting: {e}"
         return [dataclasses.replace(n) for n in self._nodes]  # the scheduler charges what it is given
 
     def _capacity(self) -> list[Node]:
@@ -150,7 +166,7 @@ class SlurmExecutor:
                 cpus += int(node_cpus)
                 memory += int(node_memory.rstrip("+")) * 2**20
         if not cpus:
-            raise JobnestError(f"partition {self.settings.partition!r} has no node that takes jobs")
+            raise JobnestError(f"Slurm partition {self.settings.partition!r} has no node that takes jobs")
         return [Node(self.settings.partition, cpus * 1000, memory)]
 
     def tidy(self) -> None:
@@ -172,32 +188,113 @@ class SlurmExecutor:
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
         env = {**self.env, **launch.env, "JOBNEST_CONTROLLER": launch.controller, "JOBNEST_OUTPUT": str(out)}
-        options = [f"--job-name=jobnest-{launch.run_uuid}", f"--partition={self.settings.partition}",
-                   f"--cpus-per-task={max(1, math.ceil(launch.cpu_millis / 1000))}",
-                   f"--chdir={launch.cwd or launch.program or out}", "--output=/dev/null", "--error=/dev/null",
-                   "--export=ALL", "--parsable"]
+        argv = expand(launch.argv, launch.inputs, str(out))
+        cwd = launch.cwd or launch.program or str(out)
+        if launch.cpu_millis < 1000:
+            ticket = {"argv": argv, "env": env, "cwd": cwd, "workdir": str(workdir), "attempt": launch.attempt,
+                      "cpu_millis": launch.cpu_millis}
+            return Started(pid=0, workdir=str(workdir), cpu_enforced=False,
+                           handle=BLOCK + self._hand_over(launch.run_uuid, ticket))
+        options = [f"--job-name=jobnest-{launch.run_uuid}", f"--cpus-per-task={math.ceil(launch.cpu_millis / 1000)}",
+                   f"--chdir={cwd}", "--output=/dev/null", "--error=/dev/null"]
         if launch.memory:
             options.append(f"--mem={max(1, math.ceil(launch.memory / 2**20))}M")
-        argv = expand(launch.argv, launch.inputs, str(out))
-        job_id = self._slurm("sbatch", *options, str(self.root / "slurm-wrapper.sh"), str(workdir),
-                             str(launch.attempt), *argv, env=env).strip().split(";")[0]
-        self._asked = -math.inf  # ask about it at the next pass
+        job_id = self._sbatch(*options, str(self.root / "slurm-wrapper.sh"), str(workdir), str(launch.attempt), *argv,
+                              env=env)
         return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=job_id)
+
+    def _sbatch(self, *argv: str, env: dict[str, str] | None = None) -> str:
+        job_id = self._slurm("sbatch", "--parsable", "--export=ALL", f"--partition={self.settings.partition}", *argv,
+                             env=env).strip().split(";")[0]
+        self._submitted[job_id] = time.monotonic()  # not in a status older than this
+        return job_id
+
+    # -- blocks: runs smaller than a core, several in one allocation ------------------------------
+
+    def _hand_over(self, run_uuid: str, ticket: dict[str, Any]) -> str:
+        """Put the run in a block with room for it (a new one if none has); returns the block's id."""
+        with self._lock:
+            while True:
+                block = next((b for b in self.blocks.values()
+                              if not b.closed and b.cpu_millis - b.used >= ticket["cpu_millis"]), None) \
+                    or self._new_block()
+                tmp = block.folder / f"{run_uuid}.tmp"
+                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    json.dump(ticket, f)  # it holds the run's token
+                try:
+                    os.rename(tmp, block.folder / "inbox" / f"{run_uuid}.json")
+                except FileNotFoundError:  # the block closed its inbox meanwhile
+                    tmp.unlink()
+                    block.closed = True
+                    continue
+                block.used += ticket["cpu_millis"]
+                self._placed[run_uuid] = (block.id, ticket["cpu_millis"])
+                return block.id
+
+    def _new_block(self) -> "Block":
+        block_id = secrets.token_hex(6)
+        folder = self.root / "blocks" / block_id
+        (folder / "inbox").mkdir(parents=True)
+        agent = [sys.executable, "-m", "jobnest_controller.executors.slurm_block", str(folder),
+                 str(self.settings.block_idle)]
+        job_id = self._sbatch(f"--job-name=jobnest-block-{block_id}", f"--cpus-per-task={self.settings.block_cpus}",
+                              f"--chdir={folder}", f"--output={folder / 'block.log'}", "--wrap", shlex.join(agent))
+        (folder / "job").write_text(job_id)
+        block = self.blocks[block_id] = Block(block_id, folder, job_id, self.settings.block_cpus * 1000)
+        return block
+
+    def _block(self, block_id: str) -> "Block":
+        """A block by id; one made before a restart is read back, closed to new runs."""
+        if block_id not in self.blocks:
+            folder = self.root / "blocks" / block_id
+            self.blocks[block_id] = Block(block_id, folder, _read(folder / "job"), 0, closed=True)
+        return self.blocks[block_id]
+
+    def _release(self, run_uuid: str) -> None:
+        block_id, cpu = self._placed.pop(run_uuid, ("", 0))
+        if block_id in self.blocks:
+            self.blocks[block_id].used -= cpu
+
+    def _poll_in_block(self, run: dict[str, Any], block: "Block") -> Exited | None:
+        if run["uuid"] in self._dropped:
+            self._dropped.discard(run["uuid"])
+            return Exited(None, "cancelled before its block started it")
+        self._refresh(time.monotonic())
+        if not self._answered:
+            return None
+        state = self._jobs.get(block.job_id, ("", "", "", None))[1]
+        if state in LIVE:
+            return None
+        block.closed = True
+        self._release(run["uuid"])
+        if any((block.folder / box / f"{run['uuid']}.json").exists() for box in ("inbox", "closed")):
+            return Exited(None, f"its block (Slurm job {block.job_id}) ended before starting it", started=False)
+        return Exited(None, f"lost: its block (Slurm job {block.job_id}) ended {state or 'unseen'} before the run "
+                            "recorded an exit code")
+
+    # -- the executor interface, continued ------------------------------------------------------
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        handle = run.get("handle") or ""
         code = _read_int(workdir / f"exit_code.{run['attempt']}")
         if code is not None:
-            self._cancel.pop(run.get("handle") or "", None)
+            self._cancel.pop(handle, None)
+            self._release(run["uuid"])
             return Exited(code, f"exit code {code}")
+        if handle.startswith(BLOCK):
+            return self._poll_in_block(run, self._block(handle.removeprefix(BLOCK)))
         self._refresh(time.monotonic())
-        job_id = run.get("handle") or self._named.get(f"jobnest-{run['uuid']}", "")
+        job_id = handle or self._named.get(f"jobnest-{run['uuid']}", "")
         if not self._answered:
             return None  # nothing is known of it until Slurm answers
         if job_id not in self._jobs:
             if not job_id:
                 return Exited(None, "the controller stopped before its Slurm job was submitted", started=False)
+            if self._submitted.get(job_id, -math.inf) >= self._asked:
+                return None  # submitted since Slurm was last asked
             return Exited(None, f"lost: Slurm job {job_id} ended without recording an exit code")
+        self._submitted.pop(job_id, None)
         _, state, reason, status = self._jobs[job_id]
         if state in LIVE:
             return None
@@ -214,7 +311,18 @@ class SlurmExecutor:
         return Exited(None, f"Slurm ended it: {state}" + (f" ({reason})" if reason not in ("None", "") else ""))
 
     def stop(self, run: dict[str, Any], now: float) -> None:
-        job_id = run.get("handle") or self._named.get(f"jobnest-{run['uuid']}", "")
+        handle = run.get("handle") or ""
+        if handle.startswith(BLOCK):
+            block = self._block(handle.removeprefix(BLOCK))
+            try:
+                os.unlink(block.folder / "inbox" / f"{run['uuid']}.json")  # not started yet: it never will
+                self._dropped.add(run["uuid"])
+                self._release(run["uuid"])
+            except FileNotFoundError:
+                workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+                (workdir / f"cancel.{run['attempt']}").touch()  # the block stops it
+            return
+        job_id = handle or self._named.get(f"jobnest-{run['uuid']}", "")
         if job_id:
             self._cancel.setdefault(job_id, 0)
             self._refresh(time.monotonic())
@@ -227,8 +335,25 @@ class SlurmExecutor:
         pass
 
 
+@dataclasses.dataclass
+class Block:
+    id: str
+    folder: Path
+    job_id: str
+    cpu_millis: int
+    used: int = 0  # the cpu of its runs still going
+    closed: bool = False  # takes no more runs
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return int(_read(path))
+    except ValueError:
         return None

@@ -1,0 +1,77 @@
+"""A block: one Slurm allocation that runs several jobnest runs smaller than a core, each with its
+own cpu share (a cgroup, as a local run has, where the node lets the allocation make one), as
+Parsl's blocks and dask-jobqueue's workers do. Slurm allocates whole CPUs: without blocks a
+`cpu=0.25` run would hold a CPU of its own.
+
+    python -m jobnest_controller.executors.slurm_block FOLDER IDLE_SECONDS
+
+The controller hands a run over as a ticket (`FOLDER/inbox/RUN.json`: argv, env, cwd, work dir,
+attempt, cpu), renamed into place whole. The block starts it through the local executor's
+wrapper, so the run's logs, pid and exit code land in its work dir as a local run's do; a
+`cancel.ATTEMPT` file in the work dir stops it (SIGTERM, then SIGKILL; the block then records
+its exit code, 128 + the signal). Idle for IDLE_SECONDS,
+the block closes its inbox (renamed to `closed`: the controller then makes another block), runs
+what arrived meanwhile, and exits once all its runs have ended.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..cgroups import CpuLimiter
+from .local import KILL_GRACE, WRAPPER
+
+TICK = 0.05
+
+
+def serve(folder: Path, idle: float) -> None:
+    inbox, started = folder / "inbox", folder / "started"
+    started.mkdir(exist_ok=True)
+    limiter = CpuLimiter(group="jobnest-block")
+    runs: dict[str, tuple[subprocess.Popen[bytes], dict, float]] = {}  # run -> (process, ticket, when stopped)
+    busy = time.monotonic()
+    open_ = True
+    while open_ or runs or any(inbox.glob("*.json")):
+        for ticket_path in sorted(inbox.glob("*.json")):
+            name = ticket_path.stem
+            ticket = json.loads(ticket_path.read_text())
+            ticket_path.rename(started / ticket_path.name)
+            procs = limiter.create(name, ticket["cpu_millis"])
+            runs[name] = (subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "sh", ticket["workdir"], procs or "", str(ticket["attempt"]),
+                 *ticket["argv"]], cwd=ticket["cwd"], env=ticket["env"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), ticket, 0.0)
+        now = time.monotonic()
+        for name, (proc, ticket, stopped) in list(runs.items()):
+            if proc.poll() is not None and not limiter.members(name):
+                limiter.remove(name)
+                del runs[name]
+                code = Path(ticket["workdir"], f"exit_code.{ticket['attempt']}")
+                if not code.exists():  # killed with its wrapper: how it ended is the block's to say
+                    code.write_text(str(128 - proc.returncode if proc.returncode < 0 else proc.returncode))
+            elif Path(ticket["workdir"], f"cancel.{ticket['attempt']}").exists():
+                sig = signal.SIGKILL if stopped and now - stopped > KILL_GRACE else signal.SIGTERM
+                _kill(proc.pid, sig)
+                limiter.kill(name, sig)
+                runs[name] = (proc, ticket, stopped or now)
+        if runs:
+            busy = now
+        elif open_ and now - busy > idle:
+            inbox.rename(folder / "closed")  # a ticket renamed in from now on fails: it goes elsewhere
+            inbox, open_ = folder / "closed", False
+        time.sleep(TICK)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), float(sys.argv[2]))

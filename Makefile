@@ -37,6 +37,7 @@ images: $(STAMP)
 	bash scripts/images.sh
 
 bench: $(STAMP) images $(SHIM) $(SANDBOX)
+	bash scripts/slurm-install.sh
 	$(PY) bench/run.py
 
 protos: $(STAMP)

@@ -32,7 +32,9 @@ share a GIL and the controller's RSS is its own. Each section has a controller o
   `xargs -P 2` running the same N shell commands. A run that overruns its budget (600 s) is
   recorded as such and cancelled.
 
-It also times the exec-redirection shim's cost on execs it does not redirect (no controller).
+It also times the exec-redirection shim's cost on execs it does not redirect (no controller),
+and on a one-node Slurm cluster (tests/slurm.py) 200 `true` jobs of one core through jobnest
+against `sbatch --array` of the same, and 200 of a quarter core (which go to blocks).
 
 The short timings (single submits, the first runs of the chain, of the fan-out/fan-in and of the
 1000-job map + gather, and their `xargs` floors) are the best of 3 rounds, each of new jobs and
@@ -66,6 +68,9 @@ import sqlalchemy as sa
 import jobnest
 from jobnest_controller.store import Store, runs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import slurm  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789"
 BATCH = 1000
@@ -76,10 +81,10 @@ MAP_ARGV = ["sh", "-c", "echo {item} > {output}/n.txt"]  # the map + gather work
 class ControllerProc:
     """A controller subprocess on a temp home; `stop()` also ends any run process it left behind."""
 
-    def __init__(self, cpu: float | None = None) -> None:
+    def __init__(self, cpu: float | None = None, flags: tuple[str, ...] = ()) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="jobnest-bench-", dir="/tmp"))
         args = [sys.executable, "-m", "jobnest_controller", "--home", str(self.home),
-                "--listen", "127.0.0.1:0"]
+                "--listen", "127.0.0.1:0", *flags]
         if cpu is not None:
             args += ["--cpu", str(cpu)]
         self.log = open(self.home / "controller.log", "wb")
@@ -445,6 +450,48 @@ def bench_docker(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
+def bench_slurm(n: int, rows: list, notes: list) -> None:
+    """n whole-core `true` jobs through jobnest on a one-node Slurm cluster, against `sbatch
+    --array` of the same straight to Slurm; and n quarter-core ones, which go to blocks."""
+    with slurm.cluster() as conf:
+        env = {**os.environ, "SLURM_CONF": str(conf)}
+
+        def slurm_alone() -> None:
+            array = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}", "--cpus-per-task=1",
+                                    "--output=/dev/null", "--wrap", "true"], env=env, check=True, capture_output=True,
+                                   text=True).stdout.strip()
+            while True:
+                states = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array, "-o", "%T"], env=env,
+                                        capture_output=True, text=True).stdout.split()
+                if len(states) == n and all(state == "COMPLETED" for state in states):
+                    return
+                time.sleep(0.1)
+
+        ctl = ControllerProc(flags=("--docker", "none", "--slurm-partition", slurm.PARTITION, "--slurm-conf",
+                                    str(conf)))
+        try:
+            client = ctl.client()
+            client.submit(["true"], executor="slurm", cpu=1, reuse=False).wait(timeout=60)  # Slurm's first is slow
+
+            def through_jobnest(cpu: float) -> None:
+                jobs = client.map(["true"], range(n), cpu=cpu, executor="slurm", reuse=False)
+                client.wait([j.uuid for j in jobs], timeout=600)
+                assert {j.state for j in jobs} == {"succeeded"}
+
+            theirs = timed(slurm_alone)
+            whole = timed(lambda: through_jobnest(1))
+            quarter = timed(lambda: through_jobnest(0.25))
+        finally:
+            ctl.stop()
+    cpus = os.cpu_count()
+    rows.append((f"Slurm: {n} whole-core jobs vs `sbatch --array` of the same, ratio", whole / theirs, "<= 1.2x",
+                 whole / theirs <= 1.2))
+    rows.append((f"Slurm: {n} quarter-core jobs (in blocks), s", quarter, "(info)", None))
+    notes.append(f"Slurm ({cpus} CPUs, one node, on this machine): {n} `true` jobs of cpu=1 through jobnest drained "
+                 f"in {whole:.1f} s; `sbatch --array=0-{n - 1} --wrap true` straight to Slurm in {theirs:.1f} s; the "
+                 f"same {n} at cpu=0.25, packed into blocks, in {quarter:.1f} s.")
+
+
 def bench_workflows(n: int, rows: list, notes: list) -> None:
     """A chain of n jobs (each waits on the one before) and a fan-out of n with one fan-in job, each
     run once and then again fully reused, against the same commands through `xargs -P 2`."""
@@ -659,6 +706,7 @@ def main() -> None:
                         ("workflows", lambda: bench_workflows(1000 // k, rows, notes)),
                         ("map + gather", lambda: bench_map_gather(1000 // k, 10000 // k, 600 / k, rows, notes)),
                         ("shim", lambda: bench_shim(1000 // k, rows, notes)),
+                        ("slurm", lambda: bench_slurm(200 // k, rows, notes)),
                         # last: the engine goes on removing its containers for a while, on the same cores
                         ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes))]:
         try:

@@ -11,9 +11,6 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres
 fi
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    echo "installing Slurm and munge"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-fi
+bash "$(dirname "$0")/slurm-install.sh"
 bash "$(dirname "$0")/images.sh"
 bash "$(dirname "$0")/helm.sh"

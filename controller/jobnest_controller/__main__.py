@@ -86,6 +86,10 @@ def _duration(text: str) -> float:
                    "system).")
 @click.option("--slurm-conf", envvar="JOBNEST_SLURM_CONF", default="", show_envvar=True,
               help="The slurm.conf for Slurm's commands (default: Slurm's own, or SLURM_CONF).")
+@click.option("--slurm-block-cpus", type=click.IntRange(min=1), envvar="JOBNEST_SLURM_BLOCK_CPUS", default=1,
+              show_envvar=True, help="CPUs of a block, the Slurm job that runs several runs smaller than a core.")
+@click.option("--slurm-block-idle", type=click.FloatRange(min=0), envvar="JOBNEST_SLURM_BLOCK_IDLE", default=5.0,
+              show_envvar=True, help="Seconds an idle block waits for more runs before it gives its CPUs back.")
 @click.option("--retention", envvar="JOBNEST_RETENTION", default="", show_envvar=True,
               help="Remove finished work nothing needs once older than this (12h, 30d), at start and hourly; "
                    "default: keep it until `jobnest gc`.")
@@ -96,7 +100,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
          cpu: float | None, memory: int | None, no_sandbox: bool, no_cgroups: bool, docker: tuple[str, ...], default_executor: str,
          max_upload: int, k8s_namespace: str, k8s_kubeconfig: str, k8s_pvc: str, k8s_service_account: str,
          k8s_node_selector: str, k8s_cpu_quota: float, k8s_memory_quota: int, slurm_partition: str,
-         slurm_conf: str, retention: str, idle_timeout: float) -> None:
+         slurm_conf: str, slurm_block_cpus: int, slurm_block_idle: float, retention: str,
+         idle_timeout: float) -> None:
     """Serve the jobnest controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = NodeSettings(cgroups=not no_cgroups, sandbox=not no_sandbox)
@@ -124,7 +129,8 @@ def main(home: str, socket: str, listen: str, advertise: str, admin_token_file: 
                                                          advertise=advertise),
                         mount_roots=[r for item in mount_roots for r in item.split(",") if r],
                         store=StoreSettings(store_url), node=node, kubernetes=kubernetes,
-                        slurm=SlurmSettings(partition=slurm_partition, conf=slurm_conf), idle_timeout=idle_timeout,
+                        slurm=SlurmSettings(partition=slurm_partition, conf=slurm_conf, block_cpus=slurm_block_cpus,
+                                            block_idle=slurm_block_idle), idle_timeout=idle_timeout,
                         default_executor=default_executor, max_upload=max_upload, retention=_duration(retention),
                         docker=[e for item in docker for e in item.split(",") if e and e != "none"] if docker else ["auto"])
     Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from jobnest_controller.app import Controller
 from jobnest_controller.settings import NodeSettings, ServerSettings, Settings, SlurmSettings, StoreSettings
 
 from . import postgres, slurm
+from . import registry as registry_server
 
 ADMIN = "test-admin-token-0123456789"
 ENGINE = "unix:///var/run/docker.sock"
@@ -74,6 +75,16 @@ def remove_containers(home: Path) -> None:
                            capture_output=True, text=True).stdout.split()
     if found:
         subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[str]:
+    """A throwaway image registry on 127.0.0.1 for this test session (its host:port)."""
+    try:
+        with registry_server.serve() as address:
+            yield address
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ removed by that label afterwards.
 """
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.store import jobs as jobs_table
+from jobnest_controller.store import runs as runs_table
 
 from .conftest import (ADMIN, BUSYBOX, ENGINE, JOBNEST_IMAGE, Running, make_settings, remove_containers,
                        require_engine, wait_for)
@@ -465,3 +467,55 @@ def test_a_runner_in_a_container_writes_beside_its_program(docker_running: Runni
     job = client.submit_program(program, executor="docker", image=JOBNEST_IMAGE, cpu=0.1)
     assert job.wait(timeout=120).state == "succeeded", job.logs(stream="stderr")
     assert job.logs() == "kept beside me\n"
+
+
+def _push(registry: str, source: str, name: str) -> str:
+    """Push the local image `source` as `registry/name`, leave no local tag of it; returns its digest."""
+    target = f"{registry}/{name}"
+    subprocess.run(["docker", "tag", source, target], check=True, capture_output=True)
+    pushed = subprocess.run(["docker", "push", target], check=True, capture_output=True, text=True).stdout
+    digest = next(word for word in pushed.split() if word.startswith("sha256:"))
+    subprocess.run(["docker", "rmi", target], check=True, capture_output=True)
+    subprocess.run(["docker", "rmi", f"{target.rsplit(':', 1)[0]}@{digest}"], capture_output=True)  # a pull's
+    return digest
+
+
+def _image_of(running: Running, job: jobnest.Job) -> str:
+    """The image the job's run ran, as the controller recorded it."""
+    with running.store.engine.connect() as conn:
+        spec = conn.execute(sa.select(runs_table.c.spec).where(runs_table.c.uuid == job.info.run_uuid)).scalar_one()
+    return json.loads(spec)["image_id"]
+
+
+def test_an_image_no_node_has_is_pulled_from_its_registry_by_digest(docker_running: Running, registry: str,
+                                                                    tmp_path: Path) -> None:
+    client = docker_running.client()
+    digest = _push(registry, BUSYBOX, "jobnest/pulled:1")
+    job = in_docker(client, ["echo", "pulled"], image=f"{registry}/jobnest/pulled:1", cpu=0.1).wait(timeout=120)
+    assert job.state == "succeeded" and job.logs() == "pulled\n", job.info.reason
+    assert _image_of(docker_running, job) == f"{registry}/jobnest/pulled@{digest}"  # the digest it ran
+    again = in_docker(client, ["echo", "pulled"], image=f"{registry}/jobnest/pulled:1", cpu=0.1).wait(timeout=60)
+    assert again.reused  # pulled now, it means the same content
+    # The tag moves to other content in the registry: the same spec is not that run any more.
+    (tmp_path / "Dockerfile").write_text(f"FROM {BUSYBOX}\nLABEL jobnest.test=retagged\n")
+    subprocess.run(["docker", "build", "-q", "-t", "jobnest-test/retagged", str(tmp_path)], check=True,
+                   capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    moved = _push(registry, "jobnest-test/retagged", "jobnest/pulled:1")
+    retagged = in_docker(client, ["echo", "pulled"], image=f"{registry}/jobnest/pulled:1", cpu=0.1).wait(timeout=120)
+    assert retagged.state == "succeeded" and not retagged.reused
+    assert moved != digest and _image_of(docker_running, retagged) == f"{registry}/jobnest/pulled@{moved}"
+    assert client.why(retagged.uuid)["differing"] == ["image"]
+    for image in ("jobnest-test/retagged", *(f"{registry}/jobnest/pulled@{d}" for d in (digest, moved))):
+        subprocess.run(["docker", "rmi", image], capture_output=True)  # what this test pulled and built
+
+
+def test_an_image_its_registry_lacks_is_refused_and_nothing_stored(docker_running: Running, registry: str) -> None:
+    client = docker_running.client()
+    try:
+        in_docker(client, ["true"], image=f"{registry}/jobnest/never-pushed:1")
+    except jobnest.InvalidSpec as e:
+        assert e.field == "jobs[0].image" and "is on no docker node, and its registry says" in str(e), e
+        assert "manifest unknown" in str(e)
+    else:
+        raise AssertionError("an image nobody has was accepted")
+    assert list(client.list()) == []

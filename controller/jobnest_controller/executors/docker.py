@@ -7,7 +7,9 @@ labels naming the run and the controller, the run's output dir at /jobnest/out, 
 /jobnest/program, and the jobs' socket at /run/jobnest/jobs.sock. Its stdout and stderr are
 copied into the run's work dir as they come, so `jobnest logs -f` reads them as it does a local
 run's. A restarted controller finds its containers again by id (or by label, for one it was
-starting) and learns how they ended.
+starting) and learns how they ended. An image no node has comes from its registry, named by
+the digest the registry gives for it at submit (`resolve_image`), and pulled by each node the
+first time a run needs it there.
 """
 
 import logging
@@ -125,7 +127,7 @@ class DockerExecutor:
             if node in self._down and time.monotonic() - self._down[node][1] < RETRY_DOWN:
                 continue
             try:
-                found[node] = str(self._client(node).images.get(image).id)
+                found[node] = _content_id(self._client(node).images.get(image), image)
             except self._docker.errors.ImageNotFound:
                 missing.append(node)
             except self._docker.errors.APIError as e:
@@ -140,13 +142,43 @@ class DockerExecutor:
             if image in self._seen_images:
                 return self._seen_images[image]
             raise Unavailable(f"no docker node answers, so image {image!r} cannot be found", field="image")
-        if missing:  # the scheduler may place a run on any node, so every node needs it
+        if missing:  # the scheduler may place a run on any node, so every node needs it: from its registry
             where = "is on no docker node" if not found else f"is missing on docker node {', '.join(missing)}"
-            raise InvalidSpec(f"{image!r} {where} (build or load it there; nothing is pulled)")
+            try:
+                pinned = f"{_repository(image)}@{self._client(missing[0]).images.get_registry_data(image).id}"
+            except self._docker.errors.APIError as e:
+                raise InvalidSpec(f"{image!r} {where}, and its registry says: {e.explanation}") from None
+            except Exception as e:  # the engine went away meanwhile
+                self._failed(missing[0], e)
+                raise Unavailable(f"docker node {missing[0]} is unreachable: {e}", field="image") from e
+            self._seen_images[image] = pinned  # each node pulls it by digest as a run needs it there
+            return pinned
         if len(set(found.values())) > 1:
             raise InvalidSpec(f"{image!r} names different content on different docker nodes")
         self._seen_images[image] = next(iter(found.values()))
         return self._seen_images[image]
+
+    def _pull(self, node: str, image: str) -> None:
+        """Pull an image named by digest (as `resolve_image` names one from a registry) that the node
+        lacks; a pull refused fails the run with the registry's words."""
+        if "@" not in image:
+            return
+        client = self._client(node)
+        try:
+            client.images.get(image)
+            return
+        except self._docker.errors.ImageNotFound:
+            pass
+        except Exception as e:
+            self._failed(node, e)
+            raise Unavailable(f"docker node {node} is unreachable: {e}") from e
+        try:
+            client.images.pull(image)
+        except self._docker.errors.APIError as e:
+            raise JobnestError(f"could not pull {image}: {e.explanation}") from None
+        except Exception as e:
+            self._failed(node, e)
+            raise Unavailable(f"docker node {node} is unreachable: {e}") from e
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -174,6 +206,7 @@ class DockerExecutor:
             env["JOBNEST_CONTROLLER"] = f"unix://{JOBS_SOCKET}"
         mounts = [self._docker.types.Mount(target, source, type="bind", read_only=mode == "ro")
                   for source, target, mode in binds]
+        self._pull(launch.node, launch.image)
         try:
             container = self._client(launch.node).containers.create(
                 launch.image, command=expand(launch.argv, seen, OUTPUT), environment=env,
@@ -338,3 +371,18 @@ class DockerExecutor:
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}
+
+
+def _repository(image: str) -> str:
+    """`image` without its tag or digest: `host:5000/team/tool:1.2` -> `host:5000/team/tool`."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def _content_id(found: Any, image: str) -> str:
+    """What the signature names for an image a node has: its registry digest (`repo@sha256:...`)
+    when it came from the registry `image` names, so a pulled image means the same as one still to
+    pull; else its image id."""
+    repository = _repository(image)
+    return next((d for d in found.attrs.get("RepoDigests") or [] if d.split("@", 1)[0] == repository), str(found.id))

@@ -27,10 +27,11 @@ SlurmctldPidFile={base}/slurmctld.pid
 SlurmdPidFile={base}/slurmd.pid
 SlurmctldLogFile={base}/slurmctld.log
 SlurmdLogFile={base}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
 SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={base}/jobcomp.txt
@@ -41,6 +42,13 @@ MpiDefault=none
 ReturnToService=2
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+CGROUP_CONF = """\
+CgroupPlugin=cgroup/v1
+ConstrainCores=yes
+ConstrainRAMSpace=yes
 """
 
 
@@ -67,6 +75,7 @@ def cluster(cpus: int | None = None) -> Iterator[Path]:
     for folder in ("state", "spool"):
         (base / folder).mkdir()
     conf = base / "slurm.conf"
+    (base / "cgroup.conf").write_text(CGROUP_CONF)  # memory enforced: a job over --mem ends OUT_OF_MEMORY
     conf.write_text(CONF.format(host=socket.gethostname(), ctld_port=_free_port(), d_port=_free_port(), base=base,
                                 cpus=cpus or os.cpu_count() or 1, memory=_memory_mib(),
                                 partition=PARTITION))
@@ -83,6 +92,11 @@ def cluster(cpus: int | None = None) -> Iterator[Path]:
         if started_munge:
             _stop(Path("/run/munge/munged.pid"))
         shutil.rmtree(base, ignore_errors=True)
+        for left in Path("/sys/fs/cgroup").glob("*/slurm*"):  # what the cgroup plugins leave
+            for folder in sorted(left.rglob("*"), reverse=True) + [left]:
+                if folder.is_dir():
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
 
 
 def stop_controller(conf: Path) -> None:

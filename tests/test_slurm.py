@@ -130,3 +130,16 @@ def test_a_runner_on_slurm_nests_slurm_jobs(slurm_running: Running) -> None:
     jobs = list(slurm_running.client().list(subtree=runner))
     assert len(jobs) == 6 and {j.executor for j in jobs} == {"slurm"} and {j.state for j in jobs} == {"succeeded"}
     assert "call-chr1" in done.stdout and "└─✔ call-chr2" in done.stdout  # the tree shows the nest
+
+
+def test_a_run_over_its_memory_is_out_of_memory_and_retried_with_more(slurm_running: Running) -> None:
+    """Slurm enforces `--mem` (cgroups, as the test cluster is set up): the run's reason says out
+    of memory, and `memory_on_oom` gives the next attempt more."""
+    client = slurm_running.client()
+    grab = ["python3", "-c", "import os\nsize = int(os.environ['MIB']) * 2**20\nx = bytearray(size)\n"
+                             "x[::4096] = b'x' * (size // 4096)\nprint('held', len(x) // 2**20)"]
+    job = client.submit(grab, cpu=1, memory="150Mi", memory_on_oom=3.0, retries=1, env={"MIB": "300"},
+                        executor="slurm").wait(timeout=120)
+    assert job.state == "succeeded", job.info.reason
+    assert [a["reason"] for a in job.info.attempts] == ["out of memory", "exit code 0"]
+    assert [a["memory"] for a in job.info.attempts] == [150 * 2**20, 450 * 2**20] and job.logs() == "held 300\n"

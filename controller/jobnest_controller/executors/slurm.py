@@ -44,13 +44,20 @@ CAPACITY_EVERY = 30.0  # seconds between `sinfo` queries
 RETRY = 2.0  # seconds between them while Slurm does not answer
 BLOCK = "block:"  # a run's handle when it runs in a block
 NOT_SHARED = 97  # the wrapper's exit code when the node does not see the run's work dir
-# $1: the run's work dir, $2: the attempt, then the program and its arguments.
+# $1: the run's work dir, $2: the attempt, then the program and its arguments. A program killed
+# while its memory cgroup (Slurm's, for the job) counts an OOM kill ran out of memory: "oom".
 WRAPPER = f"""#!/bin/sh
 w="$1"; a="$2"; shift 2
 [ -d "$w" ] || exit {NOT_SHARED}
 exec >>"$w/stdout.log" 2>>"$w/stderr.log"
 echo $$ >"$w/pid.$a"
-"$@"; code=$?; echo $code >"$w/exit_code.$a"; exit $code
+"$@"; code=$?
+if [ $code -gt 128 ]; then
+  v1=$(sed -n 's/^[0-9]*:memory:\\(..*\\)$/\\1/p' /proc/self/cgroup); v2=$(sed -n 's/^0::\\(..*\\)$/\\1/p' /proc/self/cgroup)
+  {{ [ -n "$v1" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup/memory$v1/memory.oom_control"; }} ||
+    {{ [ -n "$v2" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup$v2/memory.events"; }} && code=oom
+fi
+echo $code >"$w/exit_code.$a"; [ $code = oom ] && exit 137; exit $code
 """
 LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED",
         "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
@@ -277,11 +284,11 @@ class SlurmExecutor:
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         handle = run.get("handle") or ""
-        code = _read_int(workdir / f"exit_code.{run['attempt']}")
-        if code is not None:
+        said = _read(workdir / f"exit_code.{run['attempt']}")
+        if said:
             self._cancel.pop(handle, None)
             self._release(run["uuid"])
-            return Exited(code, f"exit code {code}")
+            return Exited(None, "out of memory") if said == "oom" else Exited(int(said), f"exit code {said}")
         if handle.startswith(BLOCK):
             return self._poll_in_block(run, self._block(handle.removeprefix(BLOCK)))
         self._refresh(time.monotonic())
@@ -352,8 +359,3 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(_read(path))
-    except ValueError:
-        return None

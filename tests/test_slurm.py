@@ -35,10 +35,21 @@ def test_four_quarter_core_runs_share_one_cpu_each_with_its_share(slurm_running:
 
 def test_a_whole_core_run_is_a_slurm_job_of_its_own(slurm_running: Running) -> None:
     client = slurm_running.client()
-    job = client.submit(["sh", "-c", "echo $SLURM_JOB_NAME $SLURM_CPUS_PER_TASK; echo oops >&2; exit 3"], cpu=1.5,
+    job = client.submit(["sh", "-c", "echo $SLURM_CPUS_PER_TASK $JOBNEST_RUN; pwd; echo oops >&2; exit 3"], cpu=1.5,
                         executor="slurm").wait(timeout=60)
     assert job.state == "failed" and job.exit_code == 3 and job.info.reason == "exit code 3: oops"
-    assert job.logs() == f"jobnest-{job.info.run_uuid} 2\n"  # its cpu share, rounded up to whole CPUs
+    # its cpu share rounded up to whole CPUs, its own variables and folder
+    assert job.logs() == f"2 {job.info.run_uuid}\n{job.info.output_dir}\n"
+
+
+def test_whole_core_runs_started_together_go_as_one_job_array(slurm_running: Running) -> None:
+    client = slurm_running.client()
+    executor = slurm_running.controller.executors["slurm"]
+    jobs = client.map(["sh", "-c", "echo {item} $SLURM_ARRAY_TASK_ID"], range(2), cpu=1, executor="slurm")
+    client.wait([j.uuid for j in jobs], timeout=60)
+    assert [j.state for j in jobs] == ["succeeded"] * 2
+    tasks = {int(client.job(j.uuid).logs().split()[1]) for j in jobs}
+    assert tasks == {0, 1} and executor.submits == 1  # one sbatch for both, a task each
 
 
 def test_status_is_one_query_per_pass_whatever_the_number_of_jobs(slurm_running: Running) -> None:

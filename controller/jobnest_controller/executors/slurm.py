@@ -4,9 +4,10 @@ scancel, sinfo), as Snakemake, Nextflow and Parsl drive it.
 Slurm's nodes share the controller's file system: a run's work dir, its inputs' trees and a
 runner's program folder are paths there, and a small wrapper writes the run's output, its logs
 and its exit code into the work dir (where a restarted controller finds them). A node that does
-not see the work dir ends the job at once, and the run fails saying so. A job is named
-`jobnest-RUN` and asks for the run's cpu share rounded up to whole CPUs and its memory. Slurm
-allocates no less than a CPU, so runs smaller than a core go to blocks instead (`slurm_block.py`):
+not see the work dir ends the job at once, and the run fails saying so. A run of whole cores is
+a task of a job array, which gathers the runs of the same cpu (rounded up to whole CPUs) and
+memory that start at the same time: one `sbatch` for them all. Slurm allocates no less than a
+CPU, so runs smaller than a core go to blocks instead (`slurm_block.py`):
 a Slurm job of `block_cpus` CPUs, made when no block has room and ended by itself once idle, that
 runs several of them at once, each with its own cpu share. Runs in a block share its memory.
 
@@ -40,6 +41,7 @@ from .base import Exited, Launch, Started, expand
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between status queries, whatever the number of jobs
+GATHER = 0.01  # seconds a start waits for the others of its pass to join its job array
 CAPACITY_EVERY = 30.0  # seconds between `sinfo` queries
 RETRY = 2.0  # seconds between them while Slurm does not answer
 BLOCK = "block:"  # a run's handle when it runs in a block
@@ -75,9 +77,8 @@ class SlurmExecutor:
         self.settings = settings
         self.env = {**os.environ, **({"SLURM_CONF": settings.conf} if settings.conf else {})}
         self.notify = lambda: None
-        self.queries = 0  # status queries (squeue) made, for the tests and the bench
-        self._jobs: dict[str, tuple[str, str, str, int | None]] = {}  # job id -> (name, state, reason, exit)
-        self._named: dict[str, str] = {}  # job name -> its newest job id
+        self.queries = self.submits = 0  # status queries (squeue) and sbatch calls made: for the tests
+        self._jobs: dict[str, tuple[str, str, int | None]] = {}  # job id (JOB_INDEX) -> (state, reason, status)
         self._asked = -math.inf  # when the last status query ran (monotonic); -inf: never
         self._answered = False  # whether it answered
         self._nodes: list[Node] = []
@@ -88,7 +89,8 @@ class SlurmExecutor:
         self._placed: dict[str, tuple[str, int]] = {}  # run -> (its block, its cpu)
         self._dropped: set[str] = set()  # runs cancelled before their block started them
         self._lock = threading.Lock()  # starts run on threads of the reconciler's
-        self._submitted: dict[str, float] = {}  # job id -> when sbatch made it, until a status shows it
+        self._submitted: dict[str, float] = {}  # job id -> when sbatch made it (a status after shows it)
+        self._gathering: dict[tuple[int, int], Array] = {}  # (cpus, MiB) -> the array being gathered
         (self.root / "slurm-wrapper.sh").write_text(WRAPPER)
 
     # -- Slurm's commands ---------------------------------------------------------------------
@@ -116,26 +118,25 @@ class SlurmExecutor:
         self._send_cancels(now)
         self.queries += 1
         try:
-            out = self._slurm("squeue", "--me", "--noheader", "--states=all",
-                              "--Format=JobID:|,Name:|,State:|,Reason:|,exit_code:|")
+            out = self._slurm("squeue", "--me", "--noheader", "--states=all", "--array",
+                              "--Format=JobArrayID:|,Name:|,State:|,Reason:|,exit_code:|")
         except (Unavailable, JobnestError) as e:
             if self._answered:
                 log.warning("Slurm's status is unknown for now: %s", e)
             self._answered = False
             return
         self._answered = True
-        jobs, named = {}, {}
+        jobs = {}
         for line in out.splitlines():
             fields = line.split("|")
             if len(fields) < 5 or not fields[1].startswith("jobnest-"):
                 continue
-            job_id, name, state, reason, status = (f.strip() for f in fields[:5])
-            jobs[job_id] = (name, state.split()[0], reason, int(status) if status.isdigit() else None)
-            if int(job_id.split("_")[0]) > int(named.get(name, "0").split("_")[0]):
-                named[name] = job_id
-        self._jobs, self._named = jobs, named
+            job_id, _, state, reason, status = (f.strip() for f in fields[:5])
+            jobs[job_id] = (state.split()[0], reason, int(status) if status.isdigit() else None)
+        self._jobs = jobs
+        self._submitted = {job: at for job, at in self._submitted.items() if at > now - 60}  # shown by now
         for block in self.blocks.values():  # one Slurm ended (idle, or cancelled) takes no more runs
-            block.closed = block.closed or jobs.get(block.job_id, ("", "PENDING"))[1] not in LIVE
+            block.closed = block.closed or jobs.get(block.job_id, ("PENDING",))[0] not in LIVE
 
     def _send_cancels(self, now: float) -> None:
         """One `scancel` for every job asked to stop since the last (again after a while for those
@@ -202,17 +203,51 @@ class SlurmExecutor:
                       "cpu_millis": launch.cpu_millis}
             return Started(pid=0, workdir=str(workdir), cpu_enforced=False,
                            handle=BLOCK + self._hand_over(launch.run_uuid, ticket))
-        options = [f"--job-name=jobnest-{launch.run_uuid}", f"--cpus-per-task={math.ceil(launch.cpu_millis / 1000)}",
-                   f"--chdir={cwd}", "--output=/dev/null", "--error=/dev/null"]
-        if launch.memory:
-            options.append(f"--mem={max(1, math.ceil(launch.memory / 2**20))}M")
-        job_id = self._sbatch(*options, str(self.root / "slurm-wrapper.sh"), str(workdir), str(launch.attempt), *argv,
-                              env=env)
-        return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=job_id)
+        ticket = {"argv": argv, "env": env, "cwd": cwd, "workdir": str(workdir), "attempt": launch.attempt}
+        shape = (math.ceil(launch.cpu_millis / 1000), math.ceil(launch.memory / 2**20))
+        return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=self._in_array(shape, ticket))
 
-    def _sbatch(self, *argv: str, env: dict[str, str] | None = None) -> str:
-        job_id = self._slurm("sbatch", "--parsable", "--export=ALL", f"--partition={self.settings.partition}", *argv,
-                             env=env).strip().split(";")[0]
+    def _in_array(self, shape: tuple[int, int], ticket: dict[str, Any]) -> str:
+        """Submit a run of whole cores; those that start at the same time with the same cpu and
+        memory go as one job array. Returns the task's id (`JOB_INDEX`)."""
+        with self._lock:
+            array = self._gathering.get(shape)
+            leader = array is None
+            if array is None:
+                array = self._gathering[shape] = Array()
+            index = len(array.tickets)
+            array.tickets.append(ticket)
+        if leader:
+            time.sleep(GATHER)  # the other starts of this pass join it
+            with self._lock:
+                del self._gathering[shape]
+            try:
+                array.job_id = self._submit_array(shape, array.tickets)
+            except Exception as e:  # every run of it fails (or waits) the same way
+                array.error = e
+            array.done.set()
+        array.done.wait()
+        if array.error is not None:
+            raise array.error
+        return f"{array.job_id}_{index}"
+
+    def _submit_array(self, shape: tuple[int, int], tickets: list[dict[str, Any]]) -> str:
+        folder = self.root / "arrays" / secrets.token_hex(6)
+        folder.mkdir(parents=True)
+        for index, ticket in enumerate(tickets):
+            with open(os.open(folder / f"{index}.json", os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                json.dump(ticket, f)  # it holds the run's token
+        task = [sys.executable, "-m", "jobnest_controller.executors.slurm_block", "--task", str(folder),
+                str(self.root / "slurm-wrapper.sh")]
+        cpus, memory = shape
+        return self._sbatch(f"--job-name=jobnest-array-{folder.name}", f"--array=0-{len(tickets) - 1}",
+                            f"--cpus-per-task={cpus}", *([f"--mem={memory}M"] if memory else []), f"--chdir={folder}",
+                            "--output=/dev/null", "--error=/dev/null", "--wrap", shlex.join(task))
+
+    def _sbatch(self, *argv: str) -> str:
+        self.submits += 1
+        job_id = self._slurm("sbatch", "--parsable", "--export=ALL", f"--partition={self.settings.partition}",
+                             *argv).strip().split(";")[0]
         self._submitted[job_id] = time.monotonic()  # not in a status older than this
         return job_id
 
@@ -269,7 +304,7 @@ class SlurmExecutor:
         self._refresh(time.monotonic())
         if not self._answered:
             return None
-        state = self._jobs.get(block.job_id, ("", "", "", None))[1]
+        state = self._jobs.get(block.job_id, ("", "", None))[0]
         if state in LIVE:
             return None
         block.closed = True
@@ -292,17 +327,16 @@ class SlurmExecutor:
         if handle.startswith(BLOCK):
             return self._poll_in_block(run, self._block(handle.removeprefix(BLOCK)))
         self._refresh(time.monotonic())
-        job_id = handle or self._named.get(f"jobnest-{run['uuid']}", "")
+        job_id = handle
         if not self._answered:
             return None  # nothing is known of it until Slurm answers
         if job_id not in self._jobs:
             if not job_id:
                 return Exited(None, "the controller stopped before its Slurm job was submitted", started=False)
-            if self._submitted.get(job_id, -math.inf) >= self._asked:
+            if self._submitted.get(job_id.split("_")[0], -math.inf) >= self._asked:
                 return None  # submitted since Slurm was last asked
             return Exited(None, f"lost: Slurm job {job_id} ended without recording an exit code")
-        self._submitted.pop(job_id, None)
-        _, state, reason, status = self._jobs[job_id]
+        state, reason, status = self._jobs[job_id]
         if state in LIVE:
             return None
         self._cancel.pop(job_id, None)
@@ -329,9 +363,8 @@ class SlurmExecutor:
                 workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
                 (workdir / f"cancel.{run['attempt']}").touch()  # the block stops it
             return
-        job_id = handle or self._named.get(f"jobnest-{run['uuid']}", "")
-        if job_id:
-            self._cancel.setdefault(job_id, 0)
+        if handle:
+            self._cancel.setdefault(handle, 0)
             self._refresh(time.monotonic())
 
     def log_paths(self, run: dict[str, Any]) -> dict[str, str]:
@@ -340,6 +373,15 @@ class SlurmExecutor:
 
     def close(self) -> None:
         pass
+
+
+@dataclasses.dataclass
+class Array:
+    """Whole-core runs gathered into one `sbatch --array`, and how its submit went."""
+    tickets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    job_id: str = ""
+    error: Exception | None = None
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ Parsl's blocks and dask-jobqueue's workers do. Slurm allocates whole CPUs: witho
 `cpu=0.25` run would hold a CPU of its own.
 
     python -m jobnest_controller.executors.slurm_block FOLDER IDLE_SECONDS
+    python -m jobnest_controller.executors.slurm_block --task FOLDER WRAPPER    (a job array's task)
 
 The controller hands a run over as a ticket (`FOLDER/inbox/RUN.json`: argv, env, cwd, work dir,
 attempt, cpu), renamed into place whole. The block starts it through the local executor's
@@ -73,5 +74,18 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-if __name__ == "__main__":
-    serve(Path(sys.argv[1]), float(sys.argv[2]))
+def task(folder: Path, wrapper: str) -> None:
+    """One task of a job array (whole-core runs started together): its ticket, `folder/INDEX.json`,
+    run through the Slurm executor's wrapper in its own folder and environment."""
+    ticket = json.loads((folder / f"{os.environ['SLURM_ARRAY_TASK_ID']}.json").read_text())
+    slurm = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
+    os.chdir(ticket["cwd"])
+    os.execve("/bin/sh", ["/bin/sh", wrapper, ticket["workdir"], str(ticket["attempt"]), *ticket["argv"]],
+              {**ticket["env"], **slurm})
+
+
+if __name__ == "__main__":  # FOLDER IDLE_SECONDS (a block), or --task FOLDER WRAPPER (an array's task)
+    if sys.argv[1] == "--task":
+        task(Path(sys.argv[2]), sys.argv[3])
+    else:
+        serve(Path(sys.argv[1]), float(sys.argv[2]))

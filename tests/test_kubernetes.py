@@ -1,6 +1,7 @@
 """The Kubernetes executor's Pods, checked against the real Kubernetes schemas (no cluster: the
 Pods are built, not run; the emulator tests in test_kubernetes_emulator.py run them)."""
 
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -11,6 +12,8 @@ from jobnest.errors import JobnestError
 from jobnest_controller.executors.base import Launch
 from jobnest_controller.executors.kubernetes import KubernetesExecutor
 from jobnest_controller.settings import KubernetesSettings
+
+from .conftest import require_engine
 
 VERSIONS = ("1.30", "1.35")
 
@@ -80,3 +83,21 @@ def test_an_image_is_required_and_taken_as_given(tmp_path: Path) -> None:
     assert executor.resolve_image("repo/app@sha256:" + "0" * 64) == "repo/app@sha256:" + "0" * 64
     with pytest.raises(JobnestError, match="required"):
         executor.resolve_image("")
+
+
+def test_a_pod_names_the_digest_its_registry_gives(tmp_path: Path, registry: str) -> None:
+    """The tag as the registry has it at submit is what the signature and the Pod name: a tag
+    moved later does not change what a queued run pulls. An image no registry knows (loaded onto
+    the nodes) is used as named."""
+    require_engine()  # to push the image
+    subprocess.run(["docker", "tag", "jobnest/busybox:latest", f"{registry}/jobnest/k8s:1"], check=True)
+    pushed = subprocess.run(["docker", "push", f"{registry}/jobnest/k8s:1"], check=True, capture_output=True,
+                            text=True).stdout
+    subprocess.run(["docker", "rmi", f"{registry}/jobnest/k8s:1"], check=True, capture_output=True)
+    digest = next(word for word in pushed.split() if word.startswith("sha256:"))
+    executor = KubernetesExecutor(str(tmp_path), KubernetesSettings(namespace="jobs"), controller_id="c")
+    image = executor.resolve_image(f"{registry}/jobnest/k8s:1")
+    assert image == f"{registry}/jobnest/k8s@{digest}"
+    [container] = executor.pod(launch(tmp_path, image=image))["spec"]["containers"]
+    assert container["image"] == image
+    assert executor.resolve_image("jobnest/jobnest:latest") == "jobnest/jobnest:latest"

@@ -24,6 +24,7 @@ from typing import Any
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
 from .. import confine
+from ..registry import name_of
 from ..scheduler import THIS_MACHINE, Node
 from .base import Exited, Launch, Started, expand
 
@@ -145,7 +146,7 @@ class DockerExecutor:
         if missing:  # the scheduler may place a run on any node, so every node needs it: from its registry
             where = "is on no docker node" if not found else f"is missing on docker node {', '.join(missing)}"
             try:
-                pinned = f"{_repository(image)}@{self._client(missing[0]).images.get_registry_data(image).id}"
+                pinned = f"{name_of(image)}@{self._client(missing[0]).images.get_registry_data(image).id}"
             except self._docker.errors.APIError as e:
                 raise InvalidSpec(f"{image!r} {where}, and its registry says: {e.explanation}") from None
             except Exception as e:  # the engine went away meanwhile
@@ -373,16 +374,9 @@ class DockerExecutor:
         return {"stdout": str(workdir / "stdout.log"), "stderr": str(workdir / "stderr.log")}
 
 
-def _repository(image: str) -> str:
-    """`image` without its tag or digest: `host:5000/team/tool:1.2` -> `host:5000/team/tool`."""
-    name = image.split("@", 1)[0]
-    head, _, last = name.rpartition("/")
-    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
-
-
 def _content_id(found: Any, image: str) -> str:
     """What the signature names for an image a node has: its registry digest (`repo@sha256:...`)
     when it came from the registry `image` names, so a pulled image means the same as one still to
     pull; else its image id."""
-    repository = _repository(image)
+    repository = name_of(image)
     return next((d for d in found.attrs.get("RepoDigests") or [] if d.split("@", 1)[0] == repository), str(found.id))

@@ -24,6 +24,7 @@ from typing import Any
 
 from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 
+from .. import registry
 from ..scheduler import Node
 from ..settings import KubernetesSettings
 from .base import Exited, Launch, Started, expand
@@ -34,6 +35,7 @@ CONTROLLER_LABEL = "jobnest.controller"
 OUTPUT = "/jobnest/out"
 INPUTS = "/jobnest/inputs"
 PROGRAM = "/jobnest/program"
+PIN_FOR = 60.0  # seconds an image's registry digest is taken as known
 DATA_VOLUME = "data"
 KILL_GRACE = 5  # seconds a cancelled Pod gets between SIGTERM and SIGKILL
 RETRY_DOWN = 2.0  # seconds before an unreachable API is tried again
@@ -74,6 +76,7 @@ class KubernetesExecutor:
         self._logs: dict[str, threading.Thread] = {}
         self._deleting: set[str] = set()
         self._ended_pods: list[str] = []  # Pods whose end the last pass recorded, to delete
+        self._pins: dict[str, tuple[str, float]] = {}  # image -> (what it names, when asked)
         self.notify: Callable[[], None] = lambda: None
 
     # -- the API -------------------------------------------------------------------------------
@@ -124,10 +127,21 @@ class KubernetesExecutor:
         self._ended_pods = [name for name in self._ended_pods if not self._delete(name)]
 
     def resolve_image(self, image: str) -> str:
-        """The image as given: the cluster pulls it, so a digest (name@sha256:...) pins its content."""
+        """The digest its registry gives for the image now (`name@sha256:...`), which the Pod then
+        names, so the signature and the Pod mean the same content; the name as given where no
+        registry answers (an image loaded onto the nodes, or a registry that wants credentials)."""
         if not image:
             raise InvalidSpec("required by the kubernetes executor")
-        return image
+        known = self._pins.get(image)
+        if known is not None and time.monotonic() - known[1] < PIN_FOR:
+            return known[0]
+        try:
+            found = registry.pinned(image)
+        except (OSError, ValueError, KeyError) as e:
+            log.info("image %s is used as named: its registry does not say what it names (%s)", image, e)
+            found = image
+        self._pins[image] = (found, time.monotonic())
+        return found
 
     def workdir(self, run_uuid: str) -> str:
         return str(self.root / run_uuid)

@@ -45,7 +45,7 @@ class LocalExecutor:
         self.limiter = limiter or CpuLimiter()
         self.sandbox = sandbox
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self.base_env = _base_env()
+        self.base_env = base_env()
         self._stopping: dict[str, float] = {}
         self.notify: Callable[[], None] = lambda: None  # unused: the controller hears SIGCHLD itself
 
@@ -109,7 +109,7 @@ class LocalExecutor:
             # which end with the run, in its process group or (after setsid()) in its cgroup.
             # Until they are gone the run holds its cpu.
             if run["desired"] == "run":
-                _kill_group(pid, signal.SIGKILL)
+                kill_group(pid, signal.SIGKILL)
                 self.limiter.kill(run["uuid"], signal.SIGKILL)
             return None
         self._stopping.pop(run["uuid"], None)
@@ -131,7 +131,7 @@ class LocalExecutor:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
         pid = _pid_of(run, workdir)
         if pid and (pid in self._children or _is_ours(pid, workdir) or _group_alive(pid)):
-            _kill_group(pid, sig)
+            kill_group(pid, sig)
         self.limiter.kill(run["uuid"], sig)  # those that left its process group too
 
     def close(self) -> None:
@@ -150,7 +150,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _kill_group(pgid: int, sig: int) -> None:
+def kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -189,7 +189,7 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _base_env() -> dict[str, str]:
-    """What a local job inherits from the controller's environment: enough to find programs."""
+def base_env() -> dict[str, str]:
+    """What a job inherits from the controller's environment: enough to find programs."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH")
     return {k: os.environ[k] for k in keep if k in os.environ}

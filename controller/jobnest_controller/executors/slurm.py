@@ -37,6 +37,7 @@ from jobnest.errors import InvalidSpec, JobnestError, Unavailable
 from ..scheduler import Node
 from ..settings import SlurmSettings
 from .base import Exited, Launch, Started, expand
+from .local import base_env
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class SlurmExecutor:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        self.env = {**os.environ, **({"SLURM_CONF": settings.conf} if settings.conf else {})}
+        self.env = {**os.environ, **({"SLURM_CONF": settings.conf} if settings.conf else {})}  # Slurm's commands
+        self.base_env = base_env()
         self.notify = lambda: None
         self.queries = self.submits = 0  # status queries (squeue) and sbatch calls made: for the tests
         self._jobs: dict[str, tuple[str, str, int | None]] = {}  # job id (JOB_INDEX) -> (state, reason, status)
@@ -95,11 +97,11 @@ class SlurmExecutor:
 
     # -- Slurm's commands ---------------------------------------------------------------------
 
-    def _slurm(self, *argv: str, env: dict[str, str] | None = None) -> str:
+    def _slurm(self, *argv: str) -> str:
         """Run a Slurm command; Unavailable when the controller does not answer, JobnestError when
         it refuses."""
         try:
-            done = subprocess.run(argv, env=env or self.env, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise Unavailable(f"Slurm's {argv[0]} did not run: {e}") from e
         if done.returncode:
@@ -169,7 +171,7 @@ class SlurmExecutor:
                           "--format=%N|%c|%m|%t")
         cpus = memory = 0
         for line in sorted(set(out.splitlines())):
-            name, node_cpus, node_memory, state = line.split("|")
+            _, node_cpus, node_memory, state = line.split("|")
             if state.rstrip("*~#!%$@^-") in ("idle", "mix", "alloc", "comp", "resv", "plnd"):
                 cpus += int(node_cpus)
                 memory += int(node_memory.rstrip("+")) * 2**20
@@ -195,17 +197,16 @@ class SlurmExecutor:
         workdir = Path(self.workdir(launch.run_uuid))
         out = workdir / "out"
         out.mkdir(parents=True, exist_ok=True)
-        env = {**self.env, **launch.env, "JOBNEST_CONTROLLER": launch.controller, "JOBNEST_OUTPUT": str(out)}
-        argv = expand(launch.argv, launch.inputs, str(out))
-        cwd = launch.cwd or launch.program or str(out)
+        # What it runs, in a block or as a task of an array: the variables a local run gets.
+        ticket = {"argv": expand(launch.argv, launch.inputs, str(out)), "cwd": launch.cwd or launch.program or str(out),
+                  "env": {**self.base_env, **launch.env, "JOBNEST_CONTROLLER": launch.controller,
+                          "JOBNEST_OUTPUT": str(out)},
+                  "workdir": str(workdir), "attempt": launch.attempt, "cpu_millis": launch.cpu_millis}
         if launch.cpu_millis < 1000:
-            ticket = {"argv": argv, "env": env, "cwd": cwd, "workdir": str(workdir), "attempt": launch.attempt,
-                      "cpu_millis": launch.cpu_millis}
-            return Started(pid=0, workdir=str(workdir), cpu_enforced=False,
-                           handle=BLOCK + self._hand_over(launch.run_uuid, ticket))
-        ticket = {"argv": argv, "env": env, "cwd": cwd, "workdir": str(workdir), "attempt": launch.attempt}
-        shape = (math.ceil(launch.cpu_millis / 1000), math.ceil(launch.memory / 2**20))
-        return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=self._in_array(shape, ticket))
+            handle = BLOCK + self._hand_over(launch.run_uuid, ticket)
+        else:
+            handle = self._in_array((math.ceil(launch.cpu_millis / 1000), math.ceil(launch.memory / 2**20)), ticket)
+        return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=handle)
 
     def _in_array(self, shape: tuple[int, int], ticket: dict[str, Any]) -> str:
         """Submit a run of whole cores; those that start at the same time with the same cpu and

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ..cgroups import CpuLimiter
-from .local import KILL_GRACE, WRAPPER
+from .local import KILL_GRACE, WRAPPER, kill_group
 
 TICK = 0.05
 
@@ -56,7 +56,7 @@ def serve(folder: Path, idle: float) -> None:
                     code.write_text(str(128 - proc.returncode if proc.returncode < 0 else proc.returncode))
             elif Path(ticket["workdir"], f"cancel.{ticket['attempt']}").exists():
                 sig = signal.SIGKILL if stopped and now - stopped > KILL_GRACE else signal.SIGTERM
-                _kill(proc.pid, sig)
+                kill_group(proc.pid, sig)
                 limiter.kill(name, sig)
                 runs[name] = (proc, ticket, stopped or now)
         if runs:
@@ -65,13 +65,6 @@ def serve(folder: Path, idle: float) -> None:
             inbox.rename(folder / "closed")  # a ticket renamed in from now on fails: it goes elsewhere
             inbox, open_ = folder / "closed", False
         time.sleep(TICK)
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def task(folder: Path, wrapper: str) -> None:

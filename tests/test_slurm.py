@@ -154,3 +154,13 @@ def test_a_run_over_its_memory_is_out_of_memory_and_retried_with_more(slurm_runn
     assert job.state == "succeeded", job.info.reason
     assert [a["reason"] for a in job.info.attempts] == ["out of memory", "exit code 0"]
     assert [a["memory"] for a in job.info.attempts] == [150 * 2**20, 450 * 2**20] and job.logs() == "held 300\n"
+
+
+def test_a_run_its_block_cannot_start_fails_saying_why_and_the_block_goes_on(slurm_running: Running,
+                                                                             tmp_path: Path) -> None:
+    client = slurm_running.client()
+    nowhere = client.submit(["true"], cwd=str(tmp_path / "gone"), cpu=0.25, executor="slurm").wait(timeout=60)
+    assert nowhere.state == "failed" and "its block could not start it" in nowhere.info.reason
+    assert "gone" in nowhere.info.reason
+    fine = client.submit(["echo", "fine"], cpu=0.25, executor="slurm").wait(timeout=60)
+    assert fine.state == "succeeded" and fine.logs() == "fine\n"

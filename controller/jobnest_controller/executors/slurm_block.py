@@ -42,10 +42,16 @@ def serve(folder: Path, idle: float) -> None:
             ticket = json.loads(ticket_path.read_text())
             ticket_path.rename(started / ticket_path.name)
             procs = limiter.create(name, ticket["cpu_millis"])
-            runs[name] = (subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "sh", ticket["workdir"], procs or "", str(ticket["attempt"]),
-                 *ticket["argv"]], cwd=ticket["cwd"], env=ticket["env"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), ticket, 0.0)
+            try:
+                runs[name] = (subprocess.Popen(
+                    ["/bin/sh", "-c", WRAPPER, "sh", ticket["workdir"], procs or "", str(ticket["attempt"]),
+                     *ticket["argv"]], cwd=ticket["cwd"], env=ticket["env"], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), ticket, 0.0)
+            except OSError as e:  # its folder is not on this node, say: the run fails, the block goes on
+                limiter.remove(name)
+                with open(Path(ticket["workdir"], "stderr.log"), "a") as log:
+                    print(f"jobnest: its block could not start it: {e}", file=log)
+                Path(ticket["workdir"], f"exit_code.{ticket['attempt']}").write_text("126")
         now = time.monotonic()
         for name, (proc, ticket, stopped) in list(runs.items()):
             if proc.poll() is not None and not limiter.members(name):

@@ -164,3 +164,16 @@ def test_a_run_its_block_cannot_start_fails_saying_why_and_the_block_goes_on(slu
     assert "gone" in nowhere.info.reason
     fine = client.submit(["echo", "fine"], cpu=0.25, executor="slurm").wait(timeout=60)
     assert fine.state == "succeeded" and fine.logs() == "fine\n"
+
+
+def test_a_block_just_submitted_is_not_taken_for_one_that_ended(slurm_running: Running) -> None:
+    """Before, a status asked just before a new block's sbatch did not list it, and the run in it
+    was taken back and handed to yet another block, again and again."""
+    client = slurm_running.client()
+    executor = slurm_running.controller.executors["slurm"]
+    before = executor.submits
+    whole = client.submit(["sh", "-c", "sleep 2"], cpu=1, executor="slurm", reuse=False)
+    part = client.submit(["sh", "-c", "sleep 2; echo in a block"], cpu=0.5, executor="slurm", reuse=False)
+    assert part.wait(timeout=60).state == "succeeded" and part.logs() == "in a block\n"
+    assert whole.wait(timeout=60).state == "succeeded"
+    assert executor.submits - before == 2, f"{executor.submits - before} sbatch calls for an array task and a block"

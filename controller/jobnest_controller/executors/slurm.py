@@ -305,6 +305,8 @@ class SlurmExecutor:
         self._refresh(time.monotonic())
         if not self._answered:
             return None
+        if block.job_id not in self._jobs and self._submitted.get(block.job_id, -math.inf) >= self._asked:
+            return None  # submitted since Slurm was last asked
         state = self._jobs.get(block.job_id, ("", "", None))[0]
         if state in LIVE:
             return None

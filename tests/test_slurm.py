@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 import jobnest
 from jobnest_controller.app import Controller
 from jobnest_controller.executors.slurm import POLL
+from jobnest_controller.store import runs
 
 from . import slurm
 from .conftest import ADMIN, Running, slurm_settings, wait_for
@@ -75,22 +78,27 @@ def test_an_image_is_refused_on_slurm(slurm_running: Running) -> None:
 
 
 def test_runs_go_on_across_a_controller_restart(tmp_path: Path, slurm_conf: Path) -> None:
-    """Slurm jobs and blocks outlive the controller; the next one finds how they ended."""
+    """Slurm jobs and blocks outlive the controller; the next one finds how they ended, a job
+    whose start it never stored too (by the handle the executor left in its work dir)."""
     settings = slurm_settings(tmp_path / "home", slurm_conf)
     first = Controller(settings)
     first.start()
     client = Running(first).client()
-    script = 'sleep 3; echo "$1 done"; exit {code}'
+    script = 'sleep 6; echo "$1 done"; exit {code}'
     whole = client.submit(["sh", "-c", script.format(code=4), "sh", "whole"], cpu=1, executor="slurm")
     part = client.submit(["sh", "-c", script.format(code=0), "sh", "part"], cpu=0.5, executor="slurm")
     wait_for(lambda: all(Path(client.get(j.uuid).output_dir).parent.joinpath("pid.1").exists() for j in (whole, part)),
              timeout=60)
+    run_uuid = client.get(whole.uuid).run_uuid
     first.stop(grace=0)
+    with sa.create_engine(settings.store.url).begin() as conn:  # as if killed before it stored that start
+        conn.execute(sa.update(runs).where(runs.c.uuid == run_uuid).values(handle=""))
     second = Controller(settings)
     second.start()
     try:
         client = Running(second).client()
         assert client.job(whole.uuid).wait(timeout=60).info.exit_code == 4
+        assert second.executors["slurm"].submits == 0  # neither was submitted again
         assert client.job(part.uuid).wait(timeout=60).state == "succeeded"
         assert client.job(part.uuid).logs() == "part done\n"
     finally:

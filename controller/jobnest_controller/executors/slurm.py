@@ -206,6 +206,7 @@ class SlurmExecutor:
             handle = BLOCK + self._hand_over(launch.run_uuid, ticket)
         else:
             handle = self._in_array((math.ceil(launch.cpu_millis / 1000), math.ceil(launch.memory / 2**20)), ticket)
+        (workdir / "handle").write_text(handle)  # for a controller killed before it stored the start
         return Started(pid=0, workdir=str(workdir), cpu_enforced=False, handle=handle)
 
     def _in_array(self, shape: tuple[int, int], ticket: dict[str, Any]) -> str:
@@ -321,7 +322,7 @@ class SlurmExecutor:
 
     def poll(self, run: dict[str, Any]) -> Exited | None:
         workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
-        handle = run.get("handle") or ""
+        handle = run.get("handle") or _read(workdir / "handle")  # the file: a start the store missed
         said = _read(workdir / f"exit_code.{run['attempt']}")
         if said:
             self._cancel.pop(handle, None)
@@ -355,7 +356,8 @@ class SlurmExecutor:
         return Exited(None, f"Slurm ended it: {state}" + (f" ({reason})" if reason not in ("None", "") else ""))
 
     def stop(self, run: dict[str, Any], now: float) -> None:
-        handle = run.get("handle") or ""
+        workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
+        handle = run.get("handle") or _read(workdir / "handle")
         if handle.startswith(BLOCK):
             block = self._block(handle.removeprefix(BLOCK))
             try:
@@ -363,7 +365,6 @@ class SlurmExecutor:
                 self._dropped.add(run["uuid"])
                 self._release(run["uuid"])
             except FileNotFoundError:
-                workdir = Path(run["workdir"] or self.workdir(run["uuid"]))
                 (workdir / f"cancel.{run['attempt']}").touch()  # the block stops it
             return
         if handle:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real controller on a real port, and a throwaway PostgreSQL."""
+"""Shared fixtures: a real controller on a real port, a throwaway PostgreSQL, a one-node Slurm
+cluster and an image registry."""
 
 import subprocess
 import time

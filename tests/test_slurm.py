@@ -34,6 +34,10 @@ def test_four_quarter_core_runs_share_one_cpu_each_with_its_share(slurm_running:
     assert len(slurm_running.controller.executors["slurm"].blocks) == 1  # in one Slurm job of one CPU
     shares = [float(client.job(j.uuid).logs()) for j in jobs]
     assert all(0.15 <= share <= 0.35 for share in shares), f"0.25 shares used {shares} of a core"
+    [first] = slurm_running.controller.executors["slurm"].blocks
+    time.sleep(slurm_running.controller.settings.slurm.block_idle + 1)  # it gives its CPU back
+    assert client.submit(["true"], cpu=0.25, executor="slurm").wait(timeout=60).state == "succeeded"
+    assert first not in slurm_running.controller.executors["slurm"].blocks  # ended and empty: forgotten
 
 
 def test_a_whole_core_run_is_a_slurm_job_of_its_own(slurm_running: Running) -> None:

@@ -139,6 +139,8 @@ class SlurmExecutor:
         self._submitted = {job: at for job, at in self._submitted.items() if at > now - 60}  # shown by now
         for block in self.blocks.values():  # one Slurm ended (idle, or cancelled) takes no more runs
             block.closed = block.closed or jobs.get(block.job_id, ("PENDING",))[0] not in LIVE
+        # A closed block with no run left is forgotten (`_block` reads one back from its folder).
+        self.blocks = {i: b for i, b in self.blocks.items() if not (b.closed and b.used <= 0)}
 
     def _send_cancels(self, now: float) -> None:
         """One `scancel` for every job asked to stop since the last (again after a while for those
@@ -237,8 +239,7 @@ class SlurmExecutor:
         folder = self.root / "arrays" / secrets.token_hex(6)
         folder.mkdir(parents=True)
         for index, ticket in enumerate(tickets):
-            with open(os.open(folder / f"{index}.json", os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-                json.dump(ticket, f)  # it holds the run's token
+            _write_ticket(folder / f"{index}.json", ticket)
         task = [sys.executable, "-m", "jobnest_controller.executors.slurm_block", "--task", str(folder),
                 str(self.root / "slurm-wrapper.sh")]
         cpus, memory = shape
@@ -263,8 +264,7 @@ class SlurmExecutor:
                               if not b.closed and b.cpu_millis - b.used >= ticket["cpu_millis"]), None) \
                     or self._new_block()
                 tmp = block.folder / f"{run_uuid}.tmp"
-                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                    json.dump(ticket, f)  # it holds the run's token
+                _write_ticket(tmp, ticket)
                 try:
                     os.rename(tmp, block.folder / "inbox" / f"{run_uuid}.json")
                 except FileNotFoundError:  # the block closed its inbox meanwhile
@@ -396,6 +396,12 @@ class Block:
     cpu_millis: int
     used: int = 0  # the cpu of its runs still going
     closed: bool = False  # takes no more runs
+
+
+def _write_ticket(path: Path, ticket: dict[str, Any]) -> None:
+    """A run's ticket, readable by this user only: it holds the run's token."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(ticket, f)
 
 
 def _read(path: Path) -> str:

@@ -108,6 +108,17 @@ def start_controller(conf: Path) -> None:
     subprocess.run(["slurmctld", "-f", str(conf)], check=True, env={**os.environ, "SLURM_CONF": str(conf)})
 
 
+@contextlib.contextmanager
+def partition_down(conf: Path) -> Iterator[None]:
+    """The test partition takes jobs but starts none while the block runs."""
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    subprocess.run(["scontrol", "update", f"PartitionName={PARTITION}", "State=DOWN"], check=True, env=env)
+    try:
+        yield
+    finally:
+        subprocess.run(["scontrol", "update", f"PartitionName={PARTITION}", "State=UP"], check=True, env=env)
+
+
 def cancel_all(conf: Path) -> None:
     """Cancel every job of the cluster: what one test left must not hold up the next."""
     subprocess.run(["scancel", "--user", "root"], env={**os.environ, "SLURM_CONF": str(conf)}, capture_output=True)

@@ -4,6 +4,7 @@ with their own shares, one status query per pass, a controller restart, Slurm do
 and a runner whose nest runs on Slurm. The executor contract tests (`where`) run here too."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -176,6 +177,27 @@ def test_a_run_its_block_cannot_start_fails_saying_why_and_the_block_goes_on(slu
     assert "gone" in nowhere.info.reason
     fine = client.submit(["echo", "fine"], cpu=0.25, executor="slurm").wait(timeout=60)
     assert fine.state == "succeeded" and fine.logs() == "fine\n"
+
+
+def test_a_node_that_does_not_see_the_shared_folders_fails_the_run_saying_so(slurm_running: Running,
+                                                                           slurm_conf: Path) -> None:
+    """Slurm's nodes must share the controller's file system. A node that does not see a job's
+    folder (here: removed while Slurm held the job) ends it at once, and the run fails saying so."""
+    client = slurm_running.client()
+    root = slurm_running.controller.executors["slurm"].root
+    with slurm.partition_down(slurm_conf):
+        whole = client.submit(["echo", "whole"], cpu=1, executor="slurm")
+        part = client.submit(["echo", "part"], cpu=0.25, executor="slurm")
+        wait_for(lambda: all(Path(client.get(j.uuid).output_dir).parent.joinpath("handle").exists()
+                             for j in (whole, part)), timeout=30)
+        for folder in ("arrays", "blocks"):
+            shutil.rmtree(root / folder)
+    for job in (whole, part):
+        assert job.wait(timeout=60).state == "failed"
+        assert "Slurm's node does not see" in job.info.reason and "share the controller's file system" \
+            in job.info.reason, job.info.reason
+    again = client.submit(["echo", "seen"], cpu=0.25, executor="slurm").wait(timeout=60)
+    assert again.state == "succeeded" and again.logs() == "seen\n"
 
 
 def test_a_block_just_submitted_is_not_taken_for_one_that_ended(slurm_running: Running) -> None:

@@ -38,6 +38,7 @@ from ..scheduler import Node
 from ..settings import SlurmSettings
 from .base import Exited, Launch, Started, expand
 from .local import base_env
+from .slurm_block import NOT_SHARED
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,10 @@ GATHER = 0.01  # seconds a start waits for the others of its pass to join its jo
 CAPACITY_EVERY = 30.0  # seconds between `sinfo` queries
 RETRY = 2.0  # seconds between them while Slurm does not answer
 BLOCK = "block:"  # a run's handle when it runs in a block
-NOT_SHARED = 97  # the wrapper's exit code when the node does not see the run's work dir
 # $1: the run's work dir, $2: the attempt, then the program and its arguments. A program killed
 # while its memory cgroup (Slurm's, for the job) counts an OOM kill ran out of memory: "oom".
 WRAPPER = f"""#!/bin/sh
 w="$1"; a="$2"; shift 2
-[ -d "$w" ] || exit {NOT_SHARED}
 exec >>"$w/stdout.log" 2>>"$w/stderr.log"
 echo $$ >"$w/pid.$a"
 "$@"; code=$?
@@ -243,14 +242,17 @@ class SlurmExecutor:
         task = [sys.executable, "-m", "jobnest_controller.executors.slurm_block", "--task", str(folder),
                 str(self.root / "slurm-wrapper.sh")]
         cpus, memory = shape
-        return self._sbatch(f"--job-name=jobnest-array-{folder.name}", f"--array=0-{len(tickets) - 1}",
-                            f"--cpus-per-task={cpus}", *([f"--mem={memory}M"] if memory else []), f"--chdir={folder}",
-                            "--output=/dev/null", "--error=/dev/null", "--wrap", shlex.join(task))
+        return self._sbatch(folder, task, f"--job-name=jobnest-array-{folder.name}", f"--array=0-{len(tickets) - 1}",
+                            f"--cpus-per-task={cpus}", *([f"--mem={memory}M"] if memory else []))
 
-    def _sbatch(self, *argv: str) -> str:
+    def _sbatch(self, folder: Path, command: list[str], *argv: str, log: str = "/dev/null") -> str:
+        """Submit `command` to run in `folder` with its output to `log` there; on a node that does
+        not see the folder it ends at once (NOT_SHARED). Slurm itself would hold such a job."""
         self.submits += 1
+        wrap = f"[ -d {shlex.quote(str(folder))} ] || exit {NOT_SHARED}; exec {shlex.join(command)} >>{log} 2>&1"
         job_id = self._slurm("sbatch", "--parsable", "--export=ALL", f"--partition={self.settings.partition}",
-                             *argv).strip().split(";")[0]
+                             f"--chdir={folder}", "--output=/dev/null", "--error=/dev/null", *argv,
+                             "--wrap", wrap).strip().split(";")[0]
         self._submitted[job_id] = time.monotonic()  # not in a status older than this
         return job_id
 
@@ -281,8 +283,8 @@ class SlurmExecutor:
         (folder / "inbox").mkdir(parents=True)
         agent = [sys.executable, "-m", "jobnest_controller.executors.slurm_block", str(folder),
                  str(self.settings.block_idle)]
-        job_id = self._sbatch(f"--job-name=jobnest-block-{block_id}", f"--cpus-per-task={self.settings.block_cpus}",
-                              f"--chdir={folder}", f"--output={folder / 'block.log'}", "--wrap", shlex.join(agent))
+        job_id = self._sbatch(folder, agent, f"--job-name=jobnest-block-{block_id}",
+                              f"--cpus-per-task={self.settings.block_cpus}", log="block.log")
         (folder / "job").write_text(job_id)
         block = self.blocks[block_id] = Block(block_id, folder, job_id, self.settings.block_cpus * 1000)
         return block
@@ -308,11 +310,13 @@ class SlurmExecutor:
             return None
         if block.job_id not in self._jobs and self._submitted.get(block.job_id, -math.inf) >= self._asked:
             return None  # submitted since Slurm was last asked
-        state = self._jobs.get(block.job_id, ("", "", None))[0]
+        state, _, status = self._jobs.get(block.job_id, ("", "", None))
         if state in LIVE:
             return None
         block.closed = True
         self._release(run["uuid"])
+        if status is not None and status >> 8 == NOT_SHARED:
+            return _not_shared(block.folder)
         if any((block.folder / box / f"{run['uuid']}.json").exists() for box in ("inbox", "closed")):
             return Exited(None, f"its block (Slurm job {block.job_id}) ended before starting it", started=False)
         return Exited(None, f"lost: its block (Slurm job {block.job_id}) ended {state or 'unseen'} before the run "
@@ -347,8 +351,7 @@ class SlurmExecutor:
         if state == "OUT_OF_MEMORY":
             return Exited(None, "out of memory")
         if status is not None and status >> 8 == NOT_SHARED:
-            return Exited(None, f"Slurm's node does not see {workdir}: its nodes must share the controller's "
-                                "file system")
+            return _not_shared(workdir)
         if state == "CANCELLED":
             return Exited(None, "cancelled in Slurm" + (f" ({reason})" if reason not in ("None", "") else ""))
         if status is not None and status & 0x7F:
@@ -402,6 +405,10 @@ def _write_ticket(path: Path, ticket: dict[str, Any]) -> None:
     """A run's ticket, readable by this user only: it holds the run's token."""
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(ticket, f)
+
+
+def _not_shared(path: Path) -> Exited:
+    return Exited(None, f"Slurm's node does not see {path}: its nodes must share the controller's file system")
 
 
 def _read(path: Path) -> str:

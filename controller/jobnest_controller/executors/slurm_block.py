@@ -27,6 +27,7 @@ from ..cgroups import CpuLimiter
 from .local import KILL_GRACE, WRAPPER, kill_group
 
 TICK = 0.05
+NOT_SHARED = 97  # the exit code of a block or task whose node does not see the folder it was given
 
 
 def serve(folder: Path, idle: float) -> None:
@@ -78,6 +79,8 @@ def task(folder: Path, wrapper: str) -> None:
     run through the Slurm executor's wrapper in its own folder and environment."""
     ticket = json.loads((folder / f"{os.environ['SLURM_ARRAY_TASK_ID']}.json").read_text())
     slurm = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
+    if not os.path.isdir(ticket["workdir"]):
+        sys.exit(NOT_SHARED)
     os.chdir(ticket["cwd"])
     os.execve("/bin/sh", ["/bin/sh", wrapper, ticket["workdir"], str(ticket["attempt"]), *ticket["argv"]],
               {**ticket["env"], **slurm})

@@ -200,6 +200,21 @@ def test_a_node_that_does_not_see_the_shared_folders_fails_the_run_saying_so(slu
     assert again.state == "succeeded" and again.logs() == "seen\n"
 
 
+def test_the_folders_of_ended_arrays_and_blocks_go(slurm_running: Running) -> None:
+    """Their tickets hold the runs' tokens: they must not pile up for the controller's life."""
+    client = slurm_running.client()
+    executor = slurm_running.controller.executors["slurm"]
+    for job in (client.submit(["echo", "whole"], cpu=1, executor="slurm"),
+                client.submit(["echo", "part"], cpu=0.25, executor="slurm")):
+        assert job.wait(timeout=60).state == "succeeded"
+    old = [*executor.root.glob("arrays/*"), *executor.root.glob("blocks/*")]
+    assert len(old) == 2
+    deadline = time.monotonic() + 60
+    while any(folder.exists() for folder in old):  # they go at the ends of later runs
+        assert time.monotonic() < deadline, f"still there: {[f for f in old if f.exists()]}"
+        assert client.submit(["true"], cpu=1, executor="slurm", reuse=False).wait(timeout=60).state == "succeeded"
+
+
 def test_a_block_just_submitted_is_not_taken_for_one_that_ended(slurm_running: Running) -> None:
     """Before, a status asked just before a new block's sbatch did not list it, and the run in it
     was taken back and handed to yet another block, again and again."""

@@ -25,6 +25,7 @@ import math
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -49,15 +50,15 @@ RETRY = 2.0  # seconds between them while Slurm does not answer
 BLOCK = "block:"  # a run's handle when it runs in a block
 # $1: the run's work dir, $2: the attempt, then the program and its arguments. A program killed
 # while its memory cgroup (Slurm's, for the job) counts an OOM kill ran out of memory: "oom".
-WRAPPER = f"""#!/bin/sh
+WRAPPER = """#!/bin/sh
 w="$1"; a="$2"; shift 2
 exec >>"$w/stdout.log" 2>>"$w/stderr.log"
 echo $$ >"$w/pid.$a"
 "$@"; code=$?
 if [ $code -gt 128 ]; then
   v1=$(sed -n 's/^[0-9]*:memory:\\(..*\\)$/\\1/p' /proc/self/cgroup); v2=$(sed -n 's/^0::\\(..*\\)$/\\1/p' /proc/self/cgroup)
-  {{ [ -n "$v1" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup/memory$v1/memory.oom_control"; }} ||
-    {{ [ -n "$v2" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup$v2/memory.events"; }} && code=oom
+  { [ -n "$v1" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup/memory$v1/memory.oom_control"; } ||
+    { [ -n "$v2" ] && grep -qs '^oom_kill [1-9]' "/sys/fs/cgroup$v2/memory.events"; } && code=oom
 fi
 echo $code >"$w/exit_code.$a"; [ $code = oom ] && exit 137; exit $code
 """
@@ -92,6 +93,7 @@ class SlurmExecutor:
         self._lock = threading.Lock()  # starts run on threads of the reconciler's
         self._submitted: dict[str, float] = {}  # job id -> when sbatch made it (a status after shows it)
         self._gathering: dict[tuple[int, int], Array] = {}  # (cpus, MiB) -> the array being gathered
+        self._ended: dict[str, float] = {}  # job id -> when `tidy` first saw it ended
         (self.root / "slurm-wrapper.sh").write_text(WRAPPER)
 
     # -- Slurm's commands ---------------------------------------------------------------------
@@ -181,7 +183,24 @@ class SlurmExecutor:
         return [Node(self.settings.partition, cpus * 1000, memory)]
 
     def tidy(self) -> None:
-        pass
+        """Remove the folders of arrays and blocks (their tickets hold the runs' tokens) whose
+        Slurm job was seen ended over two status queries ago: their runs have been told by then."""
+        now = time.monotonic()
+        self._refresh(now)
+        if not self._answered:
+            return
+        live = {job.split("_")[0] for job, (state, _, _) in self._jobs.items() if state in LIVE}
+        live |= {job for job, at in self._submitted.items() if at >= self._asked}  # not in a status yet
+        ended = {}
+        for folder in [*self.root.glob("arrays/*"), *self.root.glob("blocks/*")]:
+            job_id = _read(folder / "job")
+            if not job_id or job_id in live or folder.name in self.blocks:
+                continue
+            ended[job_id] = seen = self._ended.get(job_id, now)
+            if now - seen > 2 * POLL:
+                shutil.rmtree(folder, ignore_errors=True)
+                del ended[job_id]
+        self._ended = ended
 
     def why_no_nodes(self) -> str:
         return self._why or f"waiting: Slurm partition {self.settings.partition!r} has no capacity"
@@ -254,6 +273,7 @@ class SlurmExecutor:
                              f"--chdir={folder}", "--output=/dev/null", "--error=/dev/null", *argv,
                              "--wrap", wrap).strip().split(";")[0]
         self._submitted[job_id] = time.monotonic()  # not in a status older than this
+        (folder / "job").write_text(job_id)  # its folder goes once it ended (`tidy`)
         return job_id
 
     # -- blocks: runs smaller than a core, several in one allocation ------------------------------
@@ -285,7 +305,6 @@ class SlurmExecutor:
                  str(self.settings.block_idle)]
         job_id = self._sbatch(folder, agent, f"--job-name=jobnest-block-{block_id}",
                               f"--cpus-per-task={self.settings.block_cpus}", log="block.log")
-        (folder / "job").write_text(job_id)
         block = self.blocks[block_id] = Block(block_id, folder, job_id, self.settings.block_cpus * 1000)
         return block
 

@@ -204,11 +204,13 @@ def test_the_folders_of_ended_arrays_and_blocks_go(slurm_running: Running) -> No
     """Their tickets hold the runs' tokens: they must not pile up for the controller's life."""
     client = slurm_running.client()
     executor = slurm_running.controller.executors["slurm"]
-    for job in (client.submit(["echo", "whole"], cpu=1, executor="slurm"),
-                client.submit(["echo", "part"], cpu=0.25, executor="slurm")):
-        assert job.wait(timeout=60).state == "succeeded"
+    jobs = [client.submit(["echo", "whole"], cpu=1, executor="slurm"),
+            client.submit(["echo", "part"], cpu=0.25, executor="slurm")]
+    wait_for(lambda: all(Path(client.get(j.uuid).output_dir).parent.joinpath("handle").exists() for j in jobs),
+             timeout=30)
     old = [*executor.root.glob("arrays/*"), *executor.root.glob("blocks/*")]
     assert len(old) == 2
+    assert all(job.wait(timeout=60).state == "succeeded" for job in jobs)
     deadline = time.monotonic() + 60
     while any(folder.exists() for folder in old):  # they go at the ends of later runs
         assert time.monotonic() < deadline, f"still there: {[f for f in old if f.exists()]}"

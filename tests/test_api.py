@@ -475,6 +475,35 @@ def test_logs_follow_streams_until_the_end(running: Running) -> None:
     assert job.state == "succeeded"
 
 
+def test_logs_are_read_from_an_offset_or_the_tail_of_one_stream_at_most_a_limit(running: Running) -> None:
+    client = running.client()
+    job = client.submit(["sh", "-c", "printf 0123456789; printf err >&2"], cpu=0.1).wait(timeout=20)
+    def read(**how: object) -> list[tuple[str, int, bytes]]:
+        return [(c.stream, c.offset, c.data) for c in client.log_chunks(job.uuid, **how)]  # type: ignore[arg-type]
+    assert read(stream="stdout", offset=-4) == [("stdout", 6, b"6789")]
+    assert read(stream="stdout", offset=2, limit=3) == [("stdout", 2, b"234")]
+    assert read(offset=-100) == [("stdout", 0, b"0123456789"), ("stderr", 0, b"err")]
+    assert read(stream="stderr", offset=50) == []
+    with pytest.raises(jobnest.InvalidSpec, match="stream"):
+        read(stream="both")
+    with pytest.raises(jobnest.InvalidSpec, match="limit"):
+        read(follow=True, limit=5)
+
+
+def test_one_watch_follows_several_subtrees_and_sends_each_change_once(running: Running) -> None:
+    client = running.client()
+    first, second, other = (client.submit(["sleep", "30"], cpu=0.1, name=n) for n in ("first", "second", "other"))
+    events = client.watch(subtrees=[first.uuid, second.uuid, first.uuid], timeout=20)
+    initial = [next(events), next(events)]  # the top jobs' states: the watch is on
+    assert {(e.uuid, e.initial) for e in initial} == {(first.uuid, True), (second.uuid, True)}
+    for job in (other, first, second):
+        job.cancel()
+    seen = [(e.uuid, e.state) for e in (next(events), next(events))]
+    assert sorted(seen) == sorted([(first.uuid, "cancelled"), (second.uuid, "cancelled")])
+    with pytest.raises(jobnest.InvalidSpec, match="subtrees"):
+        next(client.watch(subtrees=[first.uuid] * 1001))
+
+
 def test_list_streams_in_chunks_with_filters(running: Running) -> None:
     client = running.client()
     jobs = client.submit_many([client.spec(["sleep", str(30 + i)], cpu=2) for i in range(5)])

@@ -45,6 +45,7 @@ MAX_REQUEST_ID, MAX_REASON = 200, 1000  # characters
 MAX_EXPIRY = 10 * 365 * 86400.0  # seconds a token may be given
 # A server's threads: streams may hold at most MAX_STREAMS of them, so unary calls keep the rest.
 WORKERS, MAX_STREAMS, MAX_STREAMS_PER_CALLER = 256, 192, 64
+MAX_SUBTREES = 1000  # in one Watch
 
 
 class Activity:
@@ -357,8 +358,13 @@ class JobService(pb_grpc.JobServiceServicer):
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
         caller = self.caller(context)
         uuids = [self._scoped(caller, u)[0] for u in request.uuids]
-        subtree = self._scoped(caller, request.subtree)[1] if request.subtree else None
-        if not uuids and subtree is None:
+        if len(request.subtrees) > MAX_SUBTREES:
+            raise InvalidSpec(f"at most {MAX_SUBTREES} in one watch, got {len(request.subtrees)}", field="subtrees")
+        tops = dict(self._scoped(caller, ref) for ref in [request.subtree, *request.subtrees] if ref)
+        # The subtrees' paths, none inside another: an event under one is sent once.
+        paths = sorted(set(tops.values()))
+        paths = tuple(p for i, p in enumerate(paths) if not any(p.startswith(q) for q in paths[:i]))
+        if not uuids and not paths:
             raise InvalidSpec("give job uuids or a subtree to watch", field="uuids")
         events = self.store.bus.subscribe()  # before the snapshot, so no change falls between
         # A job waiting on jobs of its subtree (a runner in wait()) lends them its cpu meanwhile.
@@ -369,18 +375,18 @@ class JobService(pb_grpc.JobServiceServicer):
         try:
             watched = set(uuids)
             open_uuids = set(uuids)  # a watch of uuids ends once they have all ended
-            for uuid in uuids:
+            for uuid in [*uuids, *(u for u in tops if u not in watched)]:  # a subtree's top job too: the watch is on
                 job = job_message(self.store.get_job(uuid), self.waiting)
                 yield _event(uuid, job.state, job.reason, job.exit_code if job.has_exit_code else None, initial=True)
                 if State(job.state).terminal:
                     open_uuids.discard(uuid)
-            while context.is_active() and (open_uuids or subtree is not None):
+            while context.is_active() and (open_uuids or paths):
                 try:
                     batch = events.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 for e in batch:
-                    if e.uuid in watched or (subtree is not None and e.path.startswith(subtree)):
+                    if e.uuid in watched or e.path.startswith(paths):
                         yield _event(e.uuid, e.state, e.reason, e.exit_code)
                         if State(e.state).terminal:
                             open_uuids.discard(e.uuid)
@@ -404,7 +410,13 @@ class JobService(pb_grpc.JobServiceServicer):
     def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
         caller = self.caller(context)
         uuid, _ = self._scoped(caller, request.uuid)
-        offsets = {"stdout": 0, "stderr": 0}
+        if request.stream not in ("", "stdout", "stderr"):
+            raise InvalidSpec(f"must be stdout or stderr, got {request.stream[:40]!r}", field="stream")
+        if request.limit < 0 or (request.limit and request.follow):
+            raise InvalidSpec("must not be negative, nor given with follow", field="limit")
+        streams = [request.stream] if request.stream else ["stdout", "stderr"]
+        offsets: dict[str, int] = {}
+        ends = {stream: request.limit or None for stream in streams}  # bytes left to send
         events = self.store.bus.subscribe() if request.follow else None
         try:
             while context.is_active():
@@ -412,9 +424,13 @@ class JobService(pb_grpc.JobServiceServicer):
                 done = State(run["state"]).terminal
                 executor = self.executors.get(run["executor"])
                 paths = executor.log_paths(run) if executor is not None else {}
-                for stream, path in paths.items():
-                    for data in _read_from(path, offsets, stream):
-                        yield pb.LogChunk(stream=stream, data=data)
+                for stream in streams:
+                    if stream not in paths:
+                        continue
+                    if stream not in offsets:
+                        offsets[stream] = _start(paths[stream], request.offset)
+                    for at, data in _read_from(paths[stream], offsets, stream, ends):
+                        yield pb.LogChunk(stream=stream, data=data, offset=at)
                 if done or not request.follow:
                     return
                 try:
@@ -645,13 +661,27 @@ def list_chunk(rows: Sequence[Any], waiting: Callable[[Sequence[str], Sequence[s
     return chunk
 
 
-def _read_from(path: str, offsets: dict[str, int], stream: str) -> Iterator[bytes]:
+def _start(path: str, offset: int) -> int:
+    """Where a log read begins: `offset`, or for a negative one that many bytes before the end."""
+    if offset >= 0:
+        return offset
+    try:
+        return max(0, os.path.getsize(path) + offset)
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: str, offsets: dict[str, int], stream: str, left: dict[str, int | None]
+               ) -> Iterator[tuple[int, bytes]]:
+    """What `path` holds from `offsets[stream]` on, as (offset, chunk), at most `left[stream]` bytes."""
     try:
         with open(path, "rb") as f:
             f.seek(offsets[stream])
-            while data := f.read(LOG_CHUNK):
+            while left[stream] != 0 and (data := f.read(min(LOG_CHUNK, left[stream] or LOG_CHUNK))):
+                yield offsets[stream], data
                 offsets[stream] += len(data)
-                yield data
+                if left[stream] is not None:
+                    left[stream] -= len(data)
     except FileNotFoundError:
         return
 

@@ -351,8 +351,9 @@ class Client:
             yield from JobInfo.from_chunk(chunk)
 
     def watch(self, *, uuids: builtins.list[str] | None = None, subtree: str = "",
-              timeout: float | None = None) -> Iterator[pb.JobEvent]:
-        return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree), timeout)
+              subtrees: builtins.list[str] | None = None, timeout: float | None = None) -> Iterator[pb.JobEvent]:
+        return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree, subtrees=subtrees or []),
+                            timeout)
 
     def wait(self, uuids: builtins.list[str], timeout: float | None = None) -> None:
         """Block until every job in `uuids` has ended. A wait of more than a second shows its
@@ -372,8 +373,15 @@ class Client:
             shown.close()
 
     def logs(self, uuid: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
-        for chunk in self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow)):
+        for chunk in self.log_chunks(uuid, follow):
             yield chunk.stream, chunk.data
+
+    def log_chunks(self, uuid: str, follow: bool = False, *, stream: str = "", offset: int = 0, limit: int = 0
+                   ) -> Iterator[pb.LogChunk]:
+        """A job's logs from byte `offset` of each stream (negative: that many before its end), at
+        most `limit` bytes of each, or followed until the job ends; each chunk says where it begins."""
+        return self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow, stream=stream, offset=offset,
+                                                   limit=limit))
 
     def cancel(self, uuid: str, reason: str = "") -> builtins.list[str]:
         return builtins.list(self._unary("Cancel", pb.CancelRequest(uuid=uuid, reason=reason)).cancelled)

@@ -242,12 +242,14 @@ class ListChunk(_message.Message):
     def __init__(self, uuid: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., spawned_by_job_uuid: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., reason: _Optional[_Iterable[str]] = ..., run_uuid: _Optional[_Iterable[str]] = ..., reused: _Optional[_Iterable[bool]] = ..., run_origin_job_uuid: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., cpu_millis: _Optional[_Iterable[int]] = ..., memory: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., node: _Optional[_Iterable[str]] = ..., executor: _Optional[_Iterable[str]] = ..., cpu_enforced: _Optional[_Iterable[bool]] = ..., output: _Optional[_Iterable[str]] = ..., run_state: _Optional[_Iterable[str]] = ..., output_dir: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("uuids", "subtree")
+    __slots__ = ("uuids", "subtree", "subtrees")
     UUIDS_FIELD_NUMBER: _ClassVar[int]
     SUBTREE_FIELD_NUMBER: _ClassVar[int]
+    SUBTREES_FIELD_NUMBER: _ClassVar[int]
     uuids: _containers.RepeatedScalarFieldContainer[str]
     subtree: str
-    def __init__(self, uuids: _Optional[_Iterable[str]] = ..., subtree: _Optional[str] = ...) -> None: ...
+    subtrees: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uuids: _Optional[_Iterable[str]] = ..., subtree: _Optional[str] = ..., subtrees: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("uuid", "state", "reason", "exit_code", "has_exit_code", "initial")
@@ -330,20 +332,28 @@ class CancelResponse(_message.Message):
     def __init__(self, cancelled: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("uuid", "follow")
+    __slots__ = ("uuid", "follow", "stream", "offset", "limit")
     UUID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     follow: bool
-    def __init__(self, uuid: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+    stream: str
+    offset: int
+    limit: int
+    def __init__(self, uuid: _Optional[str] = ..., follow: _Optional[bool] = ..., stream: _Optional[str] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("stream", "data")
+    __slots__ = ("stream", "data", "offset")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     stream: str
     data: bytes
-    def __init__(self, stream: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    offset: int
+    def __init__(self, stream: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class WhyRequest(_message.Message):
     __slots__ = ("uuid",)

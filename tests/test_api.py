@@ -504,6 +504,17 @@ def test_one_watch_follows_several_subtrees_and_sends_each_change_once(running: 
         next(client.watch(subtrees=[first.uuid] * 1001))
 
 
+def test_the_event_of_a_new_job_names_its_parent(running: Running) -> None:
+    driver = running.client(driver=True)
+    driver.submit(["true"], cpu=0.1)
+    events = driver.watch(subtrees=[driver.driver.uuid], timeout=20)  # type: ignore[union-attr]
+    assert next(events).initial
+    second = driver.submit(["true"], cpu=0.1)
+    new = next(e for e in events if e.uuid == second.uuid)
+    assert new.spawned_by_job_uuid == driver.driver.uuid  # type: ignore[union-attr]
+    driver.close()
+
+
 def test_list_streams_in_chunks_with_filters(running: Running) -> None:
     client = running.client()
     jobs = client.submit_many([client.spec(["sleep", str(30 + i)], cpu=2) for i in range(5)])

@@ -20,6 +20,7 @@ class JobEvent:
     state: str
     reason: str
     exit_code: int | None
+    parent: str = ""  # on a new job's event: the job that spawned it
 
 
 class RunChanges(NamedTuple):

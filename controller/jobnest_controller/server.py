@@ -387,7 +387,7 @@ class JobService(pb_grpc.JobServiceServicer):
                     continue
                 for e in batch:
                     if e.uuid in watched or e.path.startswith(paths):
-                        yield _event(e.uuid, e.state, e.reason, e.exit_code)
+                        yield _event(e.uuid, e.state, e.reason, e.exit_code, parent=e.parent)
                         if State(e.state).terminal:
                             open_uuids.discard(e.uuid)
         finally:
@@ -604,9 +604,10 @@ class DataService(pb_grpc.DataServiceServicer):
             for path, e in manifest["files"].items()])
 
 
-def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: bool = False) -> pb.JobEvent:
+def _event(uuid: str, state: str, reason: str, exit_code: int | None, initial: bool = False, parent: str = ""
+           ) -> pb.JobEvent:
     return pb.JobEvent(uuid=uuid, state=state, reason=reason, exit_code=exit_code or 0,
-                       has_exit_code=exit_code is not None, initial=initial)
+                       has_exit_code=exit_code is not None, initial=initial, spawned_by_job_uuid=parent)
 
 
 def _login() -> str:

@@ -238,7 +238,8 @@ class Submits:
                              **({"when": spec_of[run["origin_job_uuid"]]["when"]} if run["desired"] == "hold" else {})}
                             for run in run_rows if run["state"] == State.QUEUED.value]  # not drivers
         self._insert_many(tx.conn, jobs, job_rows)
-        tx.events.extend(JobEvent(j["uuid"], j["path"], v["state"], "", None) for j, v in zip(job_rows, views))
+        tx.events.extend(JobEvent(j["uuid"], j["path"], v["state"], "", None, j["spawned_by_job_uuid"] or "")
+                         for j, v in zip(job_rows, views))
         return views, driver_token
 
     def _facts(self: "Store", conn: Connection, uuids: set[str]) -> dict[str, Fact]:

@@ -184,13 +184,8 @@ class Client:
                     raise
                 raise Unavailable(f"the controller at {self.address} did not answer for {RETRY_WINDOW:.0f} s") from None
 
-    def _stream(self, name: str, request: Any, timeout: float | None = None, stub: Any = None) -> Iterator[Any]:
-        call = getattr(stub or self._stub, name)(request, metadata=self._metadata(), timeout=timeout)
-        try:
-            with _errors():
-                yield from call
-        finally:
-            call.cancel()  # a caller that stops reading must not hold the stream open
+    def _stream(self, name: str, request: Any, timeout: float | None = None, stub: Any = None) -> "Stream":
+        return Stream(getattr(stub or self._stub, name)(request, metadata=self._metadata(), timeout=timeout))
 
     def close(self) -> None:
         self.finish()
@@ -351,7 +346,7 @@ class Client:
             yield from JobInfo.from_chunk(chunk)
 
     def watch(self, *, uuids: builtins.list[str] | None = None, subtree: str = "",
-              subtrees: builtins.list[str] | None = None, timeout: float | None = None) -> Iterator[pb.JobEvent]:
+              subtrees: builtins.list[str] | None = None, timeout: float | None = None) -> "Stream":
         return self._stream("Watch", pb.WatchRequest(uuids=uuids or [], subtree=subtree, subtrees=subtrees or []),
                             timeout)
 
@@ -377,7 +372,7 @@ class Client:
             yield chunk.stream, chunk.data
 
     def log_chunks(self, uuid: str, follow: bool = False, *, stream: str = "", offset: int = 0, limit: int = 0
-                   ) -> Iterator[pb.LogChunk]:
+                   ) -> "Stream":
         """A job's logs from byte `offset` of each stream (negative: that many before its end), at
         most `limit` bytes of each, or followed until the job ends; each chunk says where it begins."""
         return self._stream("Logs", pb.LogsRequest(uuid=uuid, follow=follow, stream=stream, offset=offset,
@@ -490,6 +485,30 @@ class Client:
     def download(self, digest: str, dest: str | os.PathLike[str]) -> Path:
         """Fetch stored data (an output or an upload) into the folder `dest`."""
         return lay_out(self.manifest(digest), Path(dest), lambda blob: self.read_blob(blob, digest))
+
+
+class Stream(Iterator[Any]):
+    """The messages of a server stream, which any thread may `cancel()`; one dropped unread is
+    cancelled too, so a caller that stops reading does not hold it open."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as e:
+            if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise from_rpc_error(e) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __del__(self) -> None:
+        self._call.cancel()
 
 
 class Batch:

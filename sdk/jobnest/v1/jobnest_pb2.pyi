@@ -252,20 +252,22 @@ class WatchRequest(_message.Message):
     def __init__(self, uuids: _Optional[_Iterable[str]] = ..., subtree: _Optional[str] = ..., subtrees: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("uuid", "state", "reason", "exit_code", "has_exit_code", "initial")
+    __slots__ = ("uuid", "state", "reason", "exit_code", "has_exit_code", "initial", "spawned_by_job_uuid")
     UUID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_FIELD_NUMBER: _ClassVar[int]
+    SPAWNED_BY_JOB_UUID_FIELD_NUMBER: _ClassVar[int]
     uuid: str
     state: str
     reason: str
     exit_code: int
     has_exit_code: bool
     initial: bool
-    def __init__(self, uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., initial: _Optional[bool] = ...) -> None: ...
+    spawned_by_job_uuid: str
+    def __init__(self, uuid: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., initial: _Optional[bool] = ..., spawned_by_job_uuid: _Optional[str] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("digest", "size", "data")

@@ -323,6 +323,27 @@ def watch(ctx: click.Context, job: str | None, interval: float) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; any but a loopback one asks each visitor to log in with a token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port.")
+@click.option("--login/--no-login", default=None,
+              help="Ask for a token even on a loopback address (default: only elsewhere).")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int, login: bool | None) -> None:
+    """Serve the web monitor: job trees, live, with logs, why and actions."""
+    from .web import loopback, serve
+
+    if login is False and not loopback(host):
+        raise click.BadParameter("on an address other than loopback, visitors must log in", param_hint="--no-login")
+    client = _client(ctx)  # on the local default, starts the controller
+    try:
+        serve(client.address, ctx.obj["token"], host, port, login,
+              ready=lambda url: click.echo(f"jobnest web: serving {url}", err=False))
+    except OSError as e:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {e.strerror}") from None
+
+
+@main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -333,6 +354,8 @@ def show(ctx: click.Context, job: str, as_json: bool) -> None:
         _emit(info.to_dict())
         return
     for key, value in info.to_dict().items():
+        if key == "spec":  # its parts that matter are shown above; --json has all of it
+            continue
         if key == "attempts":
             value = "".join(f"\n  {render.attempt(a)}" for a in value)
         elif key in ("created_at", "started_at", "finished_at") and value:
@@ -448,7 +471,7 @@ def token_revoke(ctx: click.Context, name: str) -> None:
 def _listing(jobs: Iterator[JobInfo] | list[JobInfo], as_json: bool, text: Callable[[list[JobInfo]], str]) -> None:
     jobs = list(jobs)
     if as_json:  # a listing carries no argv nor attempts (`show` has them): not shown empty
-        _emit([{k: v for k, v in j.to_dict().items() if k not in ("argv", "attempts")} for j in jobs])
+        _emit([{k: v for k, v in j.to_dict().items() if k not in ("argv", "attempts", "spec")} for j in jobs])
     else:
         click.echo(text(jobs))
 

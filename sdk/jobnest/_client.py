@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._conditions import Condition
@@ -81,6 +82,7 @@ class JobInfo(NamedTuple):
     # Get only: each attempt of its run that ended (attempt, exit_code, reason, memory, node,
     # started_at, finished_at), so a retry, or one out of memory, is seen.
     attempts: tuple[dict[str, Any], ...] = ()
+    spec: dict[str, Any] | None = None  # Get only: what it was submitted with
 
     @classmethod
     def from_message(cls, m: pb.Job) -> "JobInfo":
@@ -90,7 +92,8 @@ class JobInfo(NamedTuple):
                    m.cpu_enforced, m.output, m.output_dir, tuple(m.spec.argv), tuple(
                        {"attempt": a.attempt, "exit_code": a.exit_code if a.has_exit_code else None,
                         "reason": a.reason, "memory": a.memory, "node": a.node, "started_at": a.started_at or None,
-                        "finished_at": a.finished_at} for a in m.attempts))
+                        "finished_at": a.finished_at} for a in m.attempts),
+                   json_format.MessageToDict(m.spec, preserving_proto_field_name=True) if m.HasField("spec") else None)
 
     @classmethod
     def from_chunk(cls, c: pb.ListChunk) -> Iterator["JobInfo"]:
@@ -100,7 +103,7 @@ class JobInfo(NamedTuple):
             c.uuid, c.name, c.state, c.reason, c.owner, c.spawned_by_job_uuid, c.run_uuid, c.reused,
             c.run_origin_job_uuid, exit_codes, [m / 1000 for m in c.cpu_millis], c.memory, c.created_at,
             [t or None for t in c.started_at], [t or None for t in c.finished_at], c.node, c.executor,
-            c.cpu_enforced, c.output, c.output_dir, itertools.repeat(()), itertools.repeat(()),
+            c.cpu_enforced, c.output, c.output_dir, itertools.repeat(()), itertools.repeat(()), itertools.repeat(None),
         ))
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,6 +369,13 @@ class Client:
                         return
         finally:
             shown.close()
+
+    def retry(self, uuid: str) -> "Job":
+        """A new job of the same spec as `uuid` (a failed run is never reused, so it runs again)."""
+        spec = self._unary("Get", pb.GetRequest(uuid=uuid)).spec
+        if spec.driver:
+            raise InvalidSpec("a driver is a program's own record: run the program again", field="uuid")
+        return self.submit_many([spec])[0]
 
     def logs(self, uuid: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         for chunk in self.log_chunks(uuid, follow):

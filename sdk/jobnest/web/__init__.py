@@ -1,0 +1,35 @@
+"""The web monitor (`jobnest web`): see `app`."""
+
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from .app import create_app
+
+
+def loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(address: str, token: str, host: str = "127.0.0.1", port: int = 8080, login: bool | None = None,
+          ready: Callable[[str], None] | None = None) -> None:
+    """Serve the monitor for the controller at `address` until interrupted. On a loopback
+    address every visitor acts with `token` (unless `login`); elsewhere each logs in with theirs."""
+    import uvicorn
+
+    login = not loopback(host) if login is None else login
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    hosts = () if login else tuple(f"{h}:{port}" for h in (shown, "localhost", "127.0.0.1", "[::1]"))
+    app = create_app(address, token, login=login, allowed_hosts=hosts)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    if ready:
+        ready(f"http://{shown}:{port}/")
+    server.run(sockets=[sock])

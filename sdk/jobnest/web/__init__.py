@@ -25,6 +25,7 @@ def serve(address: str, token: str, host: str = "127.0.0.1", port: int = 8080, l
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # connections wait from now on, before the server takes them
     port = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     hosts = () if login else tuple(f"{h}:{port}" for h in (shown, "localhost", "127.0.0.1", "[::1]"))

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -166,9 +166,9 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
     async def login_page(request: Request) -> Response:
         if request.method == "GET":
             return _page("login", monitor, None, next=request.query_params.get("next", "/"))
-        form = await request.form()
-        given = str(form.get("token", "")).strip()
-        nxt = str(form.get("next") or "/")
+        form = {k: v[0] for k, v in parse_qs((await request.body())[:10_000].decode(errors="replace")).items()}
+        given = form.get("token", "").strip()
+        nxt = form.get("next") or "/"
         nxt = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/"
         origin = request.headers.get("origin")
         if origin and origin.split("://", 1)[-1] != request.headers.get("host"):

@@ -37,11 +37,12 @@ def _waits_on(condition: Any) -> Iterable[str]:
 
 
 def edges(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """(job, "when" or "input") for each job this spec depends on."""
-    found = [(ref.removeprefix("job:"), "input") for ref in spec.get("inputs", {}).values() if ref.startswith("job:")]
-    if spec.get("when"):
-        found += [(job, "when") for job in _waits_on(json.loads(spec["when"]))]
-    return found
+    """(job, "input" or "when") for each job this spec depends on: one arrow per job, an input's
+    (which implies waiting for it) over a condition's."""
+    found = {ref.removeprefix("job:"): "input" for ref in spec.get("inputs", {}).values() if ref.startswith("job:")}
+    for job in _waits_on(json.loads(spec["when"])) if spec.get("when") else ():
+        found.setdefault(job, "when")
+    return list(found.items())
 
 
 def svg(jobs: Sequence[JobInfo], specs: dict[str, dict[str, Any]]) -> str:

@@ -318,7 +318,7 @@ function actions(job) {
     ["failed", "cancelled"].includes(job.state) && !job.spec?.driver ? h("button", {class: "retry", onclick: () => act(
       `Run ${job.name || "this job"} again, as a new job of the same spec?`, `/api/jobs/${job.uuid}/retry`,
       (r) => { flash(`retried as job ${r.uuid.slice(0, 8)}`); location.href = `/job/${r.uuid}`; })}, "Retry") : null,
-    job.state === "succeeded" && job.run ? h("button", {class: "invalidate", onclick: () => act(
+    job.state === "succeeded" && job.executor !== "driver" ? h("button", {class: "invalidate", onclick: () => act(
       `Mark run ${job.run.slice(0, 8)} bad, so no job reuses it again?`, `/api/runs/${job.run}/invalidate`,
       () => flash(`run ${job.run.slice(0, 8)} invalidated: it is not reused again`))}, "Invalidate run") : null);
 }
@@ -333,7 +333,7 @@ async function jobPage() {
     Object.assign(job, row);
     head.replaceChildren(h("h1", {class: `s-${job.state}`}, h("span", {class: "icon"}, ICON[job.state]), ` ${job.name || "(no name)"} `,
       h("code", {}, job.uuid)), h("p", {class: "status"}, h("span", {class: "state", id: "state"}, job.state),
-      job.exit_code !== null ? ` · exit ${job.exit_code}` : "", job.reason ? ` · ${job.reason}` : ""), actions(job));
+      job.reason ? ` · ${job.reason}` : job.exit_code !== null ? ` · exit code ${job.exit_code}` : ""), actions(job));
   };
   drawHead({});
   const inputs = Object.entries(spec.inputs || {});
@@ -341,7 +341,7 @@ async function jobPage() {
   const childList = h("ul", {class: "tree"});
   const picture = h("div", {class: "graph-box"});
   const log = new Log(job.uuid);
-  main.replaceChildren(head,
+  main.replaceChildren(...[head,
     h("section", {class: "spec"}, h("h2", {}, "Spec"), table([
       ["command", h("code", {}, (job.argv || []).join(" "))], ["parent", job.parent ? h("a", {href: `/job/${job.parent}`}, job.parent) : ""],
       ["owner", job.owner], ["executor", job.executor], ["image", spec.image], ["node", job.node],
@@ -358,7 +358,8 @@ async function jobPage() {
       inputs.length ? h("ul", {}, ...inputs.map(([name, ref]) => h("li", {}, `${name}: `, dataLink(ref)))) : h("p", {}, "no inputs"),
       job.output ? h("p", {id: "output"}, "output: ", dataLink(`data:${job.output}`)) : h("p", {}, "no output yet")),
     log.el,
-    job.children ? h("section", {class: "children"}, h("h2", {}, `Children (${job.children})`), picture, childList) : null);
+    job.children ? h("section", {class: "children"}, h("h2", {}, `Children (${job.children})`), picture, childList) : null,
+  ].filter(Boolean));
   if (job.children) {
     const top = children.line({...job});
     childList.append(top);

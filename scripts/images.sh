@@ -54,7 +54,7 @@ fi
 
 # The jobnest image, from wheels of this checkout and its dependencies.
 app_inputs=$( (docker image inspect jobnest/debian:bookworm --format '{{.Id}}'; cat Dockerfile pyproject.toml setup.py shim/* scripts/build-shim.sh;
-               find sdk controller -name '*.py' -o -name '*.pyi' -o -name py.typed | sort | xargs cat) | sha256sum | cut -c1-16)
+               find sdk controller -name '*.py' -o -name '*.pyi' -o -name py.typed -o -path '*/web/static/*' -type f | sort | xargs cat) | sha256sum | cut -c1-16)
 have=$(docker image inspect jobnest/jobnest:latest --format '{{ index .Config.Labels "jobnest.inputs" }}' 2>/dev/null || true)
 if [ "$have" != "$app_inputs" ]; then
     rm -rf build/wheels

@@ -4,11 +4,14 @@ of two Kubernetes versions, and the controller is started from the rendered Depl
 can run here, so nothing is applied to one."""
 
 import base64
+import json
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes.utils import parse_quantity
 
 import jobnest
+
+from .conftest import ADMIN, Running
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM = ROOT / "build" / "helm" / "helm"
@@ -38,8 +43,11 @@ CUSTOM: dict[str, Any] = {
     "defaultExecutor": "local", "maxUpload": 4096, "server": {"advertise": "jobnest.example.com:443"},
     "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}
 EPHEMERAL: dict[str, Any] = {"persistence": {"enabled": False}}
+WEB: dict[str, Any] = {"web": {"enabled": True, "port": 9090,
+                               "resources": {"requests": {"cpu": "20m", "memory": "64Mi"},
+                                             "limits": {"memory": "256Mi"}}}}
 VALUE_SETS: dict[str, dict[str, Any]] = {"defaults": {}, "postgresql": POSTGRESQL, "custom": CUSTOM,
-                                         "ephemeral": EPHEMERAL}
+                                         "ephemeral": EPHEMERAL, "web": WEB}
 
 POD_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "get", "list", "watch"]},
              {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
@@ -62,9 +70,18 @@ def render(values: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[s
     return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(done.stdout) if o}
 
 
+def containers(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The controller Pod's containers, by name."""
+    return {c["name"]: c for c in objects["Deployment", "jobnest"]["spec"]["template"]["spec"]["containers"]}
+
+
 def controller_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    [container] = objects["Deployment", "jobnest"]["spec"]["template"]["spec"]["containers"]
-    return container
+    return containers(objects)["controller"]
+
+
+def service_ports(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Service's ports, by name."""
+    return {p["name"]: p for p in objects["Service", "jobnest"]["spec"]["ports"]}
 
 
 def flags(container: dict[str, Any]) -> dict[str, str]:
@@ -81,7 +98,7 @@ def env_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
             for e in container.get("env", [])}
 
 
-@pytest.mark.parametrize("values", [{}, POSTGRESQL], ids=["defaults", "postgresql"])
+@pytest.mark.parametrize("values", [{}, POSTGRESQL, WEB], ids=["defaults", "postgresql", "web"])
 def test_the_chart_passes_a_strict_lint(values: dict[str, Any]) -> None:
     done = helm("lint", "--strict", str(CHART), values=values)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -95,6 +112,8 @@ def test_by_default_the_controller_runs_kubernetes_jobs_in_its_namespace_on_its_
     assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
     assert container["image"] == "jobnest/jobnest:latest" and container["imagePullPolicy"] == "IfNotPresent"
     assert container["command"] == ["/opt/jobnest/bin/python", "-m", "jobnest_controller"]
+    assert list(containers(objects)) == ["controller"]  # the web monitor is off by default
+    assert list(service_ports(objects)) == ["grpc"]
     assert flags(container) == {
         "--home": "/var/lib/jobnest", "--listen": "0.0.0.0:7070", "--advertise": f"jobnest.{NAMESPACE}.svc:7070",
         "--executor": "kubernetes", "--docker": "none", "--max-upload": str(2**30),
@@ -119,8 +138,8 @@ def test_the_probes_ask_the_grpc_health_service_on_the_service_port(name: str) -
     assert container["readinessProbe"]["grpc"] == {"port": 7443}
     assert container["livenessProbe"]["grpc"] == {"port": 7443}
     assert container["ports"] == [{"name": "grpc", "containerPort": 7443, "protocol": "TCP"}]
-    [port] = objects["Service", "jobnest"]["spec"]["ports"]
-    assert (port["name"], port["port"], port["targetPort"]) == ("grpc", 7443, "grpc")
+    port = service_ports(objects)["grpc"]
+    assert (port["port"], port["targetPort"]) == (7443, "grpc")
     assert objects["Service", "jobnest"]["spec"]["type"] == "ClusterIP"
     assert flags(container)["--listen"] == "0.0.0.0:7443"
 
@@ -187,6 +206,29 @@ def test_without_persistence_the_home_is_an_empty_dir_and_jobs_get_no_claim() ->
     assert [k for k in objects if k[0] == "PersistentVolumeClaim"] == []
 
 
+def test_the_web_monitor_runs_beside_the_controller_on_its_port_with_no_token_of_its_own() -> None:
+    objects = render({**WEB, "server": {"port": 7443}})
+    controller, web = controller_container(objects), containers(objects)["web"]
+    assert web["image"] == controller["image"] and web["imagePullPolicy"] == controller["imagePullPolicy"]
+    # It reaches the controller at the controller's own port, over the Pod's loopback.
+    [grpc_port] = controller["ports"]
+    assert [*web["command"], *web["args"]] == [
+        "/opt/jobnest/bin/jobnest", "--controller", f"127.0.0.1:{grpc_port['containerPort']}",
+        "web", "--host", "0.0.0.0", "--port", "9090"]
+    assert web["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
+    assert web["readinessProbe"]["httpGet"] == web["livenessProbe"]["httpGet"] == {"path": "/healthz",
+                                                                                   "port": "http"}
+    port = service_ports(objects)["http"]
+    assert (port["port"], port["targetPort"]) == (9090, "http")
+    assert web["resources"] == WEB["web"]["resources"]
+    # Bound beyond loopback, `jobnest web` makes each user log in: no admin token, no secret, no
+    # state folder, and no service links (the Pod has none) to bring JOBNEST_* variables.
+    assert [k for k in web if k in ("env", "envFrom", "volumeMounts")] == []
+    assert "admin-token" not in yaml.safe_dump(web)
+    assert objects["Deployment", "jobnest"]["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert env_refs(controller) == {"JOBNEST_ADMIN_TOKEN": ("jobnest-admin-token", "admin-token")}
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_rendered_object_is_valid_kubernetes(name: str, version: str) -> None:
@@ -202,9 +244,10 @@ def test_every_rendered_object_is_valid_kubernetes(name: str, version: str) -> N
         if kind == "PersistentVolumeClaim":
             assert parse_quantity(obj["spec"]["resources"]["requests"]["storage"]) == 10 * 2**30
         if kind == "Deployment":
-            resources = controller_container({("Deployment", "jobnest"): obj}).get("resources", {})
-            for quantity in [*resources.get("requests", {}).values(), *resources.get("limits", {}).values()]:
-                assert parse_quantity(quantity) > 0
+            for container in containers({("Deployment", "jobnest"): obj}).values():
+                resources = container.get("resources", {})
+                for quantity in [*resources.get("requests", {}).values(), *resources.get("limits", {}).values()]:
+                    assert parse_quantity(quantity) > 0
 
 
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
@@ -220,6 +263,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"executor": "kubernetes"}, "additional properties 'executor' not allowed"),
     ({"store": {"url": "sqlite:////x.db", "postgresql": {"existingSecret": "db"}}},  # one or the other
      "/store/postgresql/existingSecret"),
+    ({"web": {"port": "http"}}, "'/web/port': got string, want integer"),
+    ({"web": {"port": 0}}, "'/web/port': minimum"),
+    ({"web": {"port": 65536}}, "'/web/port': maximum"),
+    ({"web": {"enabled": "yes"}}, "/web/enabled"),
+    ({"web": {"resources": {"requests": {"cpu": "lots"}}}}, "/web/resources/requests/cpu"),
 ]
 
 
@@ -229,6 +277,15 @@ def test_bad_values_are_refused_by_lint_and_template_naming_the_value(values: di
         done = helm(*command, str(CHART), values=values)
         assert done.returncode != 0, f"helm {command[0]} accepted {values}"
         assert message in done.stdout + done.stderr
+
+
+def test_a_web_port_that_is_the_server_port_is_refused_naming_the_value() -> None:
+    # Two containers of one Pod cannot bind one port. Only a template can compare two values, and
+    # `helm lint` merely logs a template's fail: template and install refuse them.
+    for command in (["template", "jobnest"], ["install", "jobnest", "--dry-run=client"]):
+        done = helm(*command, str(CHART), values={"web": {"enabled": True, "port": 7070}})
+        assert done.returncode != 0, f"helm {command[0]} accepted web.port == server.port"
+        assert "web.port: 7070 is the server's port" in done.stderr
 
 
 def test_the_install_notes_tell_how_to_reach_the_controller_and_run_a_pipeline() -> None:
@@ -241,13 +298,27 @@ def test_the_install_notes_tell_how_to_reach_the_controller_and_run_a_pipeline()
                  "jobnest ls", "jobnest tree",
                  "jobnest submit --executor kubernetes --image jobnest/jobnest:latest examples/pipeline.py"):
         assert text in notes
+    assert "web monitor" not in notes  # off by default
+
+
+def test_with_the_web_monitor_the_notes_tell_how_to_open_it_and_log_in() -> None:
+    done = helm("install", "jobnest", str(CHART), "--namespace", NAMESPACE, "--dry-run=client", values=WEB)
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    for text in ("web monitor", f"kubectl --namespace {NAMESPACE} port-forward svc/jobnest 9090:9090",
+                 "open http://127.0.0.1:9090 and log in with a user token", "jobnest token create NAME"):
+        assert text in notes
+
+
+def any_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return any_free_port()
 
 
 @pytest.fixture
@@ -300,3 +371,37 @@ def test_the_rendered_deployment_starts_a_controller_that_answers_its_probe(
     assert jobnest.Client(address, token, driver=False).status()["pid"] == process.pid
     with pytest.raises(jobnest.Unauthenticated):
         jobnest.Client(address, "not-the-token", driver=False).status()
+
+
+def test_the_rendered_web_container_serves_the_monitor_behind_a_login(running: Running, tmp_path: Path) -> None:
+    """The web container's command, run with this venv's python beside a real controller: its probe
+    path answers, and on 0.0.0.0 every page asks for a token first."""
+    web_port = any_free_port()
+    objects = render({"server": {"port": running.controller.port}, "web": {"enabled": True, "port": web_port}})
+    web = containers(objects)["web"]
+    command = [sys.executable, "-c", "from jobnest._cli import main; main()", *web["args"]]
+    process = subprocess.Popen(command, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        probe = f"http://127.0.0.1:{web_port}{web['readinessProbe']['httpGet']['path']}"
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(probe, timeout=1) as response:
+                    assert response.read() == b"ok"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"no answer on {probe} within 20 s"
+                time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/") as response:
+            assert response.url.endswith("/login?next=/")
+        login = urllib.parse.urlencode({"token": ADMIN, "next": "/"}).encode()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(f"http://127.0.0.1:{web_port}/login", data=login) as response:
+            assert response.status == 200 and b'"page": "tree"' in response.read()
+        with opener.open(f"http://127.0.0.1:{web_port}/api/jobs") as response:
+            assert json.load(response)["jobs"] == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -21,6 +21,10 @@ share a GIL and the controller's RSS is its own. Each section has a controller o
 * tree: a driver job (this program) is the tree's root; one `true` child runs and succeeds, then
   100k children with the same argv are submitted, all reusing that run (so none is queued and the
   reconciler stays idle). Times listing the subtree over gRPC and reads the controller's VmRSS.
+* web: `jobnest web` in Debian's Chromium (Playwright): the time from loading the tree page to
+  the root's row with its roll-up counts drawn, for a driver with 10k children the monitor has
+  not listed yet; and the controller's CPU time while a driver's 1000 `true` jobs run, with no
+  browser and with 10 browsers on the driver's job page (each shown to see the end, live).
 * docker (run last: the engine goes on removing containers for a while): container jobs one
   after another against plain `docker run`.
 * workflows: default capacity; a 1000-job `when=` chain and a 1000-job fan-out/fan-in, each run
@@ -66,6 +70,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 import jobnest
+from jobnest.web.app import PAGE
 from jobnest_controller.store import Store, runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -422,6 +427,102 @@ def bench_tree(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
+class WebProc:
+    """`jobnest web` for a controller, on a free loopback port, with the admin token."""
+
+    def __init__(self, ctl: ControllerProc) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", "from jobnest._cli import main; main()", "--controller",
+                                      ctl.address, "--token", TOKEN, "web", "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.url = self.proc.stdout.readline().split()[-1].rstrip("/")  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list) -> None:
+    """The web monitor in Debian's Chromium: the first paint of an n_tree-job tree, and the
+    controller's CPU while n_browsers watch an n_run-job workflow run, against none watching."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        ctl, web = ControllerProc(cpu=1), None
+        try:
+            driver = ctl.client(driver=True)
+            driver.submit(["true"], cpu=0.01).wait(timeout=60)
+            for i in range(0, n_tree - 1, BATCH):  # all reuse the first one's run
+                driver.submit_many([driver.spec(["true"], cpu=0.01) for _ in range(min(BATCH, n_tree - 1 - i))])
+            root = driver.driver.uuid  # type: ignore[union-attr]
+            web = WebProc(ctl)
+            page = browser.new_page()
+            paint = timed(lambda: (page.goto(web.url), page.locator(f'li[data-uuid="{root}"] .count').wait_for()))
+            expand = timed(lambda: (page.click(f'li[data-uuid="{root}"] button.toggle'),
+                                    page.locator("ul.children > li.job").nth(99).wait_for()))
+            warm = timed(lambda: (page.reload(), page.locator(f'li[data-uuid="{root}"] .count').wait_for()))
+            rows.append((f"web: first paint of a {n_tree}-job tree, cold (s)", paint, "<= 1 s", paint <= 1))
+            rows.append((f"web: open its root, first {PAGE} children drawn (s)", expand, "(info)", None))
+            rows.append((f"web: first paint of that tree again, kept live by the monitor (s)", warm, "(info)", None))
+            notes.append(f"Web: a driver with {n_tree - 1} children (all reusing one run), its tree page loaded in "
+                         "headless Chromium from a `jobnest web` that had not listed it yet (cold: the monitor lists "
+                         "the tree for its roll-up counts), until the root's row with its counts is drawn.")
+            driver.finish()
+        finally:
+            if web:
+                web.stop()
+            ctl.stop()
+        spent = {}
+        for watchers in (0, n_browsers):
+            ctl = ControllerProc()
+            web = WebProc(ctl)
+            contexts = []
+            try:
+                driver = ctl.client(driver=True)
+                driver.submit(["true", "start"], cpu=0.01).wait(timeout=60)
+                top = driver.driver.uuid  # type: ignore[union-attr]
+                pages = []
+                for _ in range(watchers):
+                    contexts.append(browser.new_context())
+                    pages.append(contexts[-1].new_page())
+                    pages[-1].goto(f"{web.url}/job/{top}")
+                    pages[-1].locator(".children li.job").nth(1).wait_for()
+                before, web_before = cpu_seconds(ctl.proc.pid), cpu_seconds(web.proc.pid)
+                start = time.perf_counter()
+                jobs = driver.submit_many([driver.spec(["true", str(i)], cpu=0.01) for i in range(n_run)])
+                driver.wait([j.uuid for j in jobs], timeout=600)
+                for pg in pages:  # every browser saw the end, live
+                    pg.locator(f'li[data-uuid="{top}"] .count.s-succeeded').filter(has_text=str(n_run + 1)).wait_for(
+                        timeout=60_000)
+                spent[watchers] = (cpu_seconds(ctl.proc.pid) - before, time.perf_counter() - start,
+                                   cpu_seconds(web.proc.pid) - web_before)
+                driver.finish()
+            finally:
+                for c in contexts:
+                    c.close()
+                web.stop()
+                ctl.stop()
+        browser.close()
+    (alone, alone_wall, _), (watched, watched_wall, web_cpu) = spent[0], spent[n_browsers]
+    rows.append((f"web: controller CPU running {n_run} jobs, no browser (s)", alone, "(info)", None))
+    rows.append((f"web: the same with {n_browsers} browsers watching live (s)", watched, "(info)", None))
+    rows.append((f"web: the monitor's own CPU serving those {n_browsers} browsers (s)", web_cpu, "(info)", None))
+    notes.append(f"Web fan-out: {n_run} `true` jobs of one driver run on a fresh controller, first with no browser "
+                 f"({alone_wall:.1f} s), then with {n_browsers} Chromium pages of the driver's job page open "
+                 f"({watched_wall:.1f} s), each shown to have seen the end live. The monitor keeps one Watch per "
+                 "token, so the controller's work does not grow with the browsers; the fan-out is the monitor's.")
+
+
 def bench_docker(n: int, rows: list, notes: list) -> None:
     """Controller overhead per container job: n jobs one after another, against `docker run`."""
     image = "jobnest/busybox:latest"
@@ -690,6 +791,7 @@ def render(rows: list, markdown: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="divide every count by 10 (smoke test)")
+    parser.add_argument("--only", action="append", default=[], help="run only this section (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench.md"), help="markdown report path")
     args = parser.parse_args()
     k = 10 if args.quick else 1
@@ -705,10 +807,13 @@ def main() -> None:
                         ("tree", lambda: bench_tree(100000 // k, rows, notes)),
                         ("workflows", lambda: bench_workflows(1000 // k, rows, notes)),
                         ("map + gather", lambda: bench_map_gather(1000 // k, 10000 // k, 600 / k, rows, notes)),
+                        ("web", lambda: bench_web(10000, 1000 // k, 10, rows, notes)),
                         ("shim", lambda: bench_shim(1000 // k, rows, notes)),
                         ("slurm", lambda: bench_slurm(200 // k, rows, notes)),
                         # last: the engine goes on removing its containers for a while, on the same cores
                         ("docker", lambda: bench_docker(max(3, 30 // k), rows, notes))]:
+        if args.only and section not in args.only:
+            continue
         try:
             fn()
         except Exception as e:  # report the other sections still

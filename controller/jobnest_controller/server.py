@@ -46,6 +46,7 @@ MAX_EXPIRY = 10 * 365 * 86400.0  # seconds a token may be given
 # A server's threads: streams may hold at most MAX_STREAMS of them, so unary calls keep the rest.
 WORKERS, MAX_STREAMS, MAX_STREAMS_PER_CALLER = 256, 192, 64
 MAX_SUBTREES = 1000  # in one Watch
+LOG_POLL = 0.2  # seconds between reads of a followed log at most
 
 
 class Activity:
@@ -433,10 +434,14 @@ class JobService(pb_grpc.JobServiceServicer):
                         yield pb.LogChunk(stream=stream, data=data, offset=at)
                 if done or not request.follow:
                     return
-                try:
-                    events.get(timeout=0.2)  # type: ignore[union-attr]
-                except queue.Empty:
-                    pass
+                # Read again in LOG_POLL, or at once when this job changes (others' changes wait).
+                deadline = time.monotonic() + LOG_POLL
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        if any(e.uuid == uuid for e in events.get(timeout=left)):  # type: ignore[union-attr]
+                            break
+                    except queue.Empty:
+                        break
         finally:
             if events is not None:
                 self.store.bus.unsubscribe(events)

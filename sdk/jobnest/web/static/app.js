@@ -378,7 +378,8 @@ async function jobPage() {
   };
   live.onsnapshot = () => jobPage();
   live.reopen();
-  await log.show("stdout", !ENDED.includes(job.state));
+  if (job.executor === "driver") log.el.replaceChildren(h("h2", {}, "Logs"), h("p", {class: "note"}, "A driver's output goes to its own terminal."));
+  else await log.show("stdout", !ENDED.includes(job.state));
 }
 
 async function drawPicture(uuid, where) {

@@ -98,7 +98,7 @@ class Rows {
       h("a", {class: "name", href: `/job/${row.uuid}`}, row.name || "(no name)"),
       h("code", {class: "id"}, row.uuid.slice(0, 8)),
       h("span", {class: "state"}, row.state + (row.exit_code !== null && row.state !== "succeeded" ? ` (${row.exit_code})` : "")),
-      h("span", {class: "res"}, `${row.cpu} cpu${row.memory ? " · " + size(row.memory) : ""}`),
+      h("span", {class: "res"}, row.executor === "driver" ? "driver" : `${row.cpu} cpu${row.memory ? " · " + size(row.memory) : ""}`),
       h("span", {class: "time"}, duration(row)), reuse(row),
       row.children ? h("span", {class: "kids"}, `${row.children} children`) : null, counts(row),
       row.state === "queued" && row.reason ? h("span", {class: "reason"}, row.reason) : null);

@@ -473,7 +473,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
             warm = timed(lambda: (page.reload(), page.locator(f'li[data-uuid="{root}"] .count').wait_for()))
             rows.append((f"web: first paint of a {n_tree}-job tree, cold (s)", paint, "<= 1 s", paint <= 1))
             rows.append((f"web: open its root, first {PAGE} children drawn (s)", expand, "(info)", None))
-            rows.append((f"web: first paint of that tree again, kept live by the monitor (s)", warm, "(info)", None))
+            rows.append(("web: first paint of that tree again, kept live by the monitor (s)", warm, "(info)", None))
             notes.append(f"Web: a driver with {n_tree - 1} children (all reusing one run), its tree page loaded in "
                          "headless Chromium from a `jobnest web` that had not listed it yet (cold: the monitor lists "
                          "the tree for its roll-up counts), until the root's row with its counts is drawn.")

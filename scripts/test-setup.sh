@@ -2,7 +2,8 @@
 # Installs what the tests need beyond the venv: PostgreSQL server binaries (the tests start a
 # throwaway cluster themselves) and a user to run them as when we are root; Slurm's daemons and
 # munge (the tests start a one-node cluster themselves); an image registry (started by the tests
-# too); Chromium for the web monitor's browser tests; a running Docker engine with the project's images; a real helm for the chart tests.
+# too); Chromium for the web monitor's browser tests; a running Docker engine with the project's
+# images; a real helm for the chart tests.
 set -euo pipefail
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "installing PostgreSQL server binaries"

@@ -71,6 +71,8 @@ class Monitor:
         return s
 
     def start(self, token: str) -> tuple[str, Session]:
+        for old in [sid for sid, s in self.sessions.items() if s.expires < time.time()]:
+            self.end(old)
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = Session(token)
         return sid, self.sessions[sid]
@@ -217,8 +219,9 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
             hub.show_roots()
         shown = found[offset:offset + limit]
         trees = hub.trees_of(shown)
-        return {"jobs": [trees[u].row(u) for u in shown if u in trees], "more": len(found) > offset + limit,
-                "seq": hub.seq}
+        with hub.lock:
+            return {"jobs": [trees[u].row(u) for u in shown if u in trees], "more": len(found) > offset + limit,
+                    "seq": hub.seq}
 
     def located(hub: Hub, uuid: str, top: str = "") -> Tree:
         """A tree holding `uuid`: the one under `top` if given, else any kept, else its own."""
@@ -233,13 +236,16 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
         uuid = request.path_params["uuid"]
         tree = located(hub, uuid, request.query_params.get("top", ""))
         offset, limit = _int(request, "offset", 0, 0, 10**7), _int(request, "limit", PAGE, 1, 1000)
-        kids = tree.children.get(uuid, [])
-        return {"jobs": [tree.row(u) for u in kids[offset:offset + limit]], "total": len(kids), "seq": hub.seq}
+        with hub.lock:
+            kids = tree.children.get(uuid, [])
+            return {"jobs": [tree.row(u) for u in kids[offset:offset + limit]], "total": len(kids), "seq": hub.seq}
 
     def job(request: Request, hub: Hub) -> dict[str, Any]:
         info = hub.client.get(request.path_params["uuid"])
         tree = hub.tree(info.uuid)
-        row = tree.row(info.uuid) | {"reason": info.reason, "argv": list(info.argv), "attempts": list(info.attempts),
+        with hub.lock:
+            row = tree.row(info.uuid)
+        row |= {"reason": info.reason, "argv": list(info.argv), "attempts": list(info.attempts),
                                      "spec": info.spec, "output": info.output, "output_dir": info.output_dir,
                                      "cpu_enforced": info.cpu_enforced}
         try:
@@ -260,11 +266,12 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
     def dependencies(request: Request, hub: Hub) -> Response:
         uuid = request.path_params["uuid"]
         tree = located(hub, uuid, request.query_params.get("top", ""))
-        kids = tree.children.get(uuid, [])
+        with hub.lock:
+            kids = [tree.jobs[u] for u in tree.children.get(uuid, [])]
         if len(kids) > graph.MAX_NODES:
             return JSONResponse({"too_many": len(kids), "limit": graph.MAX_NODES})
-        specs = graph.specs_of(hub.client, kids)
-        return Response(graph.svg([tree.jobs[u] for u in kids], specs), media_type="image/svg+xml")
+        specs = graph.specs_of(hub.client, [j.uuid for j in kids])
+        return Response(graph.svg(kids, specs), media_type="image/svg+xml")
 
     def manifest(request: Request, hub: Hub) -> dict[str, Any]:
         m = hub.client.manifest(request.path_params["digest"])
@@ -320,10 +327,11 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
 
         def update(touched: frozenset[str]) -> dict[str, Any]:
             rows: dict[str, Any] = {}
-            for top, tree in trees.items():
-                for u in touched.intersection(tree.jobs):
-                    if u == top or tree.jobs[u].spawned_by_job_uuid in opened:
-                        rows[u] = tree.row(u)
+            with hub.lock:
+                for top, tree in trees.items():
+                    for u in touched.intersection(tree.jobs):
+                        if u == top or tree.jobs[u].spawned_by_job_uuid in opened:
+                            rows[u] = tree.row(u)
             return {"rows": list(rows.values()), "roots": ROOTS in touched and roots}
 
         async def stream() -> AsyncIterator[dict[str, Any]]:
@@ -337,7 +345,8 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
                         trees = hub.trees_of(tops, timeout=0)  # kept trees only; listed again ones come anew
                         yield {"event": "snapshot", "id": str(seq), "data": "{}"}
                     elif touched:
-                        trees = {t: hub.trees[t] for t in tops if t in hub.trees} or trees
+                        with hub.lock:
+                            trees = {t: hub.trees[t] for t in tops if t in hub.trees} or trees
                         message = update(touched)
                         if message["rows"] or message["roots"]:
                             yield {"event": "update", "id": str(seq), "data": json.dumps(message)}

@@ -32,7 +32,8 @@ def _waits_on(condition: Any) -> Iterable[str]:
     if isinstance(condition, dict):
         if "job" in condition:
             yield condition["job"]
-        for part in (*condition.get("and", ()), *condition.get("or", ()), *([condition["not"]] if "not" in condition else ())):
+        nested = [*condition.get("and", ()), *condition.get("or", ()), *([condition["not"]] if "not" in condition else [])]
+        for part in nested:
             yield from _waits_on(part)
 
 

@@ -83,7 +83,7 @@ class Hub:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._lock = threading.Condition()
+        self.lock = threading.Condition()  # held to change a tree, and to read one
         self.trees: dict[str, Tree] = {}
         self._used: dict[str, float] = {}  # top -> when last asked for
         self._wanted: set[str] = set()  # tops to list once the watch covers them
@@ -107,14 +107,14 @@ class Hub:
         """The trees under `tops`, listed and watched from now on; a top that cannot be listed (not
         visible, say) is left out, and what went wrong is in `failed`."""
         tops = list(dict.fromkeys(tops))
-        with self._lock:
+        with self.lock:
             now = time.monotonic()
             self._used.update(dict.fromkeys(tops, now))
             missing = [t for t in tops if t not in self.trees]
             if missing:
                 self._wanted.update(missing)
                 self._restart()
-                self._lock.wait_for(lambda: not self._wanted.intersection(missing), timeout)
+                self.lock.wait_for(lambda: not self._wanted.intersection(missing), timeout)
             return {t: self.trees[t] for t in tops if t in self.trees}
 
     def tree(self, top: str) -> Tree:
@@ -126,7 +126,7 @@ class Hub:
 
     def find(self, uuid: str) -> Tree | None:
         """A tree this hub keeps that holds `uuid`, if any."""
-        with self._lock:
+        with self.lock:
             return next((t for t in self.trees.values() if uuid in t.jobs), None)
 
     def show_roots(self) -> None:
@@ -134,13 +134,13 @@ class Hub:
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake` after each tick (from another thread); returns how to stop."""
-        with self._lock:
+        with self.lock:
             self._listeners.add(wake)
         return lambda: self._listeners.discard(wake)
 
     def touched_since(self, seq: int) -> frozenset[str] | None:
         """The jobs changed by the ticks after `seq`, or None when those are no longer all known."""
-        with self._lock:
+        with self.lock:
             if seq == self.seq:
                 return frozenset()
             if seq > self.seq or not self._history or self._history[0][0] > seq + 1:
@@ -148,10 +148,10 @@ class Hub:
             return frozenset().union(*(t for s, t in self._history if s > seq))
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self.closed = True
             self._restart()
-            self._lock.notify_all()
+            self.lock.notify_all()
 
     # -- the watch and the ticks ----------------------------------------------------------------
 
@@ -159,21 +159,21 @@ class Hub:
         """Have the watch begin anew (the lock held), over what is wanted now."""
         if self._stream is not None:
             self._stream.cancel()
-        self._lock.notify_all()
+        self.lock.notify_all()
 
     def _watch(self) -> None:
         """Keep one Watch open over every top wanted or kept; when it begins anew, list them."""
         check_all = False
         while True:
-            with self._lock:
-                self._lock.wait_for(lambda: self.closed or bool(self._wanted)
+            with self.lock:
+                self.lock.wait_for(lambda: self.closed or bool(self._wanted)
                                     or set(self.trees) != set(self._watched))
                 if self.closed:
                     return
                 tops = sorted(set(self.trees) | self._wanted)
                 unchecked = set(tops) if check_all else set(self._wanted)
             tops = [t for t in tops if t not in unchecked or self._visible(t)]
-            with self._lock:
+            with self.lock:
                 stream = self._stream = self.client.watch(subtrees=tops) if tops else None
                 self._watched = tuple(tops)
             check_all = False
@@ -187,7 +187,7 @@ class Hub:
                         if live == len(tops):  # the watch is on: what is listed now stays current
                             self._list(tops)
                         continue
-                    with self._lock:
+                    with self.lock:
                         self._events.append(event)
             except (NotFound, PermissionDenied):
                 check_all = True  # a top went (collected, say): watch the others
@@ -200,7 +200,7 @@ class Hub:
             self.client.get(top)
             return True
         except JobnestError as e:
-            with self._lock:
+            with self.lock:
                 self._fail(top, e)
             return False
 
@@ -211,32 +211,32 @@ class Hub:
         self._wanted.discard(top)
         self.trees.pop(top, None)
         self._used.pop(top, None)
-        self._lock.notify_all()
+        self.lock.notify_all()
 
     def _list(self, tops: Iterable[str]) -> None:
         for top in tops:
             try:
                 tree = Tree(top, self.client.list(subtree=top))
             except JobnestError as e:
-                with self._lock:
+                with self.lock:
                     self._fail(top, e)
                 continue
-            with self._lock:
+            with self.lock:
                 self._wanted.discard(top)
                 self.trees[top] = tree
                 self._relisted.update(tree.jobs)  # a browser showing it sees it anew
-                self._lock.notify_all()
+                self.lock.notify_all()
 
     def _take_in(self, top: str, uuids: list[str]) -> set[str]:
         """Add jobs new under `top`: a few one by one, many by listing the tree again."""
         if len(uuids) <= FEW:
             jobs = [self.client.get(uuid) for uuid in uuids]
-            with self._lock:
+            with self.lock:
                 tree = self.trees.get(top)
                 return {u for job in jobs if tree and job.uuid not in tree.jobs and job.spawned_by_job_uuid in tree.jobs
                         for u in tree.add(job)}
         fresh = Tree(top, self.client.list(subtree=top))
-        with self._lock:
+        with self.lock:
             old = self.trees.get(top)
             if old is None:
                 return set()
@@ -259,7 +259,7 @@ class Hub:
                         touched.add(ROOTS)
                     self._newest_root = uuid
             new: dict[str, list[str]] = collections.defaultdict(list)  # top -> jobs new under it
-            with self._lock:
+            with self.lock:
                 events, self._events = self._events, []
                 touched |= self._relisted
                 self._relisted = set()
@@ -277,7 +277,7 @@ class Hub:
                 with contextlib.suppress(JobnestError):
                     touched |= self._take_in(top, uuids)
             if touched:
-                with self._lock:
+                with self.lock:
                     self.seq += 1
                     self._history.append((self.seq, frozenset(touched)))
                     listeners = list(self._listeners)

@@ -202,8 +202,9 @@ async function treePage() {
   main.replaceChildren(filterForm(params, apply), list, older);
   const filtered = FILTERS.some((f) => params.get(f));
   let shown = 0;
+  const filters = () => new URLSearchParams([...params].filter(([k]) => FILTERS.includes(k)));
   const load = async () => {
-    const query = new URLSearchParams([...params].filter(([k]) => FILTERS.includes(k)));
+    const query = filters();
     query.set("offset", shown);
     const page = await api(`/api/jobs?${query}`);
     if (!shown) live.seq = page.seq;
@@ -219,7 +220,19 @@ async function treePage() {
   };
   live.trees = [];
   live.roots = !filtered;
-  live.onroots = live.onsnapshot = () => treePage();
+  live.onsnapshot = () => treePage();
+  live.onroots = async () => {  // new root jobs: put them on top, leaving what is open as it is
+    const have = new Set(live.trees.map((t) => t.top));
+    const fresh = (await api(`/api/jobs?${filters()}`)).jobs.filter((row) => !have.has(row.uuid));
+    list.querySelector(":scope > .empty")?.remove();
+    for (const row of fresh.reverse()) {
+      const rows = new Rows(row.uuid);
+      live.trees.push(rows);
+      list.prepend(rows.line(row));
+    }
+    shown += fresh.length;
+    if (fresh.length) live.reopen();
+  };
   try { await load(); } catch (e) { flash(e.message, true); }
 }
 
@@ -323,6 +336,8 @@ function actions(job) {
       () => flash(`run ${job.run.slice(0, 8)} invalidated: it is not reused again`))}, "Invalidate run") : null);
 }
 
+let shownLog = null;
+
 async function jobPage() {
   let data;
   try { data = await api(`/api/jobs/${boot.uuid}`); } catch (e) { main.replaceChildren(h("p", {class: "bad", id: "missing"}, e.message)); return; }
@@ -340,7 +355,8 @@ async function jobPage() {
   const children = new Rows(job.uuid);
   const childList = h("ul", {class: "tree"});
   const picture = h("div", {class: "graph-box"});
-  const log = new Log(job.uuid);
+  shownLog?.follow(false);  // a page drawn again follows its log anew
+  const log = shownLog = new Log(job.uuid);
   main.replaceChildren(...[head,
     h("section", {class: "spec"}, h("h2", {}, "Spec"), table([
       ["command", h("code", {}, (job.argv || []).join(" "))], ["parent", job.parent ? h("a", {href: `/job/${job.parent}`}, job.parent) : ""],
@@ -371,6 +387,8 @@ async function jobPage() {
   live.onrow = (row) => {
     if (row.uuid === job.uuid) {
       const wasRunning = !ENDED.includes(job.state);
+      if (!job.children && row.children) return jobPage();  // its first children: draw their section
+      if (row.children !== job.children) drawPicture(job.uuid, picture);
       drawHead(row);
       if (wasRunning && ENDED.includes(row.state)) setTimeout(() => log.follow(false), 1000);
     }

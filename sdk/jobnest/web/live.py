@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._client import Client, JobInfo, Stream
-from ..errors import JobnestError, NotFound, PermissionDenied
+from ..errors import JobnestError, NotFound, PermissionDenied, Unavailable
 
 TICK = 0.25  # seconds between updates at most
 HISTORY = 2000  # ticks remembered for a browser that reconnects
 IDLE = 60.0  # seconds a tree nobody asked for is kept
 ROOTS_EVERY = 3.0  # seconds between looks for a new root job, while someone shows the roots
+MAX_TOPS = 1000  # trees one identity keeps live at once (as many as one Watch takes)
 FEW = 50  # new jobs in one tick fetched one by one; more, and their tree is listed again
 ROOTS = "@roots"  # touched when a new root job appears
 
@@ -170,7 +171,10 @@ class Hub:
                                     or set(self.trees) != set(self._watched))
                 if self.closed:
                     return
-                tops = sorted(set(self.trees) | self._wanted)
+                tops = sorted(set(self.trees) | self._wanted, key=lambda t: -self._used.get(t, 0))
+                for top in tops[MAX_TOPS:]:  # the least recently asked for go
+                    self._fail(top, Unavailable(f"more than {MAX_TOPS} trees are shown at once", field="tops"))
+                tops = sorted(tops[:MAX_TOPS])
                 unchecked = set(tops) if check_all else set(self._wanted)
             tops = [t for t in tops if t not in unchecked or self._visible(t)]
             with self.lock:

@@ -32,8 +32,7 @@ def _waits_on(condition: Any) -> Iterable[str]:
     if isinstance(condition, dict):
         if "job" in condition:
             yield condition["job"]
-        nested = [*condition.get("and", ()), *condition.get("or", ()), *([condition["not"]] if "not" in condition else [])]
-        for part in nested:
+        for part in [*condition.get("and", ()), *condition.get("or", ()), *filter(None, [condition.get("not")])]:
             yield from _waits_on(part)
 
 

@@ -1,6 +1,7 @@
 """The monitor's live trees (`jobnest.web.live.Hub`) against a real controller: listed once, kept
 current by one Watch, roll-up counts right after changes and after a burst of new jobs."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,24 @@ def test_a_job_the_token_may_not_see_is_no_tree_and_the_oldest_trees_give_way(ru
     finally:
         hub.close()
         bob.close()
+
+
+def test_a_watch_that_ends_by_itself_is_opened_again_and_a_prefix_is_no_top(running: Running,
+                                                                          tmp_path: Path) -> None:
+    client = running.client()
+    gate = tmp_path / "go"
+    job = client.submit(["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"], cpu=0.1)
+    hub = live.Hub(client)
+    try:
+        started = time.monotonic()
+        assert hub.trees_of([job.uuid[:8]]) == {}  # at once: a second name for a tree would never be on
+        assert time.monotonic() - started < 1 and hub.failed[job.uuid[:8]].field == "tops"
+        hub.tree(job.uuid)
+        first = hub._stream
+        assert first is not None
+        first.cancel()  # as when the controller ends it: nothing asked for a restart
+        wait_for(lambda: hub._stream is not first and hub._watched == (job.uuid,))
+        gate.touch()
+        wait_for(lambda: hub.trees[job.uuid].jobs[job.uuid].state == "succeeded")
+    finally:
+        hub.close()

@@ -28,7 +28,8 @@ def serve(address: str, token: str, host: str = "127.0.0.1", port: int = 8080, l
     sock.listen(128)  # connections wait from now on, before the server takes them
     port = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    hosts = () if login else tuple(f"{h}:{port}" for h in (shown, "localhost", "127.0.0.1", "[::1]"))
+    names = (shown, "localhost", "127.0.0.1", "[::1]")
+    hosts = () if login else tuple(f"{h}:{port}" for h in names) + (names if port == 80 else ())  # 80: no port
     app = create_app(address, token, login=login, allowed_hosts=hosts)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     if ready:

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .._client import Client, parse_duration
+from .._client import Client, Stream, parse_duration
 from ..errors import InvalidSpec, JobnestError, NotFound, Unauthenticated
 from . import graph
 from .live import ROOTS, Hub, Tree
@@ -39,6 +40,7 @@ COOKIE = "jobnest_session"
 PAGE = 100  # jobs per page of a listing
 LOG_PAGE = 64 * 1024  # bytes of a log per page
 SESSION_AGE = 7 * 86400  # seconds a login lasts
+MAX_SESSIONS = 10_000
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 STATUS = {"InvalidSpec": 400, "Unauthenticated": 401, "PermissionDenied": 403, "NotFound": 404, "Conflict": 409}
 
@@ -73,6 +75,8 @@ class Monitor:
     def start(self, token: str) -> tuple[str, Session]:
         for old in [sid for sid, s in self.sessions.items() if s.expires < time.time()]:
             self.end(old)
+        while len(self.sessions) >= MAX_SESSIONS:  # the oldest go first
+            self.end(next(iter(self.sessions)))
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = Session(token)
         return sid, self.sessions[sid]
@@ -178,7 +182,8 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
         try:
             if not given:
                 raise Unauthenticated("give a token", field="token")
-            await run_in_threadpool(lambda: list(Client(address, given, driver=False).list(roots=True, limit=1)))
+            with Client(address, given, driver=False) as probe:
+                await run_in_threadpool(lambda: list(probe.list(roots=True, limit=1)))
         except JobnestError as e:
             return _page("login", monitor, None, next=nxt, error=e.problem)
         return _cookie(RedirectResponse(nxt, status_code=303), monitor.start(given)[0], request)
@@ -320,34 +325,33 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
             last = int(request.headers.get("last-event-id") or q.get("last") or hub.seq)
         except ValueError:
             return _error(InvalidSpec("must be a tick number", field="last"))
-        trees = await run_in_threadpool(hub.trees_of, tops)
+        await run_in_threadpool(hub.trees_of, tops)
         woken = asyncio.Event()
         loop = asyncio.get_running_loop()
         stop = hub.listen(lambda: loop.call_soon_threadsafe(woken.set))
 
         def update(touched: frozenset[str]) -> dict[str, Any]:
+            """The rows in view that `touched` names (in a thread: the lock is held while a tick is applied)."""
             rows: dict[str, Any] = {}
             with hub.lock:
-                for top, tree in trees.items():
+                for top, tree in [(t, hub.trees[t]) for t in tops if t in hub.trees]:
                     for u in touched.intersection(tree.jobs):
                         if u == top or tree.jobs[u].spawned_by_job_uuid in opened:
                             rows[u] = tree.row(u)
             return {"rows": list(rows.values()), "roots": ROOTS in touched and roots}
 
         async def stream() -> AsyncIterator[dict[str, Any]]:
-            nonlocal last, trees
+            nonlocal last
             try:
                 while True:
                     woken.clear()
                     seq = hub.seq
                     touched = hub.touched_since(last)
                     if touched is None:
-                        trees = hub.trees_of(tops, timeout=0)  # kept trees only; listed again ones come anew
+                        await run_in_threadpool(hub.trees_of, tops, 0)  # watched again if they went
                         yield {"event": "snapshot", "id": str(seq), "data": "{}"}
                     elif touched:
-                        with hub.lock:
-                            trees = {t: hub.trees[t] for t in tops if t in hub.trees} or trees
-                        message = update(touched)
+                        message = await run_in_threadpool(update, touched)
                         if message["rows"] or message["roots"]:
                             yield {"event": "update", "id": str(seq), "data": json.dumps(message)}
                     last = seq
@@ -371,14 +375,14 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
 
         async def send() -> AsyncIterator[dict[str, Any]]:
             try:
-                async for c in iterate_in_threadpool(chunks):
+                async for c in _pumped(chunks):
                     yield {"event": "log", "id": str(c.offset + len(c.data)),
                            "data": json.dumps({"offset": c.offset, "text": c.data.decode(errors="replace")})}
                 yield {"event": "end", "data": "{}"}
             except JobnestError as e:
                 yield {"event": "failure", "data": json.dumps({"error": e.problem})}
             finally:
-                chunks.cancel()
+                chunks.cancel()  # the browser went: the controller's stream ends, and its reader
         return EventSourceResponse(send(), ping=15, headers={"Cache-Control": "no-store"})
 
     async def healthz(_request: Request) -> Response:
@@ -429,6 +433,31 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
 
 
 def _cookie(response: Response, sid: str, request: Request) -> Response:
-    response.set_cookie(COOKIE, sid, max_age=SESSION_AGE, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"  # behind a proxy
+    response.set_cookie(COOKIE, sid, max_age=SESSION_AGE, httponly=True, samesite="strict", secure=https)
     return response
+
+
+async def _pumped(stream: Stream) -> AsyncIterator[Any]:
+    """The messages of a blocking stream, read by a thread of its own: a reader cancelled
+    while it waits (a browser that went) leaves no thread of the pool blocked; cancel the
+    stream and the thread ends."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    done = object()
+
+    def pump() -> None:
+        try:
+            for message in stream:
+                loop.call_soon_threadsafe(queue.put_nowait, message)
+            result: Any = done
+        except JobnestError as e:
+            result = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(queue.put_nowait, result)
+
+    threading.Thread(target=pump, name="web-stream", daemon=True).start()
+    while (message := await queue.get()) is not done:
+        if isinstance(message, JobnestError):
+            raise message
+        yield message

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._client import Client, JobInfo, Stream
-from ..errors import JobnestError, NotFound, PermissionDenied, Unavailable
+from ..errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unavailable
 
 TICK = 0.25  # seconds between updates at most
 HISTORY = 2000  # ticks remembered for a browser that reconnects
 IDLE = 60.0  # seconds a tree nobody asked for is kept
 ROOTS_EVERY = 3.0  # seconds between looks for a new root job, while someone shows the roots
+UUID = re.compile(r"[0-9a-f]{32}")
 MAX_TOPS = 1000  # trees one identity keeps live at once (as many as one Watch takes)
 FEW = 50  # new jobs in one tick fetched one by one; more, and their tree is listed again
 ROOTS = "@roots"  # touched when a new root job appears
@@ -99,6 +101,7 @@ class Hub:
         self._roots_shown = 0.0  # when someone last showed the roots
         self.failed: dict[str, JobnestError] = {}  # tops that could not be listed, and why
         self.closed = False
+        self._generation = 0  # of restarts asked for
         threading.Thread(target=self._watch, name="web-watch", daemon=True).start()
         threading.Thread(target=self._tick, name="web-tick", daemon=True).start()
 
@@ -109,6 +112,9 @@ class Hub:
         visible, say) is left out, and what went wrong is in `failed`."""
         tops = list(dict.fromkeys(tops))
         with self.lock:
+            for top in [t for t in tops if not UUID.fullmatch(t)]:  # a prefix or a name would be a second name
+                self.failed[top] = InvalidSpec(f"must be a job's whole uuid, got {top[:40]!r}", field="tops")
+                tops.remove(top)
             now = time.monotonic()
             self._used.update(dict.fromkeys(tops, now))
             missing = [t for t in tops if t not in self.trees]
@@ -158,12 +164,14 @@ class Hub:
 
     def _restart(self) -> None:
         """Have the watch begin anew (the lock held), over what is wanted now."""
+        self._generation += 1
         if self._stream is not None:
             self._stream.cancel()
         self.lock.notify_all()
 
     def _watch(self) -> None:
-        """Keep one Watch open over every top wanted or kept; when it begins anew, list them."""
+        """Keep one Watch open over every top wanted or kept; once it is on, list the tops
+        wanted first, then again the kept ones (changes between two watches were not seen)."""
         check_all = False
         while True:
             with self.lock:
@@ -171,25 +179,29 @@ class Hub:
                                     or set(self.trees) != set(self._watched))
                 if self.closed:
                     return
+                generation = self._generation
                 tops = sorted(set(self.trees) | self._wanted, key=lambda t: -self._used.get(t, 0))
                 for top in tops[MAX_TOPS:]:  # the least recently asked for go
                     self._fail(top, Unavailable(f"more than {MAX_TOPS} trees are shown at once", field="tops"))
-                tops = sorted(tops[:MAX_TOPS])
-                unchecked = set(tops) if check_all else set(self._wanted)
+                tops = tops[:MAX_TOPS]
+                wanted = set(self._wanted)
+                unchecked = set(tops) if check_all else wanted
             tops = [t for t in tops if t not in unchecked or self._visible(t)]
             with self.lock:
+                if generation != self._generation or self.closed:
+                    continue  # asked for more meanwhile: begin with that
                 stream = self._stream = self.client.watch(subtrees=tops) if tops else None
                 self._watched = tuple(tops)
             check_all = False
             if stream is None:
                 continue
             try:
-                live = 0
+                live = set()
                 for event in stream:
                     if event.initial:
-                        live += 1
-                        if live == len(tops):  # the watch is on: what is listed now stays current
-                            self._list(tops)
+                        live.add(event.uuid)
+                        if len(live) == len(tops):  # the watch is on: what is listed now stays current
+                            self._list(sorted(tops, key=lambda t: t not in wanted))
                         continue
                     with self.lock:
                         self._events.append(event)
@@ -197,6 +209,8 @@ class Hub:
                 check_all = True  # a top went (collected, say): watch the others
             except JobnestError:
                 time.sleep(1)  # the controller restarts: watch again, then list again
+            with self.lock:
+                self._watched = ()  # however it ended, watch again
 
     def _visible(self, top: str) -> bool:
         """Whether `top` may be watched; if not, it is dropped, and why is kept in `failed`."""
@@ -232,21 +246,31 @@ class Hub:
                 self.lock.notify_all()
 
     def _take_in(self, top: str, uuids: list[str]) -> set[str]:
-        """Add jobs new under `top`: a few one by one, many by listing the tree again."""
-        if len(uuids) <= FEW:
-            jobs = [self.client.get(uuid) for uuid in uuids]
+        """Add jobs new under `top`: a few one by one, many (or when that fails) by listing the
+        tree again; returns the jobs changed."""
+        try:
+            if len(uuids) <= FEW:
+                jobs = [self.client.get(uuid) for uuid in uuids]
+                with self.lock:
+                    tree = self.trees.get(top)
+                    return {u for job in jobs if tree and job.uuid not in tree.jobs
+                            and job.spawned_by_job_uuid in tree.jobs for u in tree.add(job)}
+        except JobnestError:
+            pass
+        try:
+            fresh = Tree(top, self.client.list(subtree=top))
+        except JobnestError:
             with self.lock:
-                tree = self.trees.get(top)
-                return {u for job in jobs if tree and job.uuid not in tree.jobs and job.spawned_by_job_uuid in tree.jobs
-                        for u in tree.add(job)}
-        fresh = Tree(top, self.client.list(subtree=top))
+                self._restart()  # cannot tell what it holds: watch and list again
+            return set()
         with self.lock:
             old = self.trees.get(top)
             if old is None:
                 return set()
             self.trees[top] = fresh
             return {u for u, job in fresh.jobs.items()
-                    if old.jobs.get(u) != job or len(fresh.children.get(u, ())) != len(old.children.get(u, ()))}
+                    if old.jobs.get(u) != job or old.counts.get(u) != fresh.counts.get(u)
+                    or len(fresh.children.get(u, ())) != len(old.children.get(u, ()))}
 
     def _tick(self) -> None:
         next_roots = 0.0
@@ -272,14 +296,13 @@ class Hub:
                         if e.uuid in tree.jobs:
                             touched.update(tree.apply(e.uuid, e.state, e.reason,
                                                       e.exit_code if e.has_exit_code else None))
-                        elif e.spawned_by_job_uuid in tree.jobs:
-                            new[top].append(e.uuid)
+                        elif e.spawned_by_job_uuid in tree.jobs or e.spawned_by_job_uuid in new[top]:
+                            new[top].append(e.uuid)  # in commit order: a parent before its children
                 for top in [t for t, used in self._used.items() if now - used > IDLE and not self._listeners]:
                     self.trees.pop(top, None)
                     del self._used[top]
             for top, uuids in new.items():
-                with contextlib.suppress(JobnestError):
-                    touched |= self._take_in(top, uuids)
+                touched |= self._take_in(top, uuids)
             if touched:
                 with self.lock:
                     self.seq += 1

@@ -371,3 +371,25 @@ def test_a_page_named_by_another_host_is_refused_on_loopback(web: Web) -> None:
     assert refused.value.code == 421
     with urllib.request.urlopen(f"{web.url}/healthz") as response:
         assert response.read() == b"ok"
+
+
+def test_on_the_local_default_a_page_starts_the_idle_controller_again(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("JOBNEST_")},
+           "JOBNEST_HOME": str(home), "JOBNEST_LOCAL_IDLE_TIMEOUT": "1"}
+    process = subprocess.Popen([sys.executable, "-c", "from jobnest._cli import main; main()", "web", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = re.search(r"serving (http://\S+)/", process.stdout.readline()).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(url) as response:
+            cookie = response.headers["Set-Cookie"].split(";")[0]
+        wait_for(lambda: not jobnest._client.local_controller_healthy(home / "controller.sock"), timeout=30)
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie})) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs", headers={"Cookie": cookie})) as response:
+            assert json.load(response)["jobs"] == []
+    finally:
+        process.terminate()
+        process.wait(10)
+        subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "down"], env=env,
+                       capture_output=True, timeout=30)

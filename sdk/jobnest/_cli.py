@@ -336,9 +336,11 @@ def web(ctx: click.Context, host: str, port: int, login: bool | None) -> None:
     if login is False and not loopback(host):
         raise click.BadParameter("on an address other than loopback, visitors must log in", param_hint="--no-login")
     client = _client(ctx)  # on the local default, starts the controller
+    # The local controller stops when idle; a page loaded later starts it again.
+    revive = None if ctx.obj["controller"] else lambda: ensure_local_controller(_home(ctx))
     try:
-        serve(client.address, ctx.obj["token"], host, port, login,
-              ready=lambda url: click.echo(f"jobnest web: serving {url}", err=False))
+        serve(client.address, ctx.obj["token"], host, port, login, revive=revive,
+              ready=lambda url: click.echo(f"jobnest web: serving {url}"))
     except OSError as e:
         raise click.ClickException(f"cannot serve on {host}:{port}: {e.strerror}") from None
 

@@ -125,8 +125,8 @@ def _page(name: str, monitor: Monitor, s: Session | None, **data: Any) -> HTMLRe
                                  "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
 
 
-def create_app(address: str, token: str = "", *, login: bool = False, allowed_hosts: tuple[str, ...] = ()
-               ) -> Starlette:
+def create_app(address: str, token: str = "", *, login: bool = False, allowed_hosts: tuple[str, ...] = (),
+               revive: Callable[[], None] | None = None) -> Starlette:
     """The monitor for the controller at `address`. Without `login`, every session uses `token`;
     `allowed_hosts` then limits the Host a browser may name (no other site can rebind to it)."""
     monitor = Monitor(address, token, login)
@@ -163,6 +163,11 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
             s = session_or_login(request)
             if isinstance(s, Response):
                 return s
+            if revive is not None:
+                try:
+                    await run_in_threadpool(revive)
+                except JobnestError as e:
+                    return PlainTextResponse(str(e), status_code=503)
             if monitor.session(request) is not None:
                 return _page(name, monitor, s, **request.path_params)
             sid, s = monitor.start(token)  # loopback, first visit: a session of the given token

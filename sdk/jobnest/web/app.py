@@ -180,7 +180,7 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
         form = {k: v[0] for k, v in parse_qs((await request.body())[:10_000].decode(errors="replace")).items()}
         given = form.get("token", "").strip()
         nxt = form.get("next") or "/"
-        nxt = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/"
+        nxt = nxt if nxt.startswith("/") and not nxt.startswith(("//", "/\\")) else "/"  # this site only
         origin = request.headers.get("origin")
         if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
             return _page("login", monitor, None, next=nxt, error="this form must be sent from this site")

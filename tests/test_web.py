@@ -356,6 +356,35 @@ def test_a_user_token_sees_only_its_own_jobs_and_actions_need_the_csrf_token(run
         his.cancel()
 
 
+def test_a_job_token_sees_its_own_subtree_and_nothing_else(running: Running, browser: Browser,
+                                                            tmp_path: Path) -> None:
+    client = running.client()
+    token_file = tmp_path / "token"
+    middle = tmp_path / "middle.py"  # a job under a job: no root is in its sight
+    middle.write_text("import os, time, jobnest\nc = jobnest.connect()\nc.submit(['sleep', '60'], cpu=0.1, name='its-child')\n"
+                      f"open({str(token_file)!r}, 'w').write(os.environ['JOBNEST_TOKEN'])\ntime.sleep(60)\n")
+    runner = tmp_path / "runner.py"
+    runner.write_text("import sys, jobnest\nc = jobnest.connect()\n"
+                      f"c.submit([sys.executable, {str(middle)!r}], cpu=0.1, name='the-middle').wait()\n")
+    top = client.submit([sys.executable, str(runner)], cpu=0.1, name="the-runner")
+    wait_for(lambda: token_file.exists() and token_file.read_text())
+    mid = next(c for c in top.children() if c.name == "the-middle")
+    w = Web(running, token_file.read_text(), "--no-login")
+    page = browser.new_page()
+    try:
+        page.goto(w.url)
+        expect(row(page, mid.uuid)).to_contain_text("the-middle")
+        row(page, mid.uuid).locator("button.toggle").click()
+        expect(page.locator("ul.children > li.job .name")).to_have_text(["its-child"])
+        assert "the-runner" not in page.content()
+        page.goto(f"{w.url}/job/{top.uuid}")
+        expect(page.locator("#missing")).to_be_visible()
+    finally:
+        page.close()
+        w.stop()
+        top.cancel()
+
+
 def test_on_another_address_the_monitor_does_not_start_without_login(running: Running) -> None:
     result = subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "--controller",
                              running.address, "web", "--host", "0.0.0.0", "--no-login"], capture_output=True,

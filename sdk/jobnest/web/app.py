@@ -227,6 +227,8 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
                     break
         if not (states or name or offset):
             hub.show_roots()
+            if not found:  # a job token sees no root: its own job heads what it may see
+                found = [job.uuid for job in hub.client.list(limit=1)]
         shown = found[offset:offset + limit]
         trees = hub.trees_of(shown)
         with hub.lock:

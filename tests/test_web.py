@@ -361,7 +361,8 @@ def test_a_job_token_sees_its_own_subtree_and_nothing_else(running: Running, bro
     client = running.client()
     token_file = tmp_path / "token"
     middle = tmp_path / "middle.py"  # a job under a job: no root is in its sight
-    middle.write_text("import os, time, jobnest\nc = jobnest.connect()\nc.submit(['sleep', '60'], cpu=0.1, name='its-child')\n"
+    middle.write_text("import os, time, jobnest\nc = jobnest.connect()\n"
+                      "c.submit(['sleep', '60'], cpu=0.1, name='its-child')\n"
                       f"open({str(token_file)!r}, 'w').write(os.environ['JOBNEST_TOKEN'])\ntime.sleep(60)\n")
     runner = tmp_path / "runner.py"
     runner.write_text("import sys, jobnest\nc = jobnest.connect()\n"

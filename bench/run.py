@@ -74,7 +74,7 @@ from jobnest.web.app import PAGE
 from jobnest_controller.store import Store, runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import slurm  # noqa: E402
+from tests import slurm, test_web  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789"
@@ -427,28 +427,10 @@ def bench_tree(n: int, rows: list, notes: list) -> None:
         ctl.stop()
 
 
-class WebProc:
-    """`jobnest web` for a controller, on a free loopback port, with the admin token."""
-
-    def __init__(self, ctl: ControllerProc) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", "from jobnest._cli import main; main()", "--controller",
-                                      ctl.address, "--token", TOKEN, "web", "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.url = self.proc.stdout.readline().split()[-1].rstrip("/")  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list) -> None:
@@ -457,7 +439,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=test_web.CHROMIUM, args=test_web.ARGS)
         ctl, web = ControllerProc(cpu=1), None
         try:
             driver = ctl.client(driver=True)
@@ -465,7 +447,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
             for i in range(0, n_tree - 1, BATCH):  # all reuse the first one's run
                 driver.submit_many([driver.spec(["true"], cpu=0.01) for _ in range(min(BATCH, n_tree - 1 - i))])
             root = driver.driver.uuid  # type: ignore[union-attr]
-            web = WebProc(ctl)
+            web = test_web.Web(ctl, TOKEN)
             page = browser.new_page()
             paint = timed(lambda: (page.goto(web.url), page.locator(f'li[data-uuid="{root}"] .count').wait_for()))
             expand = timed(lambda: (page.click(f'li[data-uuid="{root}"] button.toggle'),
@@ -485,7 +467,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
         spent = {}
         for watchers in (0, n_browsers):
             ctl = ControllerProc()
-            web = WebProc(ctl)
+            web = test_web.Web(ctl, TOKEN)
             contexts = []
             try:
                 driver = ctl.client(driver=True)
@@ -497,7 +479,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
                     pages.append(contexts[-1].new_page())
                     pages[-1].goto(f"{web.url}/job/{top}")
                     pages[-1].locator(".children li.job").nth(1).wait_for()
-                before, web_before = cpu_seconds(ctl.proc.pid), cpu_seconds(web.proc.pid)
+                before, web_before = cpu_seconds(ctl.proc.pid), cpu_seconds(web.process.pid)
                 start = time.perf_counter()
                 jobs = driver.submit_many([driver.spec(["true", str(i)], cpu=0.01) for i in range(n_run)])
                 driver.wait([j.uuid for j in jobs], timeout=600)
@@ -505,7 +487,7 @@ def bench_web(n_tree: int, n_run: int, n_browsers: int, rows: list, notes: list)
                     pg.locator(f'li[data-uuid="{top}"] .count.s-succeeded').filter(has_text=str(n_run + 1)).wait_for(
                         timeout=60_000)
                 spent[watchers] = (cpu_seconds(ctl.proc.pid) - before, time.perf_counter() - start,
-                                   cpu_seconds(web.proc.pid) - web_before)
+                                   cpu_seconds(web.process.pid) - web_before)
                 driver.finish()
             finally:
                 for c in contexts:

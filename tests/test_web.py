@@ -29,9 +29,10 @@ SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 
 
 class Web:
-    """A `jobnest web` process and its address."""
+    """A `jobnest web` process for the controller `running` (anything with its `address`), and
+    the monitor's address."""
 
-    def __init__(self, running: Running, token: str, *flags: str) -> None:
+    def __init__(self, running: Any, token: str, *flags: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from jobnest._cli import main; main()", "--controller", running.address,
              "--token", token, "web", "--port", "0", *flags],
@@ -423,3 +424,14 @@ def test_on_the_local_default_a_page_starts_the_idle_controller_again(tmp_path: 
         process.wait(10)
         subprocess.run([sys.executable, "-c", "from jobnest._cli import main; main()", "down"], env=env,
                        capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize(("query", "field", "problem"), [
+    ("state=bogus", "state", "unknown state 'bogus'"), ("since=3x", "since", "not a duration"),
+    ("offset=-1", "offset", "must be from 0"), ("limit=abc", "limit", "whole number")])
+def test_bad_filters_are_refused_naming_the_parameter(web: Web, query: str, field: str, problem: str) -> None:
+    request = urllib.request.Request(f"{web.url}/api/jobs?{query}", headers={"Cookie": session_cookie(web)})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    body = json.load(refused.value)
+    assert refused.value.code == 400 and body["field"] == field and problem in body["error"], body

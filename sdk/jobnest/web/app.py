@@ -16,7 +16,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -41,7 +41,6 @@ PAGE = 100  # jobs per page of a listing
 LOG_PAGE = 64 * 1024  # bytes of a log per page
 SESSION_AGE = 7 * 86400  # seconds a login lasts
 MAX_SESSIONS = 10_000
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 STATUS = {"InvalidSpec": 400, "Unauthenticated": 401, "PermissionDenied": 403, "NotFound": 404, "Conflict": 409}
 
 
@@ -104,6 +103,17 @@ def _int(request: Request, name: str, default: int, low: int | None = None, high
     if (low is not None and value < low) or (high is not None and value > high):
         raise InvalidSpec(f"must be from {low} to {high}, got {value}", field=name)
     return value
+
+
+@contextlib.contextmanager
+def _as_field(name: str, only: str | None = None) -> Iterator[None]:
+    """Bad input named by the query parameter `name` it came from (if `only`, for that field)."""
+    try:
+        yield
+    except InvalidSpec as e:
+        if only is not None and e.field != only:
+            raise
+        raise InvalidSpec(e.problem, field=name) from None
 
 
 def _error(e: JobnestError) -> JSONResponse:
@@ -208,23 +218,22 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
         filter every job that matches; `owner` and `since` narrow either."""
         q = request.query_params
         states = _split(q.get("state"))
-        if set(states) - set(STATES):
-            raise InvalidSpec(f"unknown state {sorted(set(states) - set(STATES))[0]!r} (known: {', '.join(STATES)})",
-                              field="state")
-        since = time.time() - parse_duration(q["since"]) if q.get("since") else 0.0
+        with _as_field("since"):
+            since = time.time() - parse_duration(q["since"]) if q.get("since") else 0.0
         owner, name = q.get("owner", ""), q.get("name", "")
         offset, limit = _int(request, "offset", 0, 0, 10**6), _int(request, "limit", 50, 1, 500)
         filtered = bool(owner or since)
         listing = hub.client.list(roots=not (states or name), states=states, name=name, newest_first=True,
                                   limit=0 if filtered else offset + limit + 1)
         found = []
-        for job in listing:
-            if job.created_at < since:
-                break
-            if not owner or job.owner == owner:
-                found.append(job.uuid)
-                if len(found) > offset + limit:
+        with _as_field("state", only="states"):  # the controller checks the states
+            for job in listing:
+                if job.created_at < since:
                     break
+                if not owner or job.owner == owner:
+                    found.append(job.uuid)
+                    if len(found) > offset + limit:
+                        break
         if not (states or name or offset):
             hub.show_roots()
             if not found:  # a job token sees no root: its own job heads what it may see

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._client import Client, JobInfo, Stream
+from .._client import TERMINAL, Client, JobInfo, Stream
 from ..errors import InvalidSpec, JobnestError, NotFound, PermissionDenied, Unavailable
 
 TICK = 0.25  # seconds between updates at most
@@ -63,7 +63,7 @@ class Tree:
         self.jobs[uuid] = job._replace(
             state=state, reason=reason, exit_code=exit_code,
             started_at=job.started_at or (now if state == "running" else None),
-            finished_at=job.finished_at or (now if state in ("succeeded", "failed", "cancelled") else None))
+            finished_at=job.finished_at or (now if state in TERMINAL else None))
         above = list(self.ancestors(uuid))
         for a in above:
             self.counts[a][job.state] -= 1

@@ -4,10 +4,14 @@ STAMP := .venv/.installed
 
 .PHONY: run test bench protos images setup clean shim sandbox
 
-$(STAMP): pyproject.toml
+# Snakemake finds executor plugins only when installed for real (not editable).
+PLUGIN := plugins/snakemake-executor-plugin-jobnest
+
+$(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml $(wildcard $(PLUGIN)/snakemake_executor_plugin_jobnest/*.py)
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps ./$(PLUGIN)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -297,6 +297,13 @@ class Client:
             _finish_at_exit(self)
             threading.Thread(target=self._hold_lease, name="jobnest-driver-lease", daemon=True).start()
 
+    def record_driver(self, name: str = "") -> "Job | None":
+        """Record this program as its driver job now, named `name` (else on its first submit, after
+        the program's file), so a watch of its tree can begin before anything is in it. Returns
+        that job, or None inside a job (whose children its submits become)."""
+        self._ensure_driver(name)
+        return self._driver
+
     def _join_driver(self, uuid: str, token: str) -> None:
         """Submit as the driver job `uuid`, which another process records and keeps (the redirect
         helper's calls group under the job of their caller)."""

@@ -418,10 +418,15 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
             await app(scope, receive, send)
         return guarded
 
+    from .tes import routes as tes_routes  # the GA4GH TES API; it builds on this module
+
+    tes, close_tes = tes_routes(monitor)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         monitor.close()
+        close_tes()
 
     static = StaticFiles(directory=str(resources.files("jobnest.web") / "static"))
     app = Starlette(routes=[
@@ -443,6 +448,7 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
         Route("/api/data/{digest}", api(manifest)),
         Route("/data/{digest}/{path:path}", api(download)),
         Mount("/static", static, name="static"),
+        *tes,
     ], lifespan=lifespan)
     app.state.monitor = monitor
     return hosts_checked(app)

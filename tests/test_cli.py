@@ -47,6 +47,15 @@ def test_listing_verbs_and_json(running: Running) -> None:
     assert status["running"] and status["runs"] == {"succeeded": 1}
 
 
+def test_tree_of_the_last_roots_shows_each_job_once(running: Running) -> None:
+    """Two driver runs, the second reusing the first's child: the first tree still has one child."""
+    for _ in range(2):
+        with running.client(driver=True) as client:
+            client.submit(["echo", "same"], name="child").wait(timeout=20)
+    tree = cli(running, "tree").stdout
+    assert tree.count("✔ child") == 2 and tree.count("reused run") == 1, tree
+
+
 def test_cancel_and_errors(running: Running) -> None:
     uuid = cli(running, "run", "-d", "--", "sleep", "60").stdout.strip()
     result = cli(running, "cancel", uuid)

@@ -291,7 +291,8 @@ def tree(ctx: click.Context, job: str | None, last: int, as_json: bool) -> None:
         _listing(jobs, as_json, lambda js: render.tree_with_summary(js, uuid))
         return
     tops = list(client.list(roots=True))[-last:]
-    jobs = [j for t in tops for j in client.list(subtree=t.uuid, include_reused=True)]
+    # A later tree that reused an earlier one's jobs lists them again (to show where they ran).
+    jobs = list({j.uuid: j for t in tops for j in client.list(subtree=t.uuid, include_reused=True)}.values())
     _listing(jobs, as_json, lambda js: "\n\n".join(render.tree(js, t.uuid) for t in tops) or "no jobs")
 
 

@@ -3,6 +3,7 @@ runs in a subprocess, each rule instance a real jobnest job (local processes, or
 Docker executor), plus Snakemake's own standard workflow tests run against the plugin."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import jobnest
 
 from .conftest import ADMIN, BUSYBOX, Running, wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 200
 
 MANY = f"""
@@ -118,6 +120,21 @@ rule one:
     jobs = list(client.list(parent=run.uuid))
     assert len(jobs) == 3 and all(j.executor == "docker" and j.state == "succeeded" for j in jobs)
     assert client.get(jobs[0].uuid).spec["image"] == BUSYBOX
+
+
+def test_the_readme_example_runs_as_a_job_its_rules_its_children(running: Running, tmp_path: Path) -> None:
+    """examples/snakemake, with Snakemake itself a jobnest job (`jobnest submit`): its rule
+    instances become that job's children, and its outputs land in the folder."""
+    folder = tmp_path / "example"
+    shutil.copytree(ROOT / "examples" / "snakemake", folder)
+    client = running.client()
+    runner = client.submit([sys.executable, "-m", "snakemake", "--executor", "jobnest", "-j", "10"], name="runner",
+                           cwd=str(folder), reuse=False, env={"PATH": os.environ["PATH"]})
+    assert runner.wait(timeout=120).state == "succeeded", runner.info.reason
+    assert (folder / "report.txt").read_text() == "alpha: 5 letters\nbeta: 4 letters\ngamma: 5 letters\n"
+    children = sorted(j.name for j in client.list(parent=runner.uuid))
+    assert children == ["count[sample=alpha]", "count[sample=beta]", "count[sample=gamma]", "report"]
+    assert not runs_of(client, folder)  # no driver of its own
 
 
 SLOW = """

@@ -21,8 +21,9 @@ DONE = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED")
 
 
 @pytest.fixture
-def web(running: Running) -> Iterator[Web]:
-    w = Web(running, ADMIN)
+def web(running: Running, tmp_path: Path) -> Iterator[Web]:
+    """`jobnest web` on loopback, acting with the admin token; file:// reaches the test's folder."""
+    w = Web(running, ADMIN, "--tes-file-root", str(tmp_path))
     yield w
     w.stop()
 
@@ -46,9 +47,9 @@ def finished(client: tes.HTTPClient, task_id: str) -> tes.Task:
     return client.wait(task_id, timeout=90)
 
 
-def test_service_info_answers_on_every_prefix(web: Web) -> None:
+def test_service_info_answers_on_every_prefix(web: Web, tmp_path: Path) -> None:
     info = tes.HTTPClient(web.url).get_service_info()  # py-tes 0.4 asks /v1/tasks/service-info
-    assert info.name == "jobnest" and "file:///" in info.storage
+    assert info.name == "jobnest" and f"file://{os.path.realpath(tmp_path)}" in info.storage
     for prefix in ("/v1", "/ga4gh/tes/v1"):
         status, body = call(f"{web.url}{prefix}/service-info")
         assert status == 200 and body["name"] == "jobnest", body
@@ -110,7 +111,7 @@ def test_a_task_reads_another_tasks_output_by_its_job_url(web: Web, tmp_path: Pa
 
 
 def test_a_task_runs_in_a_container_with_the_paths_as_given(docker_running: Running, tmp_path: Path) -> None:
-    w = Web(docker_running, ADMIN)
+    w = Web(docker_running, ADMIN, "--tes-file-root", str(tmp_path))
     try:
         client = tes.HTTPClient(w.url)
         task, result = files_task(tmp_path, BUSYBOX)
@@ -134,6 +135,44 @@ def test_a_failing_executor_is_an_executor_error_with_its_exit_code(web: Web) ->
     assert [e.exit_code for e in log.logs] == [0, 3]  # the third never ran
     assert "trouble" in log.logs[-1].stderr and "never" not in (log.logs[-1].stdout or "")
     assert any("exit code 3" in line for line in log.system_logs)
+
+
+def test_a_missing_output_is_a_system_error(web: Web, tmp_path: Path) -> None:
+    client = tes.HTTPClient(web.url)
+    task_id = client.create_task(tes.Task(outputs=[tes.Output(url=f"file://{tmp_path / 'x'}", path="/never/made")],
+                                          executors=[tes.Executor(image="", command=["true"])]))
+    assert finished(client, task_id).state == "SYSTEM_ERROR"
+    assert "/never/made was not made" in " ".join(client.get_task(task_id, "FULL").logs[0].system_logs)
+
+
+def test_file_urls_reach_only_the_folders_given(running: Running, web: Web, tmp_path: Path) -> None:
+    """As the user running `jobnest web`, whom no token stands for: none by default, and no link
+    inside a root leads out of it."""
+    (tmp_path / "out").symlink_to("/etc")
+    for task, field in [({"inputs": [{"url": "file:///etc/hostname", "path": "/in"}]}, "inputs[0].url"),
+                        ({"inputs": [{"url": f"file://{tmp_path}/out/hostname", "path": "/in"}]}, "inputs[0].url"),
+                        ({"outputs": [{"url": f"file://{tmp_path}/out/x", "path": "/o"}]}, "outputs[0].url")]:
+        status, body = call(f"{web.url}/v1/tasks", "POST", {**GOOD, **task})
+        assert status == 403 and body["field"] == field, body
+    plain = Web(running, ADMIN)
+    try:
+        (tmp_path / "in.txt").write_text("mine\n")
+        status, body = call(f"{plain.url}/v1/tasks", "POST",
+                            {**GOOD, "inputs": [{"url": f"file://{tmp_path}/in.txt", "path": "/in"}]})
+        assert status == 403 and "--tes-file-root" in body["error"], body
+    finally:
+        plain.stop()
+    assert list(running.client().list()) == []
+
+
+def test_a_listing_answers_complete_once_the_outputs_are_written(web: Web, tmp_path: Path) -> None:
+    client = tes.HTTPClient(web.url)
+    task_id = client.create_task(tes.Task(name="lists", outputs=[tes.Output(url=f"file://{tmp_path / 'o.txt'}",
+                                                                            path="/o.txt")],
+                                          executors=[tes.Executor(image="", command=["echo", "hi"], stdout="/o.txt")]))
+    wait_for(lambda: call(f"{web.url}/v1/tasks?name_prefix=lists")[1]["tasks"][0]["state"] in DONE, timeout=60)
+    status, body = call(f"{web.url}/v1/tasks?name_prefix=lists&state=COMPLETE")
+    assert [t["id"] for t in body["tasks"]] == [task_id] and (tmp_path / "o.txt").read_text() == "hi\n"
 
 
 def test_a_cancelled_task_is_canceled(web: Web) -> None:
@@ -165,6 +204,8 @@ def test_listing_filters_by_name_and_state_and_pages(web: Web) -> None:
     assert {t.id for t in listed.tasks} >= {*ids, failing} and all(t.logs for t in listed.tasks)
     status, body = call(f"{web.url}/v1/tasks?state=BOGUS")
     assert status == 400 and body["field"] == "state"
+    status, body = call(f"{web.url}/v1/tasks?page_token=no-such-task")
+    assert status == 400 and body["field"] == "page_token"
 
 
 def test_a_bearer_token_acts_as_its_user(running: Running, web: Web) -> None:
@@ -205,18 +246,23 @@ GOOD = {"executors": [{"image": "", "command": ["true"]}]}
     ({"inputs": [{"url": "file:///etc/hostname", "path": "relative"}]}, "inputs[0].path"),
     ({"inputs": [{"url": "s3://bucket/key", "path": "/in"}]}, "inputs[0].url"),
     ({"inputs": [{"path": "/in"}]}, "inputs[0].url"),
-    ({"inputs": [{"url": "file:///no/such/file", "path": "/in"}]}, "inputs[0].url"),
+    ({"inputs": [{"url": "file://ROOT/no/such/file", "path": "/in"}]}, "inputs[0].url"),
     ({"inputs": [{"url": "data:not-a-digest", "path": "/in"}]}, "inputs[0].url"),
     ({"inputs": [{"url": "file:///etc/hostname", "path": "/in"}], "outputs": "no"}, "outputs"),
     ({"outputs": [{"url": "http://example.org/x", "path": "/out"}]}, "outputs[0].url"),
     ({"resources": {"cpu_cores": -1}}, "resources.cpu_cores"),
     ({"resources": {"ram_gb": 10**6}}, "resources.ram_gb"),
+    ({"resources": {"ram_gb": 1e300}}, "resources.ram_gb"),
+    ({"executors": [{"image": "", "command": ["true"], "ignore_error": "no"}]}, "executors[0].ignore_error"),
+    ({"inputs": None, "outputs": [{"url": "s3://b/k", "path": "/o"}]}, "outputs[0].url"),
     ({"inputs": [{"content": "x" * 200_000, "path": "/in"}]}, "inputs[0].content"),
     ({"tags": {"k": 5}}, "tags"),
     ({"tags": {"k": "v" * 300}}, "tags"),
 ])
 def test_bad_input_is_refused_naming_the_field_and_submits_nothing(running: Running, web: Web,
-                                                                   change: dict[str, Any], field: str) -> None:
+                                                                   change: dict[str, Any], field: str,
+                                                                   tmp_path: Path) -> None:
+    change = json.loads(json.dumps(change).replace("ROOT", str(tmp_path)))  # the folder file:// may reach
     status, body = call(f"{web.url}/v1/tasks", "POST", {**GOOD, **change})
     assert status == 400 and body["field"] == field and body["error"], body
     assert list(running.client().list()) == []

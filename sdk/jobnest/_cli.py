@@ -329,8 +329,12 @@ def watch(ctx: click.Context, job: str | None, interval: float) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port.")
 @click.option("--login/--no-login", default=None,
               help="Ask for a token even on a loopback address (default: only elsewhere).")
+@click.option("--tes-file-root", "tes_file_roots", multiple=True, envvar="JOBNEST_TES_FILE_ROOTS",
+              type=click.Path(exists=True, file_okay=False, resolve_path=True),
+              help="A host folder the TES API may read and write for file:// URLs, as the user running this "
+                   "(repeatable; none by default).")
 @click.pass_context
-def web(ctx: click.Context, host: str, port: int, login: bool | None) -> None:
+def web(ctx: click.Context, host: str, port: int, login: bool | None, tes_file_roots: tuple[str, ...]) -> None:
     """Serve the web monitor: job trees, live, with logs, why and actions."""
     from .web import loopback, serve
 
@@ -340,7 +344,7 @@ def web(ctx: click.Context, host: str, port: int, login: bool | None) -> None:
     # The local controller stops when idle; a page loaded later starts it again.
     revive = None if ctx.obj["controller"] else lambda: ensure_local_controller(_home(ctx))
     try:
-        serve(client.address, ctx.obj["token"], host, port, login, revive=revive,
+        serve(client.address, ctx.obj["token"], host, port, login, revive=revive, tes_file_roots=tes_file_roots,
               ready=lambda url: click.echo(f"jobnest web: serving {url}"))
     except OSError as e:
         raise click.ClickException(f"cannot serve on {host}:{port}: {e.strerror}") from None

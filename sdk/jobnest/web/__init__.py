@@ -15,10 +15,12 @@ def loopback(host: str) -> bool:
 
 
 def serve(address: str, token: str, host: str = "127.0.0.1", port: int = 8080, login: bool | None = None,
-          ready: Callable[[str], None] | None = None, revive: Callable[[], None] | None = None) -> None:
+          ready: Callable[[str], None] | None = None, revive: Callable[[], None] | None = None,
+          tes_file_roots: tuple[str, ...] = ()) -> None:
     """Serve the monitor for the controller at `address` until interrupted. On a loopback
     address every visitor acts with `token` (unless `login`); elsewhere each logs in with theirs.
-    `revive`, if given, is called before each page is served (to start a local controller again)."""
+    `revive`, if given, is called before each page is served (to start a local controller again).
+    `tes_file_roots`: the host folders the TES API may read and write for file:// URLs."""
     import uvicorn
 
     login = not loopback(host) if login is None else login
@@ -31,7 +33,7 @@ def serve(address: str, token: str, host: str = "127.0.0.1", port: int = 8080, l
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     names = (shown, "localhost", "127.0.0.1", "[::1]")
     hosts = () if login else tuple(f"{h}:{port}" for h in names) + (names if port == 80 else ())  # 80: no port
-    app = create_app(address, token, login=login, allowed_hosts=hosts, revive=revive)
+    app = create_app(address, token, login=login, allowed_hosts=hosts, revive=revive, tes_file_roots=tes_file_roots)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     if ready:
         ready(f"http://{shown}:{port}/")

@@ -136,9 +136,10 @@ def _page(name: str, monitor: Monitor, s: Session | None, **data: Any) -> HTMLRe
 
 
 def create_app(address: str, token: str = "", *, login: bool = False, allowed_hosts: tuple[str, ...] = (),
-               revive: Callable[[], None] | None = None) -> Starlette:
+               revive: Callable[[], None] | None = None, tes_file_roots: tuple[str, ...] = ()) -> Starlette:
     """The monitor for the controller at `address`. Without `login`, every session uses `token`;
-    `allowed_hosts` then limits the Host a browser may name (no other site can rebind to it)."""
+    `allowed_hosts` then limits the Host a browser may name (no other site can rebind to it).
+    `tes_file_roots`: the host folders its TES API may read and write for file:// URLs."""
     monitor = Monitor(address, token, login)
 
     def session_or_login(request: Request) -> Session | Response:
@@ -420,7 +421,7 @@ def create_app(address: str, token: str = "", *, login: bool = False, allowed_ho
 
     from .tes import routes as tes_routes  # the GA4GH TES API; it builds on this module
 
-    tes, close_tes = tes_routes(monitor)
+    tes, close_tes = tes_routes(monitor, tes_file_roots)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -36,14 +36,19 @@ task's outputs are under `tes-outputs/`), or `file:///ABS` (read and uploaded by
 Outputs: `file:///ABS` (written by this server, from the stored output, when the task is first
 fetched after it succeeded, before COMPLETE is answered; a failure to is a SYSTEM_ERROR) or
 `jobnest:` (kept in the job's output only). The TaskLog's outputs name each file's `job:` URL.
-file:// reads and writes the host as the user running `jobnest web`, so it is allowed only when
-the monitor has no login (every caller already acts with its token, on loopback), or under a root
-listed in JOBNEST_TES_FILE_ROOTS (os.pathsep-separated, links resolved); else 403.
+file:// reads and writes the host as the user running `jobnest web`, which no token stands for, so
+it reaches only the folders given as `jobnest web --tes-file-root DIR` (or JOBNEST_TES_FILE_ROOTS,
+os.pathsep-separated; links resolved); elsewhere, and with none given, 403.
 
 States: queued -> QUEUED; running -> INITIALIZING until it has started, then RUNNING; succeeded ->
-COMPLETE; failed with an exit code (reason "exit code N: ...") -> EXECUTOR_ERROR, failed otherwise
-(lost, out of memory, timed out, never started) -> SYSTEM_ERROR; cancelled -> CANCELED. The
+COMPLETE once its file:// outputs are written (SYSTEM_ERROR if they could not be); failed by an
+executor's exit code -> EXECUTOR_ERROR, failed otherwise (an input not placed, an output not made,
+lost, out of memory, timed out, never started) -> SYSTEM_ERROR; cancelled -> CANCELED. The
 `state` filter of a listing asks the controller for the matching jobnest state.
+
+Inputs given as content or file:// are uploaded before the controller checks the job; if it
+refuses it, they stay in its store (content-addressed, removed by `jobnest gc`) and nothing else
+is made.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ TAIL = 16 * 1024  # bytes of stdout and stderr shown in a FULL view
 MAX_BODY = 8 * 2**20
 MAX_CONTENT = 128 * 1024
 MAX_CLIENTS = 256
+MAX_DELIVERED = 100_000  # tasks whose file:// outputs this server remembers having written
 STATES = {"QUEUED": "queued", "INITIALIZING": "running", "RUNNING": "running", "COMPLETE": "succeeded",
           "EXECUTOR_ERROR": "failed", "SYSTEM_ERROR": "failed", "CANCELED": "cancelled"}
 VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -111,13 +117,15 @@ def _strings(value: Any, field: str) -> dict[str, str]:
 class Tes:
     """The TES endpoints of one monitor: its clients per token, and the outputs it delivered."""
 
-    def __init__(self, monitor: Monitor, file_roots: list[str] | None = None) -> None:
+    def __init__(self, monitor: Monitor, file_roots: tuple[str, ...] = ()) -> None:
         self.monitor = monitor
-        roots = os.environ.get("JOBNEST_TES_FILE_ROOTS", "") if file_roots is None else os.pathsep.join(file_roots)
-        self.roots = [os.path.realpath(r) for r in roots.split(os.pathsep) if r]
+        self.roots = [os.path.realpath(r) for r in file_roots]
         self.clients: OrderedDict[str, Client] = OrderedDict()
         self.lock = threading.Lock()
-        self.delivered: dict[str, str] = {}  # task -> "" once its file:// outputs are written, else why not
+        # task -> "" once its file:// outputs are written (or it had none), else why not; the oldest
+        # are forgotten (a task fetched again then has its outputs written again)
+        self.delivered: OrderedDict[str, str] = OrderedDict()
+        self.delivering: dict[str, threading.Lock] = {}
 
     def client(self, request: Request) -> Client:
         token = _bearer(request)
@@ -146,19 +154,24 @@ class Tes:
 
     def allowed(self, path: str, field: str) -> str:
         real = os.path.realpath(path)
-        if self.monitor.login and not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.roots):
-            raise PermissionDenied(f"{path} is not under a root this server may read and write "
-                                   f"(JOBNEST_TES_FILE_ROOTS: {os.pathsep.join(self.roots) or 'none'})", field=field)
+        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.roots):
+            raise PermissionDenied(f"{path} is not under a folder this server may read and write (jobnest web "
+                                   f"--tes-file-root: {os.pathsep.join(self.roots) or 'none given'})", field=field)
         return real
 
     # -- creating ------------------------------------------------------------------------------
 
     def create(self, request: Request, body: Any) -> dict[str, Any]:
         client = self.client(request)
-        task, host = self.checked(body)
+        task = _checked(body)
+        for kind in ("inputs", "outputs"):
+            for i, item in enumerate(task[kind]):
+                if item.get("url", "").startswith("file:"):
+                    self.local_file(item["url"], f"{kind}[{i}].url")
+        host = (task["executors"][0].get("image") or "") in LOCAL_IMAGES
         with tempfile.TemporaryDirectory() as tmp:
             inputs: dict[str, str] = {}
-            for i, given in enumerate(task.get("inputs", [])):
+            for i, given in enumerate(task["inputs"]):
                 field = f"inputs[{i}].url"
                 if "content" in given:
                     path = Path(tmp) / f"input{i}"
@@ -175,7 +188,8 @@ class Tes:
             options: dict[str, Any] = {"name": task.get("name") or "tes-task", "labels": task.get("tags", {}),
                                        "reuse": task["tags"].get("jobnest.reuse") == "true",
                                        "inputs": inputs, "cpu": resources.get("cpu_cores"),
-                                       "memory": round(resources["ram_gb"] * 10**9) if resources.get("ram_gb") else None}
+                                       "memory": max(1, round(resources["ram_gb"] * 10**9))
+                                       if resources.get("ram_gb") else None}
             image = task["executors"][0].get("image") or ""
             options |= {"executor": "local"} if host else {"image": image}
             argv = ["sh", "-c", _script(task, host), "jobnest-tes", json.dumps(task, separators=(",", ":"))]
@@ -192,76 +206,12 @@ class Tes:
         except (OSError, JobnestError) as e:
             raise _bad(field, f"could not be uploaded: {getattr(e, 'problem', e)}") from None
 
-    def checked(self, body: Any) -> tuple[dict[str, Any], bool]:
-        """The task with what was checked normalised, and whether it runs on the host; bad input
-        is refused naming its field, before anything is uploaded or submitted."""
-        if not isinstance(body, dict):
-            raise _bad("body", "must be a JSON object (a tesTask)")
-        task = {k: v for k, v in body.items() if k in ("name", "description", "inputs", "outputs", "resources",
-                                                        "executors", "volumes", "tags")}
-        if not isinstance(task.get("name", ""), str):
-            raise _bad("name", "must be a string")
-        executors = task.get("executors")
-        if not isinstance(executors, list) or not executors:
-            raise _bad("executors", "must be a list of at least one executor")
-        for i, ex in enumerate(executors):
-            if not isinstance(ex, dict):
-                raise _bad(f"executors[{i}]", "must be an object")
-            command = ex.get("command")
-            if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-                raise _bad(f"executors[{i}].command", "must be a non-empty list of strings")
-            if not isinstance(ex.get("image", ""), str):
-                raise _bad(f"executors[{i}].image", "must be a string")
-            if (ex.get("image") or "") != (executors[0].get("image") or ""):
-                raise _bad(f"executors[{i}].image", "the executors of a task run in one job, so in one image: "
-                           f"this one differs from executors[0]'s {executors[0].get('image')!r}")
-            for name in ("workdir", "stdin", "stdout", "stderr"):
-                if ex.get(name) is not None:
-                    ex[name] = _absolute(ex[name], f"executors[{i}].{name}")
-            for key in _strings(ex.get("env"), f"executors[{i}].env"):
-                if not VAR.fullmatch(key):
-                    raise _bad(f"executors[{i}].env", f"{key[:40]!r} is not a variable name")
-        for kind in ("inputs", "outputs", "volumes"):
-            if not isinstance(task.get(kind) or [], list):
-                raise _bad(kind, "must be a list")
-        for kind in ("inputs", "outputs"):
-            for i, item in enumerate(task.get(kind, [])):
-                if not isinstance(item, dict):
-                    raise _bad(f"{kind}[{i}]", "must be an object")
-                item["path"] = _absolute(item.get("path"), f"{kind}[{i}].path")
-                if item.get("type", "FILE") not in ("FILE", "DIRECTORY"):
-                    raise _bad(f"{kind}[{i}].type", "must be FILE or DIRECTORY")
-                url, content = item.get("url"), item.get("content")
-                if kind == "inputs" and content is not None:
-                    if url or not isinstance(content, str) or len(content) > MAX_CONTENT:
-                        raise _bad(f"inputs[{i}].content", f"give a url or the content, a string of at most "
-                                                           f"{MAX_CONTENT} characters (as TES allows)")
-                    continue
-                if not isinstance(url, str) or not url:
-                    raise _bad(f"{kind}[{i}].url", "is required")
-                schemes = ("file:", "data:", "job:") if kind == "inputs" else ("file:", "jobnest:")
-                if not url.startswith(schemes):
-                    raise _bad(f"{kind}[{i}].url", f"must start with one of {', '.join(schemes)}, got {url[:80]!r}")
-                if url.startswith("file:"):
-                    self.local_file(url, f"{kind}[{i}].url")
-        for i, volume in enumerate(task.get("volumes") or []):
-            task["volumes"][i] = _absolute(volume, f"volumes[{i}]")
-        task["tags"] = _strings(task.get("tags"), "tags")
-        resources = task.get("resources") or {}
-        if not isinstance(resources, dict):
-            raise _bad("resources", "must be an object")
-        for name in ("cpu_cores", "ram_gb"):
-            value = resources.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise _bad(f"resources.{name}", f"must be a number greater than 0, got {value!r}")
-        return task, (executors[0].get("image") or "") in LOCAL_IMAGES
-
     # -- reading -------------------------------------------------------------------------------
 
     def task(self, client: Client, info: JobInfo, view: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """The tesTask of a job, in `view` (MINIMAL: id and state; BASIC: all but logs' stdout,
         stderr, system logs and inputs' content; FULL: all)."""
-        state = _state(info, self.delivered.get(info.uuid))
+        state = self.state(client, info, spec)
         if view == "MINIMAL":
             return {"id": info.uuid, "state": state}
         given = _given(spec or {})
@@ -314,37 +264,52 @@ class Tes:
                 found.append({"url": url, "path": out["path"] + rest, "size_bytes": str(entry.size)})
         return found
 
+    def state(self, client: Client, info: JobInfo, spec: dict[str, Any] | None = None) -> str:
+        """The task's TES state: one that succeeded is COMPLETE once its file:// outputs are written."""
+        if info.state == "succeeded" and info.uuid not in self.delivered:
+            self.deliver(client, info, (client.get(info.uuid).spec if spec is None else spec) or {})
+        return _state(info, self.delivered.get(info.uuid))
+
     def deliver(self, client: Client, info: JobInfo, spec: dict[str, Any]) -> None:
         """Write the file:// outputs of a task that succeeded, once (see the module docstring)."""
-        outputs = [o for o in _given(spec).get("outputs", []) if o["url"].startswith("file:")]
-        if info.uuid in self.delivered or not outputs:
-            return
         with self.lock:
-            if info.uuid in self.delivered:
-                return
-            try:
-                entries = list(client.manifest(info.output).entries)
-                for i, out in enumerate(outputs):
-                    dest = self.local_file(out["url"], f"outputs[{i}].url")
-                    for entry, rest in _kept(entries, out):
-                        target = Path(dest + rest)
-                        self.allowed(str(target), f"outputs[{i}].url")  # no link in the way leads out
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        part = target.with_name(f".{target.name}.jobnest-tes")
-                        with open(part, "wb") as f:
+            guard = self.delivering.setdefault(info.uuid, threading.Lock())
+        with guard:  # one task's outputs at a time; other tasks' requests go on meanwhile
+            if info.uuid not in self.delivered:
+                self.delivered[info.uuid] = self.write_outputs(client, info, spec)
+                while len(self.delivered) > MAX_DELIVERED:
+                    self.delivered.popitem(last=False)
+        with self.lock:
+            self.delivering.pop(info.uuid, None)
+
+    def write_outputs(self, client: Client, info: JobInfo, spec: dict[str, Any]) -> str:
+        """Why the file:// outputs of a task could not be written, or "" once they are."""
+        outputs = [o for o in _given(spec).get("outputs", []) if o["url"].startswith("file:")]
+        try:
+            entries = list(client.manifest(info.output).entries) if outputs else []
+            for i, out in enumerate(outputs):
+                dest = self.local_file(out["url"], f"outputs[{i}].url")
+                for entry, rest in _kept(entries, out):
+                    target = Path(dest + rest)
+                    self.allowed(str(target), f"outputs[{i}].url")  # no link in the way leads out
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")  # no link followed
+                    try:
+                        with os.fdopen(fd, "wb") as f:
                             for chunk in client.read_blob(entry.digest, info.output):
                                 f.write(chunk)
-                        part.chmod(0o755 if entry.executable else 0o644)
-                        part.replace(target)
-                self.delivered[info.uuid] = ""
-            except (OSError, JobnestError) as e:
-                self.delivered[info.uuid] = f"writing the outputs failed: {e}"
+                        os.chmod(part, 0o755 if entry.executable else 0o644)
+                        os.replace(part, target)
+                    except BaseException:
+                        os.unlink(part)
+                        raise
+        except (OSError, JobnestError) as e:
+            return f"writing the outputs failed: {e}"
+        return ""
 
     def get(self, request: Request) -> dict[str, Any]:
         client, view = self.client(request), _view(request)
         info = client.get(request.path_params["id"])
-        if info.state == "succeeded":
-            self.deliver(client, info, info.spec or {})
         return self.task(client, info, view, info.spec)
 
     def listing(self, request: Request) -> dict[str, Any]:
@@ -362,10 +327,12 @@ class Tes:
             if after:
                 after = "" if info.uuid == after else after
                 continue
-            if info.name.startswith(prefix) and (not state or _state(info) == state):
+            if info.name.startswith(prefix) and (not state or self.state(client, info) == state):
                 found.append(info)
                 if len(found) > size:
                     break
+        if after:
+            raise _bad("page_token", "names no task of this listing (a next_page_token it gave)")
         tasks = [self.task(client, i, view, client.get(i.uuid).spec if view != "MINIMAL" else None) for i in found[:size]]
         return {"tasks": tasks, **({"next_page_token": found[size - 1].uuid} if len(found) > size else {})}
 
@@ -375,7 +342,7 @@ class Tes:
 
     def service_info(self, request: Request) -> dict[str, Any]:
         storage = ["jobnest:", "data:", "job:"]
-        storage += ["file:///"] if not self.monitor.login else [f"file://{r}" for r in self.roots]
+        storage += [f"file://{r}" for r in self.roots]
         if request.url.path.endswith("/tasks/service-info"):  # TES 0.3, as py-tes 0.4 asks for it
             return {"name": "jobnest", "doc": "jobnest: every task is a job", "storage": storage}
         return {"id": "org.jobnest.tes", "name": "jobnest", "type": {"group": "org.ga4gh", "artifact": "tes",
@@ -407,7 +374,9 @@ def _state(info: JobInfo, delivery: str | None = None) -> str:
     if info.state == "succeeded":
         return "SYSTEM_ERROR" if delivery else "COMPLETE"
     if info.state == "failed":
-        plain = info.exit_code is not None and re.match(rf"exit code {info.exit_code}\b", info.reason)
+        # an executor's own exit code; the script's other failures (inputs, outputs) are the system's
+        plain = (info.exit_code is not None and re.match(rf"exit code {info.exit_code}\b", info.reason)
+                 and not re.search(r"jobnest-tes: (?!executor)", info.reason))
         return "EXECUTOR_ERROR" if plain else "SYSTEM_ERROR"
     if info.state == "running":
         return "RUNNING" if info.started_at else "INITIALIZING"
@@ -419,9 +388,9 @@ def _given(spec: dict[str, Any]) -> dict[str, Any]:
     argv = spec.get("argv") or []
     if len(argv) == 5 and argv[3] == "jobnest-tes":
         try:
-            return dict(json.loads(argv[4]))
-        except ValueError:
-            pass
+            return _checked(json.loads(argv[4]))
+        except (ValueError, InvalidSpec):
+            pass  # not made by this server after all
     executor = {"image": spec.get("image", ""), "command": argv, "workdir": spec.get("cwd") or None,
                 "env": spec.get("env") or None}
     return {"executors": [{k: v for k, v in executor.items() if v is not None}], "tags": spec.get("labels") or {}}
@@ -434,6 +403,73 @@ def _kept(entries: list[Any], out: dict[str, Any]) -> Iterator[tuple[Any, str]]:
     for entry in entries:
         if not entry.link and (entry.path == inside or entry.path.startswith(inside + "/")):
             yield entry, entry.path[len(inside):]
+
+
+def _checked(body: Any) -> dict[str, Any]:
+    """The task with what was checked normalised; bad input is refused naming its field. Its
+    file:// URLs are the server's to check, the job it becomes the controller's."""
+    if not isinstance(body, dict):
+        raise _bad("body", "must be a JSON object (a tesTask)")
+    task = {k: v for k, v in body.items() if k in ("name", "description", "inputs", "outputs", "resources",
+                                                    "executors", "volumes", "tags")}
+    if not isinstance(task.get("name", ""), str):
+        raise _bad("name", "must be a string")
+    executors = task.get("executors")
+    if not isinstance(executors, list) or not executors:
+        raise _bad("executors", "must be a list of at least one executor")
+    for i, ex in enumerate(executors):
+        if not isinstance(ex, dict):
+            raise _bad(f"executors[{i}]", "must be an object")
+        command = ex.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise _bad(f"executors[{i}].command", "must be a non-empty list of strings")
+        if not isinstance(ex.get("image", ""), str):
+            raise _bad(f"executors[{i}].image", "must be a string")
+        if (ex.get("image") or "") != (executors[0].get("image") or ""):
+            raise _bad(f"executors[{i}].image", "the executors of a task run in one job, so in one image: "
+                       f"this one differs from executors[0]'s {executors[0].get('image')!r}")
+        if not isinstance(ex.get("ignore_error", False), bool):
+            raise _bad(f"executors[{i}].ignore_error", "must be true or false")
+        for name in ("workdir", "stdin", "stdout", "stderr"):
+            if ex.get(name) is not None:
+                ex[name] = _absolute(ex[name], f"executors[{i}].{name}")
+        for key in _strings(ex.get("env"), f"executors[{i}].env"):
+            if not VAR.fullmatch(key):
+                raise _bad(f"executors[{i}].env", f"{key[:40]!r} is not a variable name")
+    for kind in ("inputs", "outputs", "volumes"):
+        task[kind] = task.get(kind) or []
+        if not isinstance(task[kind], list):
+            raise _bad(kind, "must be a list")
+    for kind in ("inputs", "outputs"):
+        for i, item in enumerate(task[kind]):
+            if not isinstance(item, dict):
+                raise _bad(f"{kind}[{i}]", "must be an object")
+            item["path"] = _absolute(item.get("path"), f"{kind}[{i}].path")
+            if item.get("type", "FILE") not in ("FILE", "DIRECTORY"):
+                raise _bad(f"{kind}[{i}].type", "must be FILE or DIRECTORY")
+            url, content = item.get("url"), item.get("content")
+            if kind == "inputs" and content is not None:
+                if url or not isinstance(content, str) or len(content) > MAX_CONTENT:
+                    raise _bad(f"inputs[{i}].content", f"give a url or the content, a string of at most "
+                                                       f"{MAX_CONTENT} characters (as TES allows)")
+                continue
+            if not isinstance(url, str) or not url:
+                raise _bad(f"{kind}[{i}].url", "is required")
+            schemes = ("file:", "data:", "job:") if kind == "inputs" else ("file:", "jobnest:")
+            if not url.startswith(schemes):
+                raise _bad(f"{kind}[{i}].url", f"must start with one of {', '.join(schemes)}, got {url[:80]!r}")
+    for i, volume in enumerate(task["volumes"]):
+        task["volumes"][i] = _absolute(volume, f"volumes[{i}]")
+    task["tags"] = _strings(task.get("tags"), "tags")
+    resources = task.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise _bad("resources", "must be an object")
+    for name in ("cpu_cores", "ram_gb"):
+        value = resources.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < 10**12):
+            raise _bad(f"resources.{name}", f"must be a number greater than 0 (and below 10^12), got {value!r}")
+    return task
 
 
 def _task_field(field: str) -> str:
@@ -485,7 +521,7 @@ def _script(task: dict[str, Any], host: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def routes(monitor: Monitor, file_roots: list[str] | None = None) -> tuple[list[Route], Callable[[], None]]:
+def routes(monitor: Monitor, file_roots: tuple[str, ...] = ()) -> tuple[list[Route], Callable[[], None]]:
     """The TES routes under both prefixes, and what closes their clients."""
     tes = Tes(monitor, file_roots)
 

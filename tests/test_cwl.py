@@ -51,7 +51,10 @@ def check_outputs(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_workflow_steps_are_jobs_under_the_driver(running: Running, tmp_path: Path) -> None:
     wf = workflow_here(tmp_path)
-    check_outputs(run_cwl(running, "wf.cwl", "job.yml", cwd=wf))
+    (tmp_path / "steps").mkdir()  # where each step's output is downloaded, then moved to out/
+    check_outputs(run_cwl(running, "--tmp-outdir-prefix", f"{tmp_path}/steps/", "--preserve-entire-environment",
+                          "wf.cwl", "job.yml", cwd=wf))
+    assert list((tmp_path / "steps").iterdir()) == []
     client = running.client()
     driver = driver_of(client, "cwl wf.cwl")
     steps = {j.name: j for j in client.list(parent=driver.uuid)}
@@ -61,6 +64,7 @@ def test_workflow_steps_are_jobs_under_the_driver(running: Running, tmp_path: Pa
     assert (steps["sort"].cpu, steps["sort"].memory) == (0.5, 200 * 2**20)
     assert (steps["combine"].cpu, steps["combine"].memory) == (1.0, 256 * 2**20)  # cwltool's defaults
     assert client.get(steps["combine"].uuid).spec["env"]["GREETING"] == "hello from sorted.txt"
+    assert not any(k.startswith("JOBNEST_") for j in steps.values() for k in client.get(j.uuid).spec["env"])
     assert driver.state == "succeeded"
 
 

@@ -384,6 +384,10 @@ class Client:
             raise InvalidSpec("a driver is a program's own record: run the program again", field="uuid")
         return self.submit_many([spec])[0]
 
+    def log_tail(self, uuid: str, stream: str = "stderr", size: int = 2000) -> str:
+        """The last `size` bytes of a job's `stream`, as text (to show with its failure)."""
+        return b"".join(c.data for c in self.log_chunks(uuid, stream=stream, offset=-size)).decode(errors="replace")
+
     def logs(self, uuid: str, follow: bool = False) -> Iterator[tuple[str, bytes]]:
         for chunk in self.log_chunks(uuid, follow):
             yield chunk.stream, chunk.data

@@ -65,11 +65,14 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Generator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import jobnest
+
+from ._client import TERMINAL
 
 try:
     from cwltool.argparser import arg_parser
@@ -96,7 +99,6 @@ WORKDIR = "{inputs.workdir}"  # the step's InitialWorkDirRequirement listing, co
 TMPDIR = "/tmp"
 EXIT_CODE_FILE = ".jobnest-cwl-exit-code"  # the real exit code, when a non-zero one succeeded
 PATHS_FILE = ".jobnest-cwl-paths"  # the output and stage folders as the job saw them, for cwl.output.json
-TERMINAL = ("succeeded", "failed", "cancelled")
 STDERR_TAIL = 2000  # bytes of a failed step's stderr shown
 MAX_IN_FLIGHT = 64  # --parallel: cores' worth of steps submitted at once
 
@@ -144,6 +146,8 @@ class JobnestTool(CommandLineTool):
         for j in super().job(job_order, output_callbacks, runtime_context):
             if isinstance(j, JobnestJob):
                 j.client = self.client
+                if j.outdir in ("", OUTPUT):  # the step's local folder for its output, which cwltool
+                    j.outdir = runtime_context.create_outdir()  # (told of it now) moves or removes
             yield j
 
 
@@ -156,8 +160,6 @@ class JobnestJob(JobBase):
         return {}  # HOME and TMPDIR are set by the wrapper, PATH by the executor or the image
 
     def run(self, runtimeContext: RuntimeContext, tmpdir_lock: threading.Lock | None = None) -> None:
-        if self.outdir in ("", OUTPUT):  # the inner path: the step's local output folder is made here
-            self.outdir = runtimeContext.create_outdir()  # (its outdir is the top-level one)
         self._setup(runtimeContext)
         status, outputs = "permanentFail", {}
         try:
@@ -182,9 +184,7 @@ class JobnestJob(JobBase):
         argv, options = self._spec(rc)
         job = self.client.submit(argv, **options)
         log.info("[job %s] is jobnest job %s%s", self.name, job.uuid, ", reused" if job.reused else "")
-        for event in self.client.watch(uuids=[job.uuid]):
-            if event.state in TERMINAL:
-                break
+        self._wait(job.uuid)
         info = job.info
         code = info.exit_code
         if info.state == "succeeded" and info.output:
@@ -192,11 +192,22 @@ class JobnestJob(JobBase):
             code = _read_back(Path(self.outdir)) if code == 0 else code
         status = self._status(code if info.state in ("succeeded", "failed") else None)
         if status != "success":
-            tail = b"".join(c.data for c in self.client.log_chunks(job.uuid, stream="stderr", offset=-STDERR_TAIL))
+            tail = self.client.log_tail(job.uuid, size=STDERR_TAIL)
             log.error("[job %s] jobnest job %s %s: %s%s", self.name, job.uuid, info.state, info.reason,
-                      "; its stderr ends:\n" + tail.decode(errors="replace") if tail.strip() else "")
+                      "; its stderr ends:\n" + tail if tail.strip() else "")
             return status, {}
         return status, bytes2str_in_dicts(self.collect_outputs(self.outdir, code or 0))  # type: ignore[arg-type]
+
+    def _wait(self, uuid: str) -> None:
+        """Until the job ends; a watch the controller broke off (restarting, say) begins again."""
+        while True:
+            try:
+                for event in self.client.watch(uuids=[uuid]):
+                    if event.state in TERMINAL:
+                        return
+            except jobnest.Unavailable as e:
+                log.warning("[job %s] lost the controller (%s); watching again", self.name, e)
+                time.sleep(1)
 
     def _status(self, code: int | None) -> str:
         """cwltool's verdict on an exit code (None: the job ended without one)."""
@@ -214,7 +225,8 @@ class JobnestJob(JobBase):
         """The job's argv and submit options; uploads its files."""
         secrets = rc.secret_store
         command = [str(a) for a in self.command_line]
-        env = dict(self.environment)
+        # the controller sets its own variables; a token of this program's must not go into a stored spec
+        env = {k: v for k, v in self.environment.items() if not k.startswith("JOBNEST_")}
         if secrets is not None:
             command, env = secrets.retrieve(command), secrets.retrieve(env)  # type: ignore[assignment]
         inputs, folders = {}, []
@@ -244,7 +256,7 @@ class JobnestJob(JobBase):
         """The shell script that runs the command line in the job (its arguments are "$@")."""
         lines = ['cd "$JOBNEST_OUTPUT" || exit 125', f'export HOME="$JOBNEST_OUTPUT" TMPDIR={TMPDIR}']
         if workdir:
-            lines.append(f"cp -R {WORKDIR}/. . && chmod -R u+w . || exit 125")
+            lines.append(f'cp -R "{WORKDIR}"/. . && chmod -R u+w . || exit 125')
         if folders:  # empty ones: data holds only files
             lines.append("mkdir -p " + " ".join(shlex.quote(f) for f in folders))
         redirect = ""
@@ -255,8 +267,8 @@ class JobnestJob(JobBase):
                 if "/" in name:
                     lines.append(f"mkdir -p {shlex.quote(os.path.dirname(name))}")
                 redirect += f" {fd}>{shlex.quote(name)}"
-        lines += [f'"$@"{redirect}', "code=$?",
-                  f'[ -f cwl.output.json ] && printf "%s\\n" "$JOBNEST_OUTPUT" "$PWD" {STAGE if stage else ""} >{PATHS_FILE}']
+        seen = '"$JOBNEST_OUTPUT" "$PWD"' + (f' "{STAGE}"' if stage else "")
+        lines += [f'"$@"{redirect}', "code=$?", f'[ -f cwl.output.json ] && printf "%s\\n" {seen} >{PATHS_FILE}']
         other_successes = sorted({c for c in self.successCodes if c != 0})
         if other_successes:  # a failed run keeps no output: it succeeds, and the code goes in a file
             lines.append(f'case $code in {"|".join(map(str, other_successes))}) echo $code >{EXIT_CODE_FILE}; '

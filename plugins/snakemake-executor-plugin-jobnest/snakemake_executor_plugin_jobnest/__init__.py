@@ -226,10 +226,9 @@ class Executor(RemoteExecutor):
     def _failure(self, uuid: str, event: Any) -> str:
         code = f" with exit code {event.exit_code}" if event.has_exit_code else ""
         try:
-            tail = b"".join(c.data for c in self.client.log_chunks(uuid, stream="stderr", offset=-STDERR_TAIL))
+            shown = self.client.log_tail(uuid, size=STDERR_TAIL).rstrip()
         except JobnestError:
-            tail = b""
-        shown = tail.decode(errors="replace").rstrip()
+            shown = ""
         return (f"jobnest job {uuid} {event.state}{code}: {event.reason or 'no reason given'}\n"
                 + (f"its stderr ends:\n{shown}\n" if shown else "") + f"(jobnest logs {uuid}) ")
 

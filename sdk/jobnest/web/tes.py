@@ -238,8 +238,8 @@ class Tes:
         job's stdout and stderr go with the last log."""
         if info.started_at is None:
             return []
-        tails = {s: b"".join(c.data for c in client.log_chunks(info.uuid, stream=s, offset=-TAIL)).decode(
-            errors="replace") for s in ("stdout", "stderr")} if view == "FULL" or info.state == "failed" else {}
+        tails = {s: client.log_tail(info.uuid, s, TAIL) for s in ("stdout", "stderr")} \
+            if view == "FULL" or info.state == "failed" else {}
         failed = re.findall(r"jobnest-tes: executor (\d+) exited (\d+)", tails.get("stderr", ""))
         logs: list[dict[str, Any]]
         if info.state == "succeeded":

@@ -48,7 +48,8 @@ folders, and so the argv, differ from run to run).
 Out of scope: InplaceUpdateRequirement (inputs are read-only copies), empty folders in a step's
 output (jobnest's data holds files), paths in env values, dockerOutputDirectory,
 dockerFile/dockerLoad, MPI, CUDA, `--provenance`, and cwltool's `--cachedir` (jobnest's reuse takes
-its place). Secrets are passed in argv and env, which the controller stores.
+its place). Secrets are passed in argv and env, which the controller stores. A literal `{output}`
+or `{inputs.NAME}` in a command line is the controller's placeholder, as in any job's argv.
 
 The CWL conformance subset that tests/test_cwl.py runs is listed in tests/cwl/conformance/README.md.
 """

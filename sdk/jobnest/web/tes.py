@@ -28,7 +28,8 @@ writes nothing outside its run, and two tasks naming the same path do not meet; 
 is one of those paths or lies under one is given as mapped (a path inside a longer argument, such
 as a shell line, is not: write `$JOBNEST_TES_ROOT/path` there). Without a workdir an executor
 runs where the job does: on the host in its output folder (what is left there is stored), in a
-container in the image's workdir.
+container in the image's workdir. A literal `{output}` or `{inputs.NAME}` in a command is the
+controller's placeholder, as in any job's argv.
 
 Inputs: `content` (uploaded as a file), `data:DIGEST[/PATH]` (stored data, such as an upload or
 an output, or a path in it), `job:UUID[/PATH]` (another job's or task's output: waits for it; a

@@ -2,8 +2,9 @@
 # Installs what the tests need beyond the venv: PostgreSQL server binaries (the tests start a
 # throwaway cluster themselves) and a user to run them as when we are root; Slurm's daemons and
 # munge (the tests start a one-node cluster themselves); an image registry (started by the tests
-# too); Chromium for the web monitor's browser tests; rsync for Snakemake's fs storage plugin; a
-# running Docker engine with the project's images; a real helm for the chart tests.
+# too); Chromium for the web monitor's browser tests; rsync for Snakemake's fs storage plugin;
+# Node.js for CWL's JavaScript expressions; a running Docker engine with the project's images; a
+# real helm for the chart tests.
 set -euo pipefail
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "installing PostgreSQL server binaries"
@@ -24,6 +25,10 @@ fi
 if ! command -v rsync >/dev/null; then  # Snakemake's fs storage plugin, in the TES tests, copies with it
     echo "installing rsync"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync >/dev/null
+fi
+if ! command -v node >/dev/null && ! command -v nodejs >/dev/null; then  # cwltool evaluates CWL's JavaScript with it
+    echo "installing nodejs"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs >/dev/null
 fi
 bash "$(dirname "$0")/images.sh"
 bash "$(dirname "$0")/helm.sh"

@@ -103,6 +103,14 @@ def test_failing_step(running: Running, tmp_path: Path) -> None:
     assert (step.state, step.exit_code) == ("failed", 3)
 
 
+def test_parallel_leaves_a_steps_size_to_the_controller(running: Running, tmp_path: Path) -> None:
+    """With --parallel, cwltool's own check against this machine's cores is not the one that holds."""
+    wf = workflow_here(tmp_path)
+    (wf / "big.cwl").write_text((wf / "upper.cwl").read_text().replace("coresMin: 0.25", "coresMin: 100"))
+    done = run_cwl(running, "--parallel", "big.cwl", "--text", "text.txt", cwd=wf)
+    assert done.returncode != 0 and "100 cores is more than the largest node has" in done.stderr, done.stderr
+
+
 def test_runner_as_a_job(running: Running, tmp_path: Path) -> None:
     """Run as a jobnest job itself (as `jobnest submit` runs a program), its steps are its children."""
     wf = workflow_here(tmp_path)
@@ -157,7 +165,8 @@ def conformance_case(running: Running, case: dict[str, Any], tmp_path: Path) -> 
     """"" if the runner passes one conformance test, else what went wrong."""
     out = tmp_path / case["id"]
     out.mkdir()
-    args = ["--no-container", "--relax-path-checks", "--outdir", str(out / "out"), case["tool"], *([case["job"]] if case.get("job") else [])]
+    args = ["--no-container", "--relax-path-checks", "--outdir", str(out / "out"), case["tool"],
+            *([case["job"]] if case.get("job") else [])]
     env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
     env.pop("JOBNEST_JOB", None)
     done = subprocess.run([sys.executable, "-m", "jobnest.cwl", *args], cwd=CONFORMANCE, env=env,
@@ -176,7 +185,8 @@ def conformance_case(running: Running, case: dict[str, Any], tmp_path: Path) -> 
 def test_conformance_subset(running: Running, tmp_path: Path) -> None:
     cases = yaml.safe_load((CONFORMANCE / "conformance_tests.yaml").read_text())
     with ThreadPoolExecutor(8) as pool:
-        problems = dict(zip([c["id"] for c in cases], pool.map(lambda c: conformance_case(running, c, tmp_path), cases)))
+        found = pool.map(lambda c: conformance_case(running, c, tmp_path), cases)
+        problems = dict(zip([c["id"] for c in cases], found))
     failed = {k: v for k, v in problems.items() if v}
     assert not failed, "\n\n".join(f"{k}: {v}" for k, v in failed.items())
     steps = list(running.client().list())

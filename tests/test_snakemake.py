@@ -74,7 +74,7 @@ def test_200_samples_run_as_one_tree_with_their_cores_and_memory(running: Runnin
     ones = [j for j in jobs if j.name.startswith("one[")]
     assert len(ones) == SAMPLES and len(jobs) == SAMPLES + 1, [j.name for j in jobs]
     assert {j.name for j in ones} == {f"one[s=s{i:03d}]" for i in range(SAMPLES)}
-    assert all(j.state == "succeeded" and (j.cpu, j.memory) == (0.5, 50 * 10**6) for j in ones), (ones[0].cpu, ones[0].memory)
+    assert {(j.state, j.cpu, j.memory) for j in ones} == {("succeeded", 0.5, 50 * 10**6)}
     assert len({j.created_at for j in ones}) == 1, "the ready samples went in more than one submit"
     [gather] = [j for j in jobs if j.name == "gather"]
     assert gather.state == "succeeded"
@@ -109,7 +109,7 @@ rule all:
 
 rule one:
     output: "out/{n}.txt"
-    shell: "cat /etc/hostname > /dev/null; echo in-$(uname -s)-{wildcards.n} > {output}"
+    shell: "echo in-$(uname -s)-{wildcards.n} > {output}"
 """)
     done = snakemake(docker_running, folder, "-j", "3", "--jobnest-executor", "docker",
                      "--container-image", BUSYBOX)

@@ -196,7 +196,8 @@ def test_listing_filters_by_name_and_state_and_pages(web: Web) -> None:
     assert status == 200 and len(page["tasks"]) == 3 and page["next_page_token"], page
     assert page["tasks"][0]["executors"][0]["command"] == ["false"]  # newest first
     status, rest = call(f"{web.url}/v1/tasks?name_prefix=batch-&page_size=3&page_token={page['next_page_token']}")
-    assert [t["id"] for t in page["tasks"] + rest["tasks"]] == [failing, *reversed(ids)] and "next_page_token" not in rest
+    assert [t["id"] for t in page["tasks"] + rest["tasks"]] == [failing, *reversed(ids)]
+    assert "next_page_token" not in rest
     assert rest["tasks"][0] == {"id": ids[0], "state": "COMPLETE"}  # MINIMAL by default
     status, errors = call(f"{web.url}/v1/tasks?state=EXECUTOR_ERROR&name_prefix=batch")
     assert [t["id"] for t in errors["tasks"]] == [failing]
@@ -240,7 +241,8 @@ GOOD = {"executors": [{"image": "", "command": ["true"]}]}
 @pytest.mark.parametrize(("change", "field"), [
     ({"executors": []}, "executors"),
     ({"executors": [{"image": "", "command": []}]}, "executors[0].command"),
-    ({"executors": [{"image": "", "command": ["true"]}, {"image": BUSYBOX, "command": ["true"]}]}, "executors[1].image"),
+    ({"executors": [{"image": "", "command": ["true"]}, {"image": BUSYBOX, "command": ["true"]}]},
+     "executors[1].image"),
     ({"executors": [{"image": "", "command": ["true"], "workdir": "relative"}]}, "executors[0].workdir"),
     ({"executors": [{"image": "", "command": ["true"], "env": {"A B": "x"}}]}, "executors[0].env"),
     ({"inputs": [{"url": "file:///etc/hostname", "path": "relative"}]}, "inputs[0].path"),

@@ -328,8 +328,9 @@ def _link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]
 
 
 class ParallelExecutor(MultithreadedJobExecutor):
-    """`--parallel`: every ready step is submitted; the controller, not this machine's size,
-    decides what runs when. A step asks for its minimum resources, as without `--parallel`."""
+    """`--parallel`: ready steps are submitted up to MAX_IN_FLIGHT cores' worth at once (a bigger
+    step alone); the controller, not this machine's size, decides what runs when. A step asks for
+    its minimum resources, as without `--parallel`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -337,6 +338,7 @@ class ParallelExecutor(MultithreadedJobExecutor):
 
     def select_resources(self, request: MutableMapping[str, Any], runtime_context: RuntimeContext
                          ) -> dict[str, Any]:
+        self.max_cores = max(self.max_cores, float(request["coresMin"]))  # a bigger step goes alone
         return {"cores": request["coresMin"], "ram": math.ceil(request["ramMin"]),
                 "tmpdirSize": math.ceil(request["tmpdirMin"]), "outdirSize": math.ceil(request["outdirMin"])}
 
@@ -356,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
 
     loading_context = LoadingContext(vars(args))
     loading_context.construct_tool_object = make_tool
-    return cwltool_main(args=args, executor=ParallelExecutor() if args.parallel else None,
-                        loadingContext=loading_context, runtimeContext=RuntimeContext(vars(args)),
+    runtime_context, executor = RuntimeContext(vars(args)), ParallelExecutor() if args.parallel else None
+    if executor is not None:  # cwltool hooks it up only for an executor of its own
+        runtime_context.select_resources = executor.select_resources
+    return cwltool_main(args=args, executor=executor, loadingContext=loading_context, runtimeContext=runtime_context,
                         versionfunc=lambda: f"jobnest-cwl (cwltool {importlib.metadata.version('cwltool')})")
 
 

@@ -92,6 +92,7 @@ class Executor(RemoteExecutor):
         self.following: set[str] = set()  # jobs this run waits for
         self.guard = threading.Lock()
         self.earlier = self._still_going()
+        self.earlier_uuids = set(self.earlier.values())
         self.stream: Any = None
         self.stopping = False
         threading.Thread(target=self._watch, name="jobnest-watch", daemon=True).start()
@@ -132,7 +133,7 @@ class Executor(RemoteExecutor):
         image = self.options.image or (self.workflow.remote_execution_settings.container_image
                                        if executor not in ("", "local") else "")
         resources = job.resources
-        memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # it derives one from the other
+        memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # each made from the other
         wildcards: dict[str, str] = {}
         for one in (job.jobs if job.is_group() else [job]):  # a group's rules mostly share them
             wildcards.update(one.wildcards)
@@ -169,7 +170,6 @@ class Executor(RemoteExecutor):
                         going.setdefault(key, info.uuid)
         except JobnestError as e:
             self.logger.warning(f"jobnest: could not look for jobs of earlier runs ({e}); none followed")
-        self.earlier_uuids = set(going.values())
         return going
 
     # -- following -----------------------------------------------------------------------------
@@ -205,8 +205,9 @@ class Executor(RemoteExecutor):
         """Until a job ends (the watch says so), or the usual pause at the most."""
         if self.wake is None:
             self.loop, self.wake = asyncio.get_running_loop(), asyncio.Event()
+        pause = self.workflow.remote_execution_settings.seconds_between_status_checks
         try:
-            await asyncio.wait_for(self.wake.wait(), self.workflow.remote_execution_settings.seconds_between_status_checks)
+            await asyncio.wait_for(self.wake.wait(), pause)
         except asyncio.TimeoutError:
             pass
         self.wake.clear()

@@ -334,7 +334,8 @@ class Tes:
                     break
         if after:
             raise _bad("page_token", "names no task of this listing (a next_page_token it gave)")
-        tasks = [self.task(client, i, view, client.get(i.uuid).spec if view != "MINIMAL" else None) for i in found[:size]]
+        tasks = [self.task(client, i, view, None if view == "MINIMAL" else client.get(i.uuid).spec)
+                 for i in found[:size]]
         return {"tasks": tasks, **({"next_page_token": found[size - 1].uuid} if len(found) > size else {})}
 
     def cancel(self, request: Request) -> dict[str, Any]:
@@ -484,7 +485,7 @@ def _script(task: dict[str, Any], host: bool) -> str:
     """The shell program that runs a task in its job (see the module docstring)."""
     q = shlex.quote
     declared = {e.get(n) for e in task["executors"] for n in ("workdir", "stdin", "stdout", "stderr")}
-    declared |= {i["path"] for kind in ("inputs", "outputs") for i in task.get(kind, [])} | set(task.get("volumes") or [])
+    declared |= {i["path"] for kind in ("inputs", "outputs") for i in task[kind]} | set(task["volumes"])
     declared.discard(None)
 
     def at(path: str) -> str:  # a TES path, as this job sees it
@@ -496,9 +497,9 @@ def _script(task: dict[str, Any], host: bool) -> str:
 
     lines = ["R=" + ('"${JOBNEST_OUTPUT%/*}/tes"' if host else "''"), 'O="$JOBNEST_OUTPUT"/' + OUTPUTS,
              'export JOBNEST_TES_ROOT="$R"', 'fail() { echo "jobnest-tes: $1" >&2; exit 1; }']
-    for volume in task.get("volumes") or []:
+    for volume in task["volumes"]:
         lines.append(f"mkdir -p {at(volume)} || fail {q(f'volume {volume} could not be made')}")
-    for i, given in enumerate(task.get("inputs", [])):
+    for i, given in enumerate(task["inputs"]):
         rest = "" if "content" in given or given["url"].startswith("file:") else given["url"].partition("/")[2]
         source = q(f"{{inputs.i{i}}}") + (q("/" + rest) if rest else "")
         lines.append(f"mkdir -p {at(posixpath.dirname(given['path']))} && cp -R {source} {at(given['path'])} "
@@ -514,7 +515,7 @@ def _script(task: dict[str, Any], host: bool) -> str:
         lines.append("( " + " && ".join(steps) + " )")
         if not ex.get("ignore_error"):
             lines.append(f'c=$?; if [ $c -ne 0 ]; then echo "jobnest-tes: executor {i} exited $c" >&2; exit $c; fi')
-    for i, out in enumerate(task.get("outputs", [])):
+    for i, out in enumerate(task["outputs"]):
         path = out["path"]
         lines.append(f"[ -e {at(path)} ] || fail {q(f'output {i}: {path} was not made')}")
         lines.append(f'mkdir -p "$O"{q(posixpath.dirname(path))} && cp -R {at(path)} "$O"{q(path)} '

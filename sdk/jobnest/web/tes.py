@@ -137,8 +137,8 @@ class Tes:
         with self.lock:
             if token not in self.clients:
                 self.clients[token] = Client(self.monitor.address, token, driver=False)
-                while len(self.clients) > MAX_CLIENTS:
-                    self.clients.popitem(last=False)[1].close()
+                while len(self.clients) > MAX_CLIENTS:  # not closed: a request may be using it; its
+                    self.clients.popitem(last=False)  # channel closes once nothing holds it
             self.clients.move_to_end(token)
             return self.clients[token]
 

@@ -207,6 +207,18 @@ def test_listing_filters_by_name_and_state_and_pages(web: Web) -> None:
     assert status == 400 and body["field"] == "state"
     status, body = call(f"{web.url}/v1/tasks?page_token=no-such-task")
     assert status == 400 and body["field"] == "page_token"
+    status, body = call(f"{web.url}/v1/tasks?page_size=5000")
+    assert status == 400 and body["field"] == "page_size"
+
+
+def test_a_full_listing_pages_at_most_a_hundred(running: Running, web: Web) -> None:
+    """Each task of the FULL view costs calls to the controller: a page holds fewer than asked."""
+    held = running.client().submit(["sleep", "300"], cpu=2)  # the node is full: the tasks stay queued
+    for i in range(101):
+        assert call(f"{web.url}/v1/tasks", "POST", {**GOOD, "name": f"many-{i}"})[0] == 200
+    status, page = call(f"{web.url}/v1/tasks?view=FULL&page_size=500&name_prefix=many-")
+    assert status == 200 and len(page["tasks"]) == 100 and page["next_page_token"], len(page["tasks"])
+    held.cancel()
 
 
 def test_a_bearer_token_acts_as_its_user(running: Running, web: Web) -> None:

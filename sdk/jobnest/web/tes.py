@@ -85,6 +85,7 @@ TAIL = 16 * 1024  # bytes of stdout and stderr shown in a FULL view
 MAX_BODY = 8 * 2**20
 MAX_CONTENT = 128 * 1024
 MAX_CLIENTS = 256
+FULL_PAGE = 100  # tasks in a page of the FULL view at most: each costs a few calls to the controller
 MAX_DELIVERED = 100_000  # tasks whose file:// outputs this server remembers having written
 STATES = {"QUEUED": "queued", "INITIALIZING": "running", "RUNNING": "running", "COMPLETE": "succeeded",
           "EXECUTOR_ERROR": "failed", "SYSTEM_ERROR": "failed", "CANCELED": "cancelled"}
@@ -319,6 +320,7 @@ class Tes:
         if state and state not in STATES and state not in ("UNKNOWN", "PAUSED", "PREEMPTED"):
             raise _bad("state", f"unknown state {state[:40]!r} (known: {', '.join(STATES)})")
         size = _int(request, "page_size", 256, 1, 2048)
+        size = min(size, FULL_PAGE) if view == "FULL" else size  # fewer than asked, as TES allows
         after = q.get("page_token", "")
         if state and state not in STATES:
             return {"tasks": []}  # no job is ever in that state

@@ -151,7 +151,9 @@ def test_file_urls_reach_only_the_folders_given(running: Running, web: Web, tmp_
     (tmp_path / "out").symlink_to("/etc")
     for task, field in [({"inputs": [{"url": "file:///etc/hostname", "path": "/in"}]}, "inputs[0].url"),
                         ({"inputs": [{"url": f"file://{tmp_path}/out/hostname", "path": "/in"}]}, "inputs[0].url"),
-                        ({"outputs": [{"url": f"file://{tmp_path}/out/x", "path": "/o"}]}, "outputs[0].url")]:
+                        ({"outputs": [{"url": f"file://{tmp_path}/out/x", "path": "/o"}]}, "outputs[0].url"),
+                        ({"inputs": [{"url": None, "content": "x", "path": "/in"}],
+                          "outputs": [{"url": "file:///etc/x", "path": "/o"}]}, "outputs[0].url")]:
         status, body = call(f"{web.url}/v1/tasks", "POST", {**GOOD, **task})
         assert status == 403 and body["field"] == field, body
     plain = Web(running, ADMIN)

@@ -168,7 +168,7 @@ class Tes:
         task = _checked(body)
         for kind in ("inputs", "outputs"):
             for i, item in enumerate(task[kind]):
-                if item.get("url", "").startswith("file:"):
+                if (item.get("url") or "").startswith("file:"):
                     self.local_file(item["url"], f"{kind}[{i}].url")
         host = (task["executors"][0].get("image") or "") in LOCAL_IMAGES
         with tempfile.TemporaryDirectory() as tmp:

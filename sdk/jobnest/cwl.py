@@ -328,9 +328,9 @@ def _link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]
 
 
 class ParallelExecutor(MultithreadedJobExecutor):
-    """`--parallel`: ready steps are submitted up to MAX_IN_FLIGHT cores' worth at once (a bigger
-    step alone); the controller, not this machine's size, decides what runs when. A step asks for
-    its minimum resources, as without `--parallel`."""
+    """`--parallel`: ready steps are submitted up to MAX_IN_FLIGHT cores' worth at once (or the
+    biggest step's, if larger); the controller, not this machine's size, decides what runs when. A
+    step asks for its minimum resources, as without `--parallel`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -338,7 +338,7 @@ class ParallelExecutor(MultithreadedJobExecutor):
 
     def select_resources(self, request: MutableMapping[str, Any], runtime_context: RuntimeContext
                          ) -> dict[str, Any]:
-        self.max_cores = max(self.max_cores, float(request["coresMin"]))  # a bigger step goes alone
+        self.max_cores = max(self.max_cores, float(request["coresMin"]))  # a bigger step: a bigger budget
         return {"cores": request["coresMin"], "ram": math.ceil(request["ramMin"]),
                 "tmpdirSize": math.ceil(request["tmpdirMin"]), "outdirSize": math.ceil(request["outdirMin"])}
 

@@ -99,6 +99,9 @@ def test_bad_settings_name_the_flag(running: Running, tmp_path: Path) -> None:
     folder = workflow(tmp_path / "bad", 'rule a:\n    output: "a"\n    shell: "touch {output}"\n')
     done = snakemake(running, folder, "-j", "1", "--jobnest-cpu-per-thread", "0")
     assert done.returncode != 0 and "jobnest-cpu-per-thread" in done.stderr, done.stderr
+    refused = snakemake(running, folder, "-j", "1", "--jobnest-executor", "no-such-executor")
+    assert refused.returncode != 0 and "jobnest refused the jobs of a: jobs[0].executor" in refused.stderr, \
+        refused.stderr
     assert not (folder / "a").exists()
 
 
@@ -120,6 +123,22 @@ rule one:
     jobs = list(client.list(parent=run.uuid))
     assert len(jobs) == 3 and all(j.executor == "docker" and j.state == "succeeded" for j in jobs)
     assert client.get(jobs[0].uuid).spec["image"] == BUSYBOX
+
+
+def test_rules_run_on_slurm(slurm_running: Running, tmp_path: Path) -> None:
+    folder = workflow(tmp_path / "onslurm", """
+rule all:
+    input: expand("out/{n}.txt", n=range(2))
+
+rule one:
+    output: "out/{n}.txt"
+    shell: "echo $SLURM_JOB_ID > {output}"
+""")
+    done = snakemake(slurm_running, folder, "-j", "2", "--jobnest-executor", "slurm")
+    assert done.returncode == 0, done.stderr
+    assert all((folder / f"out/{n}.txt").read_text().strip().isdigit() for n in range(2))  # in Slurm's jobs
+    [run] = runs_of(slurm_running.client(), folder)
+    assert {j.executor for j in slurm_running.client().list(parent=run.uuid)} == {"slurm"}
 
 
 def test_the_readme_example_runs_as_a_job_its_rules_its_children(running: Running, tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ system: the local executor, or a container executor mounting the folder at the s
   wakes on it and asks the controller nothing.
 - **Resources**: threads x `--jobnest-cpu-per-thread` (1) is the job's share of a core; `mem_mb`
   (else `mem_mib`) its memory.
-- **Image**: `--jobnest-image`, else Snakemake's `--container-image` on a container executor
-  (`--jobnest-executor docker`); the local executor takes none.
+- **Image**: `--jobnest-image`, else Snakemake's `--container-image` (its default: Snakemake's
+  own image) on a container executor (`--jobnest-executor docker` or `kubernetes`); the local
+  and Slurm executors take none.
 - **Restart**: Snakemake keeps no record of the jobs it submitted. Each job carries a label with
   its key (folder, rule, outputs); a run started again in the same folder first looks for jobs of
   its earlier runs still queued or running under that key, and follows those instead of
@@ -42,9 +43,11 @@ from jobnest.errors import JobnestError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
 KEY_LABEL = "snakemake.key"
+CONTAINERS = ("docker", "kubernetes")  # the executors that run jobs in an image
 LIVE = ["queued", "running"]
 ENDED = ("succeeded", "failed", "cancelled")
 STDERR_TAIL = 2000  # bytes of a failed job's stderr shown with its error
@@ -117,7 +120,11 @@ class Executor(RemoteExecutor):
                     self.workflow.async_run(job.prepare())
                 new.append((job, self._spec(job, key)))
         if new:
-            submitted = self.client.submit_many([spec for _, spec in new])
+            try:
+                submitted = self.client.submit_many([spec for _, spec in new])
+            except JobnestError as e:  # nothing of the batch is stored
+                names = ", ".join(sorted({job.name for job, _ in new}))
+                raise WorkflowError(f"jobnest refused the jobs of {names[:200]}: {e}") from None
             for (job, _), handle in zip(new, submitted):
                 self._follow(SubmittedJobInfo(job, external_jobid=handle.uuid))
 
@@ -131,7 +138,7 @@ class Executor(RemoteExecutor):
     def _spec(self, job: JobExecutorInterface, key: str) -> Any:
         executor = self.options.executor or ""
         image = self.options.image or (self.workflow.remote_execution_settings.container_image
-                                       if executor not in ("", "local") else "")
+                                       if executor in CONTAINERS else "")
         resources = job.resources
         memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # each made from the other
         wildcards: dict[str, str] = {}

@@ -93,6 +93,14 @@ def test_docker_steps(docker_running: Running, tmp_path: Path) -> None:
     assert (steps["sort"].cpu, steps["sort"].memory) == (0.5, 200 * 2**20)
 
 
+def test_steps_on_slurm(slurm_running: Running, tmp_path: Path) -> None:
+    wf = workflow_here(tmp_path)
+    check_outputs(run_cwl(slurm_running, "--jobnest-executor", "slurm", "wf.cwl", "job.yml", cwd=wf))
+    client = slurm_running.client()
+    steps = list(client.list(parent=driver_of(client, "cwl wf.cwl").uuid))
+    assert len(steps) == 3 and {j.executor for j in steps} == {"slurm"}
+
+
 def test_failing_step(running: Running, tmp_path: Path) -> None:
     wf = workflow_here(tmp_path)
     done = run_cwl(running, "fail.cwl", "--sample", "S7", cwd=wf)

@@ -20,7 +20,8 @@ How a step becomes a job:
   `--preserve-environment`); timeout: ToolTimeLimit; `WorkReuse: {enableReuse: false}` -> reuse off.
 - DockerRequirement (dockerPull, else dockerImageId): the image; the controller picks its container
   executor (docker before kubernetes). No DockerRequirement, or `--no-container`: the local
-  executor, no image. `--default-container IMAGE` works as in cwltool.
+  executor, no image. `--default-container IMAGE` works as in cwltool. `--jobnest-executor NAME`
+  (jobnest-cwl's own option) sends every step to that executor (`slurm`, say).
 - The job is named after the step (`uniquename`: `step`, `step_2` for a scatter's second).
 - Exit code: success, temporaryFail or permanentFail by successCodes, temporaryFailCodes and
   permanentFailCodes as cwltool decides. A non-zero success code is turned into 0 by the wrapper
@@ -122,9 +123,10 @@ class StagePathMapper(PathMapper):
 class JobnestTool(CommandLineTool):
     """A CommandLineTool whose jobs run as jobnest jobs, with jobnest's placeholders as paths."""
 
-    def __init__(self, toolpath_object: Any, loading_context: LoadingContext, client: jobnest.Client) -> None:
+    def __init__(self, toolpath_object: Any, loading_context: LoadingContext, client: jobnest.Client,
+                 executor: str) -> None:
         super().__init__(toolpath_object, loading_context)
-        self.client = client
+        self.client, self.executor = client, executor
 
     def make_job_runner(self, runtime_context: RuntimeContext) -> type[JobBase]:
         super().make_job_runner(runtime_context)  # for its checks and --default-container
@@ -146,7 +148,7 @@ class JobnestTool(CommandLineTool):
             ) -> Generator[Any, None, None]:
         for j in super().job(job_order, output_callbacks, runtime_context):
             if isinstance(j, JobnestJob):
-                j.client = self.client
+                j.client, j.executor = self.client, self.executor
                 if j.outdir in ("", OUTPUT):  # the step's local folder for its output, which cwltool
                     j.outdir = runtime_context.create_outdir()  # (told of it now) moves or removes
             yield j
@@ -156,6 +158,7 @@ class JobnestJob(JobBase):
     """One step run as one jobnest job (see the module docstring)."""
 
     client: jobnest.Client
+    executor: str  # --jobnest-executor: "" for the controller's choice
 
     def _required_env(self) -> dict[str, str]:
         return {}  # HOME and TMPDIR are set by the wrapper, PATH by the executor or the image
@@ -249,8 +252,8 @@ class JobnestJob(JobBase):
         for inner, placeholder in PLACEHOLDERS.items():
             argv = [a.replace(inner, placeholder) for a in argv]
         return argv, dict(
-            name=self.name, image=image or None, executor="" if image else "local", env=env, inputs=inputs,
-            cpu=float(resources["cores"]), memory=math.ceil(resources["ram"]) * 2**20,
+            name=self.name, image=image or None, executor=self.executor or ("" if image else "local"), env=env,
+            inputs=inputs, cpu=float(resources["cores"]), memory=math.ceil(resources["ram"]) * 2**20,
             timeout=self.timelimit or 0, reuse=bool((reuse or {}).get("enableReuse", True)))
 
     def _wrapper(self, workdir: bool, folders: list[str], stage: bool) -> str:
@@ -345,7 +348,11 @@ class ParallelExecutor(MultithreadedJobExecutor):
 
 def main(argv: list[str] | None = None) -> int:
     """`jobnest-cwl`: cwltool's command line, each step a jobnest job."""
-    args = arg_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = arg_parser()
+    parser.add_argument("--jobnest-executor", default="", metavar="NAME",
+                        help="jobnest executor for every step (local, docker, slurm, kubernetes); default: "
+                             "a container executor for a step with DockerRequirement, else local")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     client = None
     if args.workflow:  # not for --version or --help
         client = jobnest.connect()
@@ -353,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
         if toolpath_object.get("class") == "CommandLineTool" and client is not None:
-            return JobnestTool(toolpath_object, loading_context, client)
+            return JobnestTool(toolpath_object, loading_context, client, args.jobnest_executor)
         return default_make_tool(toolpath_object, loading_context)
 
     loading_context = LoadingContext(vars(args))

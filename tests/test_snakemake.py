@@ -93,6 +93,39 @@ rule boom:
     [run] = runs_of(running.client(), folder)
     [boom] = running.client().list(parent=run.uuid)
     assert boom.state == "failed" and f"jobnest job {boom.uuid}" in done.stderr
+    assert running.client().get(run.uuid).state == "failed"  # the driver ends as Snakemake did
+
+
+def test_a_shell_rule_gets_what_snakemakes_shell_gives_it(running: Running, tmp_path: Path) -> None:
+    """The Snakefile's shell prefix, the thread variables, declared envvars, and a resource the
+    job must resolve itself (tmpdir, by Snakemake run for the job)."""
+    folder = workflow(tmp_path / "shell", """
+shell.prefix("PREFIXED=yes; ")
+envvars: "JOBNEST_TEST_SECRET"
+
+rule all:
+    input: "env.txt", "tmp.txt"
+
+rule env:
+    output: "env.txt"
+    threads: 3
+    shell: "echo $PREFIXED $OMP_NUM_THREADS $JOBNEST_TEST_SECRET > {output}"
+
+rule tmp:
+    output: "tmp.txt"
+    shell: "echo {resources.tmpdir} > {output}"
+""")
+    os.environ["JOBNEST_TEST_SECRET"] = "s3cret"
+    try:
+        done = snakemake(running, folder, "-j", "2", "--jobnest-cpu-per-thread", "0.5")
+    finally:
+        del os.environ["JOBNEST_TEST_SECRET"]
+    assert done.returncode == 0, done.stderr
+    assert (folder / "env.txt").read_text() == "yes 3 s3cret\n"
+    assert Path((folder / "tmp.txt").read_text().strip()).is_dir()
+    [run] = runs_of(running.client(), folder)
+    argv = {j.name: running.client().get(j.uuid).spec["argv"] for j in running.client().list(parent=run.uuid)}
+    assert "s3cret" not in " ".join(argv["env"]) and "--target-jobs" in " ".join(argv["tmp"])
 
 
 def test_bad_settings_name_the_flag(running: Running, tmp_path: Path) -> None:

@@ -43,15 +43,25 @@ from jobnest.errors import JobnestError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake.shell import shell
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
 KEY_LABEL = "snakemake.key"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")  # what Snakemake's shell() sets
 CONTAINERS = ("docker", "kubernetes")  # the executors that run jobs in an image
 LIVE = ["queued", "running"]
 ENDED = ("succeeded", "failed", "cancelled")
 STDERR_TAIL = 2000  # bytes of a failed job's stderr shown with its error
 EARLIER_RUNS = 20  # earlier runs in this folder looked through for jobs still going
+
+
+@dataclass(frozen=True)
+class Ended:
+    state: str
+    exit_code: Optional[int]
+    reason: str
 
 
 @dataclass
@@ -91,7 +101,7 @@ class Executor(RemoteExecutor):
         self.run_name = f"snakemake:{self.folder.name}"[:200]
         driver = self.client.record_driver(self.run_name)
         self.top = driver.uuid if driver is not None else os.environ["JOBNEST_JOB"]
-        self.ended: dict[str, Any] = {}  # uuid -> the event that ended it
+        self.ended: dict[str, Ended] = {}  # uuid -> how it ended, until Snakemake is told
         self.following: set[str] = set()  # jobs this run waits for
         self.guard = threading.Lock()
         self.earlier = self._still_going()
@@ -110,7 +120,8 @@ class Executor(RemoteExecutor):
         new: list[tuple[JobExecutorInterface, Any]] = []
         for job in jobs:
             self.run_job_pre(job)
-            key = self._key(job)
+            argv = self._argv(job, bool(self._image()))
+            key = self._key(job, argv)
             if key in self.earlier:
                 uuid = self.earlier.pop(key)
                 self.logger.info(f"jobnest: job {uuid} of an earlier run is still going; following it")
@@ -118,7 +129,7 @@ class Executor(RemoteExecutor):
             else:
                 if _plain_shell(job):  # what Snakemake would do around the command: make folders, clear outputs
                     self.workflow.async_run(job.prepare())
-                new.append((job, self._spec(job, key)))
+                new.append((job, self._spec(job, argv, key)))
         if new:
             try:
                 submitted = self.client.submit_many([spec for _, spec in new])
@@ -135,32 +146,39 @@ class Executor(RemoteExecutor):
             self._restart_watch()  # the watch covers this run's tree; an earlier job is outside it
         self.report_job_submission(info)
 
-    def _spec(self, job: JobExecutorInterface, key: str) -> Any:
-        executor = self.options.executor or ""
-        image = self.options.image or (self.workflow.remote_execution_settings.container_image
-                                       if executor in CONTAINERS else "")
-        resources = job.resources
+    def _image(self) -> str:
+        return self.options.image or (self.workflow.remote_execution_settings.container_image
+                                      if self.options.executor in CONTAINERS else "") or ""
+
+    def _spec(self, job: JobExecutorInterface, argv: list[str], key: str) -> Any:
+        image, resources = self._image(), job.resources
         memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # each made from the other
         wildcards: dict[str, str] = {}
         for one in (job.jobs if job.is_group() else [job]):  # a group's rules mostly share them
             wildcards.update(one.wildcards)
         name = job.name + (f"[{','.join(f'{k}={v}' for k, v in wildcards.items())}]" if wildcards else "")
+        # what Snakemake's shell() gives a command; Snakemake run for a job sets it up itself
+        env = {**dict.fromkeys(THREAD_VARIABLES, str(job.threads)), **self.envvars()} if _plain_shell(job) else {}
         return self.client.spec(
-            self._argv(job, bool(image)), name=name[:200], cwd=str(self.folder), image=image or None,
-            executor=executor or None, cpu=max(job.threads, 1) * self.options.cpu_per_thread, memory=int(memory),
-            reuse=False, labels={KEY_LABEL: key}, mount_cwd=bool(image))
+            argv, name=name[:200], cwd=str(self.folder), image=image or None, executor=self.options.executor,
+            cpu=max(job.threads, 1) * self.options.cpu_per_thread, memory=int(memory), env=env, reuse=False,
+            labels={KEY_LABEL: key}, mount_cwd=bool(image))
 
     def _argv(self, job: JobExecutorInterface, container: bool) -> list[str]:
-        """A plain shell rule's own command, else Snakemake run again for this one job."""
-        if _plain_shell(job):
-            if container:  # an image may have no bash
-                return ["sh", "-c", f"set -eu; {job.shellcmd}"]
-            return [shutil.which("bash") or "sh", "-c", f"set -euo pipefail; {job.shellcmd}"]
-        return ["sh", "-c", self.format_job_exec(job)]
+        """A plain shell rule's own command, with the Snakefile's `shell.prefix` and `shell.suffix`
+        (else Snakemake's default for bash), else Snakemake run again for this one job."""
+        if not _plain_shell(job):
+            return ["sh", "-c", self.format_job_exec(job)]
+        program = "sh" if container else (shell.get_executable() or shutil.which("bash") or "sh")  # an image
+        prefix = shell._process_prefix  # may have no bash; None: the shell's default
+        if prefix is None:
+            prefix = "set -euo pipefail; " if Path(program).name == "bash" else "set -eu; " if container else ""
+        return [program, "-c", f"{prefix}{job.shellcmd}{shell._process_suffix}"]
 
-    def _key(self, job: JobExecutorInterface) -> str:
-        """Names a job across runs of the workflow in this folder."""
-        parts = [str(self.folder), job.name, *sorted(map(str, job.output))]
+    def _key(self, job: JobExecutorInterface, argv: list[str]) -> str:
+        """Names a job across runs of the workflow in this folder: the same outputs by the same
+        command (a rule edited since is not the job an earlier run has going)."""
+        parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *(argv if _plain_shell(job) else [])]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
     def _still_going(self) -> dict[str, str]:
@@ -190,14 +208,23 @@ class Executor(RemoteExecutor):
                 self.stream = self.client.watch(subtree=self.top, uuids=outside)
                 stream = self.stream
             try:
-                for event in stream:
+                for n, event in enumerate(stream):
                     if event.state in ENDED and event.uuid != self.top:
-                        self.ended[event.uuid] = event
+                        self.ended[event.uuid] = Ended(event.state, event.exit_code if event.has_exit_code else None,
+                                                       event.reason)
                         self._wake()
+                    if n == 0:  # subscribed: what ended before then, the stream does not tell again
+                        self._catch_up()
             except JobnestError as e:
                 if not self.stopping:
                     self.logger.warning(f"jobnest: watch broke ({e}); watching again")
                     threading.Event().wait(1.0)
+
+    def _catch_up(self) -> None:
+        for info in self.client.list(subtree=self.top, states=list(ENDED)):
+            if info.uuid in self.following and info.uuid not in self.ended:
+                self.ended[info.uuid] = Ended(info.state, info.exit_code, info.reason)
+                self._wake()
 
     def _restart_watch(self) -> None:
         with self.guard:
@@ -205,7 +232,7 @@ class Executor(RemoteExecutor):
                 self.stream.cancel()
 
     def _wake(self) -> None:
-        if self.loop is not None and self.wake is not None:
+        if self.loop is not None and self.wake is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.wake.set)
 
     async def sleep(self) -> None:
@@ -223,16 +250,19 @@ class Executor(RemoteExecutor):
         if self.wake is None:
             self.loop, self.wake = asyncio.get_running_loop(), asyncio.Event()
         for info in active_jobs:
-            event = self.ended.pop(info.external_jobid, None)
-            if event is None:
+            ended = self.ended.pop(info.external_jobid, None)
+            if ended is None:
                 yield info
-            elif event.state == "succeeded":
+                continue
+            with self.guard:
+                self.following.discard(info.external_jobid)
+            if ended.state == "succeeded":
                 self.report_job_success(info)
             else:
-                self.report_job_error(info, msg=self._failure(info.external_jobid, event))
+                self.report_job_error(info, msg=self._failure(info.external_jobid, ended))
 
-    def _failure(self, uuid: str, event: Any) -> str:
-        code = f" with exit code {event.exit_code}" if event.has_exit_code else ""
+    def _failure(self, uuid: str, event: Ended) -> str:
+        code = f" with exit code {event.exit_code}" if event.exit_code is not None else ""
         try:
             shown = self.client.log_tail(uuid, size=STDERR_TAIL).rstrip()
         except JobnestError:
@@ -242,12 +272,13 @@ class Executor(RemoteExecutor):
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         """One call for the run's tree; earlier runs' jobs it followed one by one."""
-        if self.client.driver is not None:
-            self.client.cancel(self.top, reason="the Snakemake run was cancelled")
         mine = [i.external_jobid for i in active_jobs if i.external_jobid in self.earlier_uuids
                 or self.client.driver is None]
-        for uuid in mine:
-            self.client.cancel(uuid, reason="the Snakemake run was cancelled")
+        for uuid in ([self.top] if self.client.driver is not None else []) + mine:
+            try:
+                self.client.cancel(uuid, reason="the Snakemake run was cancelled")
+            except JobnestError as e:  # ended meanwhile, say: cancel the rest still
+                self.logger.warning(f"jobnest: could not cancel {uuid}: {e}")
 
     def shutdown(self) -> None:
         self.stopping = True
@@ -255,18 +286,16 @@ class Executor(RemoteExecutor):
         with self.lock:
             self.wait = False
         self._wake()  # the status loop sleeps until a job ends: now it ends instead
-        super().shutdown()
-        try:
-            self.client.close()
-        except JobnestError:
-            pass  # cancelled with its run: it has ended already
+        super().shutdown()  # the driver job ends with the program, with its exit code
 
 
 def _plain_shell(job: JobExecutorInterface) -> bool:
     """A rule whose shell command is all there is to it: no script, run block, benchmark,
-    shadow folder, software environment or group (those need Snakemake around the command)."""
+    shadow folder, software environment, group, other shell (`shell_exec`) or resource left for
+    the job to resolve (`tmpdir`): those need Snakemake around the command."""
     real: Any = job
     return (not job.is_group() and real.is_shell and not real.benchmark and not real.shadow_dir
+            and "<TBD>" not in real.shellcmd and not real.resources.get("shell_exec")
             and not getattr(real.rule, "shadow_depth", None) and not real.conda_env_spec
             and not real.container_img_url and not real.is_pipe and not real.is_service
             and not getattr(real.rule, "env_modules", None))

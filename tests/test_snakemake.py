@@ -5,6 +5,7 @@ Docker executor), plus Snakemake's own standard workflow tests run against the p
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,54 @@ def test_a_run_killed_mid_way_reattaches_to_its_running_job(running: Running, tm
     assert (folder / "slow.txt").read_text() == "slow\n"
     assert [j.uuid for j in client.list() if j.name == "slow"] == [slow.uuid]
     assert client.get(slow.uuid).state == "succeeded"
+
+
+TWO_WAITING = """
+rule all:
+    input: "a.txt", "b.txt"
+
+rule one:
+    output: "{x}.txt"
+    shell: "while [ ! -e go ]; do sleep 0.1; done; echo {wildcards.x} > {output}"
+"""
+
+
+def test_a_run_outlives_a_controller_restart(tmp_path: Path) -> None:
+    """The controller is killed while the rules run and they end while it is down: started again
+    on the same port, it is watched again, and Snakemake learns of the ends it missed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def controller() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen",
+                                 f"127.0.0.1:{port}", "--docker", "none"], stdout=subprocess.PIPE, text=True,
+                                stderr=open(tmp_path / "controller.log", "a"), env={**os.environ,
+                                                                                    "JOBNEST_ADMIN_TOKEN": ADMIN})
+        assert proc.stdout is not None and proc.stdout.readline().startswith("port ")
+        return proc
+
+    folder = workflow(tmp_path / "restarted", TWO_WAITING)
+    proc = controller()
+    try:
+        client = jobnest.Client(f"127.0.0.1:{port}", ADMIN, driver=False)
+        env = {**os.environ, "JOBNEST_CONTROLLER": f"127.0.0.1:{port}", "JOBNEST_TOKEN": ADMIN}
+        env.pop("JOBNEST_JOB", None)
+        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--executor", "jobnest", "-j", "2"], cwd=folder,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: len(list(client.list(states=["running"]))) == 3, timeout=60)  # the driver and its two
+        proc.kill()
+        proc.wait()
+        (folder / "go").touch()
+        wait_for(lambda: (folder / "a.txt").exists() and (folder / "b.txt").exists(), timeout=30)
+        proc = controller()
+        output, _ = run.communicate(timeout=120)
+        assert run.returncode == 0 and "watch broke" in output, output
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_interrupting_a_run_cancels_its_jobs(running: Running, tmp_path: Path) -> None:

@@ -251,10 +251,10 @@ def test_a_run_outlives_a_controller_restart(tmp_path: Path) -> None:
     home.mkdir()
 
     def controller() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen",
-                                 f"127.0.0.1:{port}", "--docker", "none"], stdout=subprocess.PIPE, text=True,
-                                stderr=open(tmp_path / "controller.log", "a"), env={**os.environ,
-                                                                                    "JOBNEST_ADMIN_TOKEN": ADMIN})
+        argv = [sys.executable, "-m", "jobnest_controller", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+                "--docker", "none"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(tmp_path / "controller.log", "a"),
+                                text=True, env={**os.environ, "JOBNEST_ADMIN_TOKEN": ADMIN})
         assert proc.stdout is not None and proc.stdout.readline().startswith("port ")
         return proc
 

@@ -114,7 +114,7 @@ rule env:
 
 rule tmp:
     output: "tmp.txt"
-    shell: "echo {resources.tmpdir} > {output}"
+    shell: "echo {resources.tmpdir} $JOBNEST_TEST_SECRET > {output}"
 """)
     os.environ["JOBNEST_TEST_SECRET"] = "s3cret"
     try:
@@ -123,10 +123,12 @@ rule tmp:
         del os.environ["JOBNEST_TEST_SECRET"]
     assert done.returncode == 0, done.stderr
     assert (folder / "env.txt").read_text() == "yes 3 s3cret\n"
-    assert Path((folder / "tmp.txt").read_text().strip()).is_dir()
+    tmp, secret = (folder / "tmp.txt").read_text().split()
+    assert Path(tmp).is_dir() and secret == "s3cret"
     [run] = runs_of(running.client(), folder)
     argv = {j.name: running.client().get(j.uuid).spec["argv"] for j in running.client().list(parent=run.uuid)}
-    assert "s3cret" not in " ".join(argv["env"]) and "--target-jobs" in " ".join(argv["tmp"])
+    assert "--target-jobs" in " ".join(argv["tmp"])
+    assert not any("s3cret" in " ".join(a) for a in argv.values())  # in the jobs' env, not their argv
 
 
 def test_bad_settings_name_the_flag(running: Running, tmp_path: Path) -> None:
@@ -172,7 +174,9 @@ rule one:
     assert done.returncode == 0, done.stderr
     assert all((folder / f"out/{n}.txt").read_text().strip().isdigit() for n in range(2))  # in Slurm's jobs
     [run] = runs_of(slurm_running.client(), folder)
-    assert {j.executor for j in slurm_running.client().list(parent=run.uuid)} == {"slurm"}
+    jobs = list(slurm_running.client().list(parent=run.uuid))
+    assert {j.executor for j in jobs} == {"slurm"}
+    assert "--target-jobs" in " ".join(slurm_running.client().get(jobs[0].uuid).spec["argv"])  # waits for inputs
 
 
 def test_the_readme_example_runs_as_a_job_its_rules_its_children(running: Running, tmp_path: Path) -> None:

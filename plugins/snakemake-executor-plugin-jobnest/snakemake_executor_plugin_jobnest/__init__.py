@@ -6,9 +6,10 @@ and the web monitor show the run as one tree. Jobs run in the workflow folder (a
 system: the local executor, or a container executor mounting the folder at the same path).
 
 - **Submit**: all jobs Snakemake has ready go in one batch. A plain shell rule (no script, run
-  block, benchmark, shadow, conda or group) runs its shell command itself, so a tiny rule costs a
-  process, not a Python start; any other rule runs `python -m snakemake` for that one job, as
-  every remote executor does (in a container, the image then needs Snakemake).
+  block, benchmark, shadow, conda or group) on the local or Docker executor runs its shell
+  command itself, so a tiny rule costs a process, not a Python start; any other rule, and any
+  rule on Slurm (whose nodes may see the inputs late), runs `python -m snakemake` for that one
+  job, as every remote executor does (in a container, the image then needs Snakemake).
 - **State**: one Watch stream on the run's tree tells when a job ends; Snakemake's status loop
   wakes on it and asks the controller nothing.
 - **Resources**: threads x `--jobnest-cpu-per-thread` (1) is the job's share of a core; `mem_mb`
@@ -80,7 +81,7 @@ common_settings = CommonSettings(
     job_deploy_sources=False,
     pass_default_storage_provider_args=True,
     pass_default_resources_args=True,
-    pass_envvar_declarations_to_cmd=True,
+    pass_envvar_declarations_to_cmd=False,  # `envvars:` go in the job's env, not its stored argv
     auto_deploy_default_storage_provider=False,
     init_seconds_before_status_checks=0,
 )
@@ -127,7 +128,7 @@ class Executor(RemoteExecutor):
                 self.logger.info(f"jobnest: job {uuid} of an earlier run is still going; following it")
                 self._follow(SubmittedJobInfo(job, external_jobid=uuid))
             else:
-                if _plain_shell(job):  # what Snakemake would do around the command: make folders, clear outputs
+                if self._direct(job):  # what Snakemake would do around the command: make folders, clear outputs
                     self.workflow.async_run(job.prepare())
                 new.append((job, self._spec(job, argv, key)))
         if new:
@@ -157,17 +158,23 @@ class Executor(RemoteExecutor):
         for one in (job.jobs if job.is_group() else [job]):  # a group's rules mostly share them
             wildcards.update(one.wildcards)
         name = job.name + (f"[{','.join(f'{k}={v}' for k, v in wildcards.items())}]" if wildcards else "")
-        # what Snakemake's shell() gives a command; Snakemake run for a job sets it up itself
-        env = {**dict.fromkeys(THREAD_VARIABLES, str(job.threads)), **self.envvars()} if _plain_shell(job) else {}
+        # the thread variables are what Snakemake's shell() sets; Snakemake run for a job sets them itself
+        threads = dict.fromkeys(THREAD_VARIABLES, str(job.threads)) if self._direct(job) else {}
+        env = {**threads, **self.envvars()}
         return self.client.spec(
             argv, name=name[:200], cwd=str(self.folder), image=image or None, executor=self.options.executor,
             cpu=max(job.threads, 1) * self.options.cpu_per_thread, memory=int(memory), env=env, reuse=False,
             labels={KEY_LABEL: key}, mount_cwd=bool(image))
 
+    def _direct(self, job: JobExecutorInterface) -> bool:
+        """Whether the job runs its shell command itself: a plain shell rule, on this host's file
+        system (on Slurm's nodes, Snakemake run for the job first waits for its inputs to appear)."""
+        return self.options.executor not in ("slurm", "kubernetes") and _plain_shell(job)
+
     def _argv(self, job: JobExecutorInterface, container: bool) -> list[str]:
         """A plain shell rule's own command, with the Snakefile's `shell.prefix` and `shell.suffix`
         (else Snakemake's default for bash), else Snakemake run again for this one job."""
-        if not _plain_shell(job):
+        if not self._direct(job):
             return ["sh", "-c", self.format_job_exec(job)]
         program = "sh" if container else (shell.get_executable() or shutil.which("bash") or "sh")  # an image
         prefix = shell._process_prefix  # may have no bash; None: the shell's default
@@ -178,7 +185,7 @@ class Executor(RemoteExecutor):
     def _key(self, job: JobExecutorInterface, argv: list[str]) -> str:
         """Names a job across runs of the workflow in this folder: the same outputs by the same
         command (a rule edited since is not the job an earlier run has going)."""
-        parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *(argv if _plain_shell(job) else [])]
+        parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *(argv if self._direct(job) else [])]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
     def _still_going(self) -> dict[str, str]:

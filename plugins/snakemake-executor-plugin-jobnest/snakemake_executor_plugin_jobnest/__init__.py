@@ -176,10 +176,12 @@ class Executor(RemoteExecutor):
         (else Snakemake's default for bash), else Snakemake run again for this one job."""
         if not self._direct(job):
             return ["sh", "-c", self.format_job_exec(job)]
-        program = "sh" if container else (shell.get_executable() or shutil.which("bash") or "sh")  # an image
-        prefix = shell._process_prefix  # may have no bash; None: the shell's default
-        if prefix is None:
-            prefix = "set -euo pipefail; " if Path(program).name == "bash" else "set -eu; " if container else ""
+        if container:  # an image may have no bash
+            program, default = "sh", "set -eu; "
+        else:
+            program = shell.get_executable() or shutil.which("bash") or "sh"
+            default = "set -euo pipefail; " if Path(program).name == "bash" else ""  # as Snakemake does
+        prefix = default if shell._process_prefix is None else shell._process_prefix  # the Snakefile's
         return [program, "-c", f"{prefix}{job.shellcmd}{shell._process_suffix}"]
 
     def _key(self, job: JobExecutorInterface, argv: list[str]) -> str:

@@ -235,6 +235,26 @@ def test_a_run_killed_mid_way_reattaches_to_its_running_job(running: Running, tm
     assert client.get(slow.uuid).state == "succeeded"
 
 
+def test_a_restarted_run_cancels_an_earlier_job_whose_rule_changed(running: Running, tmp_path: Path) -> None:
+    folder = workflow(tmp_path / "edited", SLOW)
+    client = running.client()
+    first = snakemake(running, folder, "-j", "2", wait=False)
+    assert isinstance(first, subprocess.Popen)
+    slow = wait_for(lambda: next((j for j in client.list(states=["running"]) if j.name == "slow"), None), timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    (folder / "Snakefile").write_text(SLOW.replace("echo slow", "echo edited"))
+    assert snakemake(running, folder, "--unlock").returncode == 0
+    again = snakemake(running, folder, "-j", "2", "--rerun-incomplete", wait=False)
+    assert isinstance(again, subprocess.Popen)
+    assert wait_for(lambda: client.get(slow.uuid).state == "cancelled", timeout=60)
+    (folder / "go").touch()
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, output
+    assert f"cancelling job {slow.uuid} of an earlier run: its rule has changed since" in output
+    assert (folder / "slow.txt").read_text() == "edited\n"
+
+
 TWO_WAITING = """
 rule all:
     input: "a.txt", "b.txt"

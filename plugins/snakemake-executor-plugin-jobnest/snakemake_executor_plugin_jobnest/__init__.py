@@ -18,9 +18,10 @@ system: the local executor, or a container executor mounting the folder at the s
   own image) on a container executor (`--jobnest-executor docker` or `kubernetes`); the local
   and Slurm executors take none.
 - **Restart**: Snakemake keeps no record of the jobs it submitted. Each job carries a label with
-  its key (folder, rule, outputs); a run started again in the same folder first looks for jobs of
-  its earlier runs still queued or running under that key, and follows those instead of
-  submitting them again. After `kill -9`, Snakemake needs `--unlock` and then
+  its key (folder, rule, outputs, and a plain shell rule's command); a run started again in the
+  same folder first looks for jobs of its earlier runs still queued or running under that key,
+  and follows those instead of submitting them again; one for the same outputs whose rule has
+  changed is cancelled. After `kill -9`, Snakemake needs `--unlock` and then
   `--rerun-incomplete`, as on any executor.
 - **Errors** report the job's state, reason and the end of its stderr.
 - **Cancel** (Ctrl-C): one call cancels the run's whole tree.
@@ -48,7 +49,8 @@ from snakemake.shell import shell
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
-KEY_LABEL = "snakemake.key"
+KEY_LABEL = "snakemake.key"  # the job: its outputs and command
+PLACE_LABEL = "snakemake.outputs"  # its outputs only
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")  # what Snakemake's shell() sets
 CONTAINERS = ("docker", "kubernetes")  # the executors that run jobs in an image
@@ -105,7 +107,7 @@ class Executor(RemoteExecutor):
         self.ended: dict[str, Ended] = {}  # uuid -> how it ended, until Snakemake is told
         self.following: set[str] = set()  # jobs this run waits for
         self.guard = threading.Lock()
-        self.earlier = self._still_going()
+        self.earlier, self.stale = self._still_going()
         self.earlier_uuids = set(self.earlier.values())
         self.stream: Any = None
         self.stopping = False
@@ -122,15 +124,18 @@ class Executor(RemoteExecutor):
         for job in jobs:
             self.run_job_pre(job)
             argv = self._argv(job, bool(self._image()))
-            key = self._key(job, argv)
+            place, key = self._key(job, []), self._key(job, argv)
+            stale = self.stale.pop(place, None)
             if key in self.earlier:
                 uuid = self.earlier.pop(key)
                 self.logger.info(f"jobnest: job {uuid} of an earlier run is still going; following it")
                 self._follow(SubmittedJobInfo(job, external_jobid=uuid))
             else:
+                if stale is not None:  # it would write the same outputs
+                    self._cancel_stale(stale)
                 if self._direct(job):  # what Snakemake would do around the command: make folders, clear outputs
                     self.workflow.async_run(job.prepare())
-                new.append((job, self._spec(job, argv, key)))
+                new.append((job, self._spec(job, argv, {KEY_LABEL: key, PLACE_LABEL: place})))
         if new:
             try:
                 submitted = self.client.submit_many([spec for _, spec in new])
@@ -139,6 +144,13 @@ class Executor(RemoteExecutor):
                 raise WorkflowError(f"jobnest refused the jobs of {names[:200]}: {e}") from None
             for (job, _), handle in zip(new, submitted):
                 self._follow(SubmittedJobInfo(job, external_jobid=handle.uuid))
+
+    def _cancel_stale(self, uuid: str) -> None:
+        self.logger.info(f"jobnest: cancelling job {uuid} of an earlier run: its rule has changed since")
+        try:
+            self.client.cancel(uuid, reason="its Snakemake rule changed; a later run runs it again")
+        except JobnestError as e:  # it ended meanwhile, say
+            self.logger.warning(f"jobnest: could not cancel {uuid}: {e}")
 
     def _follow(self, info: SubmittedJobInfo) -> None:
         with self.guard:
@@ -151,7 +163,7 @@ class Executor(RemoteExecutor):
         return self.options.image or (self.workflow.remote_execution_settings.container_image
                                       if self.options.executor in CONTAINERS else "") or ""
 
-    def _spec(self, job: JobExecutorInterface, argv: list[str], key: str) -> Any:
+    def _spec(self, job: JobExecutorInterface, argv: list[str], labels: dict[str, str]) -> Any:
         image, resources = self._image(), job.resources
         memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # each made from the other
         wildcards: dict[str, str] = {}
@@ -164,7 +176,7 @@ class Executor(RemoteExecutor):
         return self.client.spec(
             argv, name=name[:200], cwd=str(self.folder), image=image or None, executor=self.options.executor,
             cpu=max(job.threads, 1) * self.options.cpu_per_thread, memory=int(memory), env=env, reuse=False,
-            labels={KEY_LABEL: key}, mount_cwd=bool(image))
+            labels=labels, mount_cwd=bool(image))
 
     def _direct(self, job: JobExecutorInterface) -> bool:
         """Whether the job runs its shell command itself: a plain shell rule, on this host's file
@@ -186,25 +198,29 @@ class Executor(RemoteExecutor):
 
     def _key(self, job: JobExecutorInterface, argv: list[str]) -> str:
         """Names a job across runs of the workflow in this folder: the same outputs by the same
-        command (a rule edited since is not the job an earlier run has going)."""
+        command (a rule edited since is not the job an earlier run has going); with no argv, the
+        outputs alone."""
         parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *(argv if self._direct(job) else [])]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
-    def _still_going(self) -> dict[str, str]:
-        """Key -> job, for jobs that earlier runs in this folder submitted and that still run."""
+    def _still_going(self) -> tuple[dict[str, str], dict[str, str]]:
+        """For the jobs that earlier runs in this folder submitted and that still run: key -> job,
+        and outputs -> job (to cancel one whose rule has changed, if they are asked for again)."""
         going: dict[str, str] = {}
+        places: dict[str, str] = {}
         try:
             earlier = list(self.client.list(roots=True, name=self.run_name, newest_first=True, limit=EARLIER_RUNS))
             for run in earlier:
                 if run.uuid == self.top or self.client.get(run.uuid).spec.get("cwd") != str(self.folder):
                     continue
                 for info in self.client.list(parent=run.uuid, states=LIVE):
-                    key = (self.client.get(info.uuid).spec or {}).get("labels", {}).get(KEY_LABEL)
-                    if key:
-                        going.setdefault(key, info.uuid)
+                    labels = (self.client.get(info.uuid).spec or {}).get("labels", {})
+                    if KEY_LABEL in labels:
+                        going.setdefault(labels[KEY_LABEL], info.uuid)
+                        places.setdefault(labels.get(PLACE_LABEL, ""), info.uuid)
         except JobnestError as e:
             self.logger.warning(f"jobnest: could not look for jobs of earlier runs ({e}); none followed")
-        return going
+        return going, places
 
     # -- following -----------------------------------------------------------------------------
 

@@ -208,14 +208,21 @@ rule quick:
 """
 
 
+def start_slow(running: Running, folder: Path) -> tuple["subprocess.Popen[str]", jobnest.JobInfo]:
+    """Snakemake running the SLOW workflow in `folder`, once its slow job runs; and that job."""
+    run = snakemake(running, folder, "-j", "2", wait=False)
+    assert isinstance(run, subprocess.Popen)
+    client = running.client()
+    slow = wait_for(lambda: next((j for j in client.list(states=["running"]) if j.name == "slow"), None), timeout=60)
+    return run, slow
+
+
 def test_a_run_killed_mid_way_reattaches_to_its_running_job(running: Running, tmp_path: Path) -> None:
     """After `kill -9`, Snakemake needs `--unlock`, then `--rerun-incomplete`: the job it started
     and still runs is followed, not started again."""
     folder = workflow(tmp_path / "killed", SLOW)
     client = running.client()
-    first = snakemake(running, folder, "-j", "2", wait=False)
-    assert isinstance(first, subprocess.Popen)
-    slow = wait_for(lambda: next((j for j in client.list(states=["running"]) if j.name == "slow"), None), timeout=60)
+    first, slow = start_slow(running, folder)
     wait_for(lambda: (folder / "quick.txt").exists(), timeout=60)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -238,9 +245,7 @@ def test_a_run_killed_mid_way_reattaches_to_its_running_job(running: Running, tm
 def test_a_restarted_run_cancels_an_earlier_job_whose_rule_changed(running: Running, tmp_path: Path) -> None:
     folder = workflow(tmp_path / "edited", SLOW)
     client = running.client()
-    first = snakemake(running, folder, "-j", "2", wait=False)
-    assert isinstance(first, subprocess.Popen)
-    slow = wait_for(lambda: next((j for j in client.list(states=["running"]) if j.name == "slow"), None), timeout=60)
+    first, slow = start_slow(running, folder)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     (folder / "Snakefile").write_text(SLOW.replace("echo slow", "echo edited"))
@@ -306,9 +311,7 @@ def test_a_run_outlives_a_controller_restart(tmp_path: Path) -> None:
 def test_interrupting_a_run_cancels_its_jobs(running: Running, tmp_path: Path) -> None:
     folder = workflow(tmp_path / "interrupted", SLOW)
     client = running.client()
-    first = snakemake(running, folder, "-j", "2", wait=False)
-    assert isinstance(first, subprocess.Popen)
-    slow = wait_for(lambda: next((j for j in client.list(states=["running"]) if j.name == "slow"), None), timeout=60)
+    first, slow = start_slow(running, folder)
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=60)
     assert first.returncode != 0

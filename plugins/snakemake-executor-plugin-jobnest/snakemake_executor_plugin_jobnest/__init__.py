@@ -35,7 +35,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -123,8 +123,9 @@ class Executor(RemoteExecutor):
         new: list[tuple[JobExecutorInterface, Any]] = []
         for job in jobs:
             self.run_job_pre(job)
-            argv = self._argv(job, bool(self._image()))
-            place, key = self._key(job, []), self._key(job, argv)
+            direct = self._direct(job)
+            argv = self._argv(job, direct)
+            place, key = self._key(job), self._key(job, argv if direct else [])
             stale = self.stale.pop(place, None)
             if key in self.earlier:
                 uuid = self.earlier.pop(key)
@@ -133,9 +134,9 @@ class Executor(RemoteExecutor):
             else:
                 if stale is not None:  # it would write the same outputs
                     self._cancel_stale(stale)
-                if self._direct(job):  # what Snakemake would do around the command: make folders, clear outputs
+                if direct:  # what Snakemake would do around the command: make folders, clear outputs
                     self.workflow.async_run(job.prepare())
-                new.append((job, self._spec(job, argv, {KEY_LABEL: key, PLACE_LABEL: place})))
+                new.append((job, self._spec(job, argv, direct, {KEY_LABEL: key, PLACE_LABEL: place})))
         if new:
             try:
                 submitted = self.client.submit_many([spec for _, spec in new])
@@ -163,7 +164,7 @@ class Executor(RemoteExecutor):
         return self.options.image or (self.workflow.remote_execution_settings.container_image
                                       if self.options.executor in CONTAINERS else "") or ""
 
-    def _spec(self, job: JobExecutorInterface, argv: list[str], labels: dict[str, str]) -> Any:
+    def _spec(self, job: JobExecutorInterface, argv: list[str], direct: bool, labels: dict[str, str]) -> Any:
         image, resources = self._image(), job.resources
         memory = resources.get("mem_mb", 0) * 10**6 or resources.get("mem_mib", 0) * 2**20  # each made from the other
         wildcards: dict[str, str] = {}
@@ -171,7 +172,7 @@ class Executor(RemoteExecutor):
             wildcards.update(one.wildcards)
         name = job.name + (f"[{','.join(f'{k}={v}' for k, v in wildcards.items())}]" if wildcards else "")
         # the thread variables are what Snakemake's shell() sets; Snakemake run for a job sets them itself
-        threads = dict.fromkeys(THREAD_VARIABLES, str(job.threads)) if self._direct(job) else {}
+        threads = dict.fromkeys(THREAD_VARIABLES, str(job.threads)) if direct else {}
         env = {**threads, **self.envvars()}
         return self.client.spec(
             argv, name=name[:200], cwd=str(self.folder), image=image or None, executor=self.options.executor,
@@ -183,12 +184,12 @@ class Executor(RemoteExecutor):
         system (on Slurm's nodes, Snakemake run for the job first waits for its inputs to appear)."""
         return self.options.executor not in ("slurm", "kubernetes") and _plain_shell(job)
 
-    def _argv(self, job: JobExecutorInterface, container: bool) -> list[str]:
+    def _argv(self, job: JobExecutorInterface, direct: bool) -> list[str]:
         """A plain shell rule's own command, with the Snakefile's `shell.prefix` and `shell.suffix`
         (else Snakemake's default for bash), else Snakemake run again for this one job."""
-        if not self._direct(job):
+        if not direct:
             return ["sh", "-c", self.format_job_exec(job)]
-        if container:  # an image may have no bash
+        if self._image():  # an image may have no bash
             program, default = "sh", "set -eu; "
         else:
             program = shell.get_executable() or shutil.which("bash") or "sh"
@@ -196,11 +197,10 @@ class Executor(RemoteExecutor):
         prefix = default if shell._process_prefix is None else shell._process_prefix  # the Snakefile's
         return [program, "-c", f"{prefix}{job.shellcmd}{shell._process_suffix}"]
 
-    def _key(self, job: JobExecutorInterface, argv: list[str]) -> str:
-        """Names a job across runs of the workflow in this folder: the same outputs by the same
-        command (a rule edited since is not the job an earlier run has going); with no argv, the
-        outputs alone."""
-        parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *(argv if self._direct(job) else [])]
+    def _key(self, job: JobExecutorInterface, command: Sequence[str] = ()) -> str:
+        """Names a job across runs of the workflow in this folder: the same outputs (by the same
+        command, when given: a rule edited since is not the job an earlier run has going)."""
+        parts = [str(self.folder), job.name, *sorted(map(str, job.output)), *command]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
     def _still_going(self) -> tuple[dict[str, str], dict[str, str]]:

@@ -1,6 +1,7 @@
 """Shared fixtures: a real controller on a real port, a throwaway PostgreSQL, a one-node Slurm
 cluster and an image registry."""
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +33,13 @@ class Running:
 
     def client(self, token: str = ADMIN, driver: bool = False) -> jobnest.Client:
         return jobnest.Client(self.address, token, driver=driver)
+
+    def env(self) -> dict[str, str]:
+        """This process's environment for a program to reach this controller as the admin, as
+        no job's own program."""
+        env = {**os.environ, "JOBNEST_CONTROLLER": self.address, "JOBNEST_TOKEN": ADMIN}
+        env.pop("JOBNEST_JOB", None)
+        return env
 
 
 def make_settings(home: Path, store_url: str = "", cpu: float = 2.0, docker: list[str] | None = None) -> Settings:

@@ -3,7 +3,6 @@ jobnest job (local processes, or containers of the Docker executor), and a subse
 conformance tests (tests/cwl/conformance, see its README)."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,17 +15,15 @@ import yaml
 
 import jobnest
 
-from .conftest import ADMIN, BUSYBOX, Running
+from .conftest import BUSYBOX, Running
 
 HERE = Path(__file__).parent / "cwl"
 TEXT = "pear\napple\nfig\n"
 
 
 def run_cwl(running: Running, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
-    env.pop("JOBNEST_JOB", None)
     return subprocess.run([sys.executable, "-m", "jobnest.cwl", "--outdir", str(cwd / "out"), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=cwd, env=running.env(), capture_output=True, text=True, timeout=timeout)
 
 
 def workflow_here(tmp_path: Path) -> Path:
@@ -175,9 +172,7 @@ def conformance_case(running: Running, case: dict[str, Any], tmp_path: Path) -> 
     out.mkdir()
     args = ["--no-container", "--relax-path-checks", "--outdir", str(out / "out"), case["tool"],
             *([case["job"]] if case.get("job") else [])]
-    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
-    env.pop("JOBNEST_JOB", None)
-    done = subprocess.run([sys.executable, "-m", "jobnest.cwl", *args], cwd=CONFORMANCE, env=env,
+    done = subprocess.run([sys.executable, "-m", "jobnest.cwl", *args], cwd=CONFORMANCE, env=running.env(),
                           capture_output=True, text=True, timeout=120)
     if case.get("should_fail"):
         return "" if done.returncode != 0 else "it should have failed"

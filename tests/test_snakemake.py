@@ -45,12 +45,11 @@ rule gather:
 
 def snakemake(running: Running, folder: Path, *args: str, timeout: float = 180,
               wait: bool = True) -> "subprocess.CompletedProcess[str] | subprocess.Popen[str]":
-    env = {**os.environ, "JOBNEST_CONTROLLER": running.address, "JOBNEST_TOKEN": ADMIN}
-    env.pop("JOBNEST_JOB", None)
     argv = [sys.executable, "-m", "snakemake", "--executor", "jobnest", *args]
     if not wait:
-        return subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(argv, cwd=folder, env=running.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(argv, cwd=folder, env=running.env(), capture_output=True, text=True, timeout=timeout)
 
 
 def workflow(folder: Path, snakefile: str) -> Path:
@@ -148,12 +147,15 @@ rule all:
 
 rule one:
     output: "out/{n}.txt"
-    shell: "echo in-$(uname -s)-{wildcards.n} > {output}"
+    shell: "echo $(hostname)-{wildcards.n} > {output}"
 """)
     done = snakemake(docker_running, folder, "-j", "3", "--jobnest-executor", "docker",
                      "--container-image", BUSYBOX)
     assert done.returncode == 0, done.stderr
-    assert [(folder / f"out/{n}.txt").read_text() for n in range(3)] == [f"in-Linux-{n}\n" for n in range(3)]
+    made = [(folder / f"out/{n}.txt").read_text().rsplit("-", 1) for n in range(3)]
+    assert [n for _, n in made] == ["0\n", "1\n", "2\n"]
+    hosts = {host for host, _ in made}
+    assert len(hosts) == 3 and socket.gethostname() not in hosts  # each ran in a container of its own
     client = docker_running.client()
     [run] = runs_of(client, folder)
     jobs = list(client.list(parent=run.uuid))

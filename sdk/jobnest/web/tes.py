@@ -166,10 +166,8 @@ class Tes:
     def create(self, request: Request, body: Any) -> dict[str, Any]:
         client = self.client(request)
         task = _checked(body)
-        for kind in ("inputs", "outputs"):
-            for i, item in enumerate(task[kind]):
-                if (item.get("url") or "").startswith("file:"):
-                    self.local_file(item["url"], f"{kind}[{i}].url")
+        files = {(kind, i): self.local_file(item["url"], f"{kind}[{i}].url") for kind in ("inputs", "outputs")
+                 for i, item in enumerate(task[kind]) if (item.get("url") or "").startswith("file:")}
         host = (task["executors"][0].get("image") or "") in LOCAL_IMAGES
         with tempfile.TemporaryDirectory() as tmp:
             inputs: dict[str, str] = {}
@@ -179,8 +177,8 @@ class Tes:
                     path = Path(tmp) / f"input{i}"
                     path.write_text(given["content"], encoding="utf-8")
                     inputs[f"i{i}"] = self.uploaded(client, path, field)
-                elif given["url"].startswith("file:"):
-                    local = self.local_file(given["url"], field)
+                elif ("inputs", i) in files:
+                    local = files["inputs", i]
                     if not os.path.exists(local):
                         raise _bad(field, f"{local} does not exist")
                     inputs[f"i{i}"] = self.uploaded(client, local, field)
